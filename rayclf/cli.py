@@ -1,0 +1,144 @@
+"""The ``rayclf`` command: parse arguments, call one function, print. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rayclf.config import UserError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Problems the user can fix print as one paragraph and exit with code 2 — never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+SET_HELP = "override a config key, e.g. --set train.epochs=5 (repeatable)"
+
+
+@click.group()
+@click.version_option(package_name="rayclf")
+def main() -> None:
+    """Declarative image-classifier ablation sweeps on Ray."""
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="output folder (default runs/train-TIMESTAMP)")
+@click.option("--resume", type=click.Path(path_type=Path), help="continue from this checkpoint (file or folder)")
+@user_errors
+def train(config: Path | None, overrides: tuple[str, ...], out: Path | None, resume: Path | None) -> None:
+    """Train one config on this machine; writes summary.json, epochs.parquet and the checkpoint."""
+    from rayclf.config import load_config
+    from rayclf.local import train_local
+
+    cfg = load_config(config, overrides)
+    out = out or Path("runs") / f"train-{_stamp()}"
+    if (out / "summary.json").exists() and resume is None:
+        raise UserError(f"{out} already holds a finished run; choose another --out or pass --resume.")
+    result = train_local(cfg, out, resume=resume, echo=click.echo)
+    click.echo(f"wrote {out}/summary.json, {out}/epochs.parquet, {out}/checkpoint/")
+    if result.status == "diverged":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data-root", required=True, type=click.Path(path_type=Path),
+              help="dataset folder in the training data's layout, a class-per-folder tree, or a folder of images")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="predicted class indices (.npy)")
+@click.option("--device", default="auto", show_default=True)
+@user_errors
+def predict(checkpoint: Path, data_root: Path, split: str, out: Path, device: str) -> None:
+    """Predict classes for a dataset with a trained checkpoint."""
+    import numpy as np
+
+    from rayclf.local import predict as run_predict
+
+    preds, probs, acc = run_predict(checkpoint, data_root, split, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, preds)
+    np.save(out.with_name(out.stem + "_probs.npy"), probs)
+    click.echo(f"wrote {len(preds)} predictions to {out}")
+    if acc is not None:
+        click.echo(f"accuracy: {acc:.2%}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@user_errors
+def validate(files: tuple[Path, ...]) -> None:
+    """Check sweep files (or trial configs) without running anything."""
+    from rayclf.sweep.spec import describe_file
+
+    failed = False
+    for f in files:
+        try:
+            click.echo(f"ok: {f}: {describe_file(f)}")
+        except UserError as exc:
+            failed = True
+            click.echo(f"invalid: {f}: {exc}", err=True)
+    if failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", help="sweep directory: local path, s3:// or gs:// (default runs/NAME)")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local instance)")
+@click.option("--resume", is_flag=True, help="continue an existing sweep directory, skipping finished trials")
+@click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a base config key")
+@click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
+@click.option("--quiet", is_flag=True, help="no live trial table")
+@user_errors
+def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_run: bool,
+          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool) -> None:
+    """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
+    from rayclf.sweep.spec import load_sweep
+
+    spec = load_sweep(file, overrides)
+    if dry_run:
+        from rayclf.sweep.plan import dry_run_text
+
+        click.echo(dry_run_text(spec, address=address))
+        return
+    from rayclf.sweep.runner import run_sweep
+
+    outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
+                        echo=click.echo)
+    click.echo(outcome.summary_text())
+
+
+@main.command("models")
+def list_models_cmd() -> None:
+    """List rayclf's model families (any timm model name works too)."""
+    from rayclf.models import list_models
+
+    for name in list_models():
+        click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""The typed trial config: defaults, YAML loading, ``--set a.b=c`` overrides and friendly errors.
+
+Every option a sweep can vary lives here (models add their own option classes through the model
+registry), so a bad key or value is caught before any Ray worker starts, with a message that names
+the key path, the value, what is allowed and the closest valid spelling.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing data); the CLI prints it and exits with code 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or file is wrong."""
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------- data
+DATASETS = ("synthetic", "cifar10", "cifar100", "cinic10", "imagefolder")
+
+
+class SyntheticConfig(Strict):
+    num_train: int = Field(2000, ge=10, le=10_000_000)
+    num_test: int = Field(500, ge=10, le=10_000_000)
+    num_classes: int = Field(10, ge=2, le=1000)
+    image_size: int = Field(32, ge=8, le=512)
+    noise: float = Field(2.0, ge=0.0, le=10.0, description="pixel noise relative to the class signal")
+    seed: int = Field(0, ge=0)
+
+
+class DataConfig(Strict):
+    name: Literal["synthetic", "cifar10", "cifar100", "cinic10", "imagefolder"] = "synthetic"
+    root: str | None = Field(None, description="dataset folder; default $RAYCLF_DATA or ~/.cache/rayclf/data")
+    download: bool = True
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    official_val: bool = Field(True, description="use the dataset's own validation split where it has one")
+    split_seed: int = Field(0, ge=0, description="seed of the validation split and train_subset")
+    train_subset: int | None = Field(None, ge=10, description="use only this many training images (stratified)")
+    image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize images to this size")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+# ------------------------------------------------------------------------------------- augmentation
+class _Op(Strict):
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class FlipOp(Strict):
+    p: float = Field(0.0, ge=0.0, le=1.0, description="probability; 0 turns the flip off")
+
+
+class CropOp(_Op):
+    padding: int = Field(0, ge=0, le=64)
+    padding_mode: Literal["zeros", "reflect", "edge"] = "zeros"
+
+
+class RotateOp(_Op):
+    degrees: float = Field(0.0, ge=0.0, le=180.0)
+
+
+class ZoomOp(_Op):
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ZoomOp:
+        lo, hi = self.scale
+        if not (0.1 <= lo <= hi <= 4.0):
+            raise ValueError("scale must be [lo, hi] with 0.1 <= lo <= hi <= 4")
+        return self
+
+
+class ShiftOp(_Op):
+    fraction: float = Field(0.0, ge=0.0, le=0.5)
+
+
+class ColorOp(_Op):
+    delta: float = Field(0.0, ge=0.0, le=1.0, description="max relative change, e.g. 0.2 = ±20%")
+
+
+class CutoutOp(_Op):
+    size: int = Field(0, ge=0, le=512)
+    count: int = Field(1, ge=1, le=16)
+
+
+class MixOp(_Op):
+    alpha: float = Field(0.0, ge=0.0, le=100.0, description="Beta(α, α); 0 turns it off")
+
+
+class AugmentConfig(Strict):
+    """Batched on-device augmentations; an op is on when its magnitude (or a flip's p) is non-zero."""
+
+    crop: CropOp = Field(default_factory=CropOp)
+    flip: FlipOp = Field(default_factory=FlipOp)
+    vflip: FlipOp = Field(default_factory=FlipOp)
+    rotate: RotateOp = Field(default_factory=RotateOp)
+    zoom: ZoomOp = Field(default_factory=ZoomOp)
+    shift: ShiftOp = Field(default_factory=ShiftOp)
+    brightness: ColorOp = Field(default_factory=ColorOp)
+    contrast: ColorOp = Field(default_factory=ColorOp)
+    cutout: CutoutOp = Field(default_factory=CutoutOp)
+    mixup: MixOp = Field(default_factory=MixOp)
+    cutmix: MixOp = Field(default_factory=MixOp)
+    double: bool = Field(False, description="append one augmented copy of the train set (offline mode)")
+
+
+# ------------------------------------------------------------------------------------------- model
+class ModelOptions(Strict):
+    """Base of every model family's options; the registry picks the subclass by ``name``."""
+
+    name: str = "cnn"
+    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
+                  "normal", "zeros"] = "default"
+
+
+# ------------------------------------------------------------------------------------------- train
+class EarlyStopping(Strict):
+    patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 = off")
+    metric: Literal["val_accuracy", "val_loss", "train_loss", "train_accuracy"] = "val_loss"
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = True
+
+
+class Phase(Strict):
+    """One transfer-learning phase: its own epochs, trainable scope, optimizer and LR."""
+
+    epochs: int = Field(..., ge=1, le=10000)
+    trainable: str = Field("all", description="all | head | last:K (the last K stages and the head)")
+    optim: str | None = None
+    lr: float | None = Field(None, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _scope(self) -> Phase:
+        if not re.fullmatch(r"all|head|last:\d+", self.trainable):
+            raise ValueError(f"trainable must be all, head or last:K, not {self.trainable!r}")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1, le=10000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    eval_batch_size: int = Field(1000, ge=1, le=65536)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints; 0 = only at the end")
+    phases: list[Phase] = Field(default_factory=list)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam")
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    momentum: float | None = Field(None, ge=0.0, lt=1.0, description="default: 0.9 for sgd, 0 for rmsprop")
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+
+
+SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "cosine_restarts", "onecycle", "plateau")
+
+
+class SchedConfig(Strict):
+    name: Literal["constant", "step", "multistep", "exponential", "cosine", "cosine_restarts",
+                  "onecycle", "plateau"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_start: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at this fraction of the LR")
+    step_size: float = Field(30.0, gt=0.0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    t0: float = Field(10.0, gt=0.0, description="cosine_restarts: first cycle length in epochs")
+    t_mult: float = Field(1.0, ge=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    pct_start: float = Field(0.25, gt=0.0, lt=1.0)
+    div_factor: float = Field(25.0, ge=1.0)
+    final_div_factor: float = Field(1e4, ge=1.0)
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(5, ge=0)
+    plateau_metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+
+
+class RegConfig(Strict):
+    """Weight penalties added to the loss, on conv/linear kernels only (never biases or norm weights)."""
+
+    kind: Literal["none", "l1", "l2", "l1l2", "elastic"] = "none"
+    l1: float = Field(0.0, ge=0.0, le=10.0)
+    l2: float = Field(0.0, ge=0.0, le=10.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="elastic net: share of L1 in the mix")
+    lam: float = Field(0.0, ge=0.0, le=10.0, description="elastic net: overall strength λ")
+    scope: Literal["all", "output"] = "all"
+
+
+class TrialConfig(Strict):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: SerializeAsAny[ModelOptions] = Field(default_factory=ModelOptions)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sched: SchedConfig = Field(default_factory=SchedConfig)
+    reg: RegConfig = Field(default_factory=RegConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every resolved value (defaults included)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Content address of the resolved config (seed included): the trial's identity."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------- loading, errors
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest valid spelling, or None when nothing is close."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def _section_class(loc: tuple[Any, ...], model_cls: type[BaseModel]) -> type[BaseModel] | None:
+    """The config class that owns the key at ``loc`` (for listing valid sibling keys)."""
+    cls: type[BaseModel] | None = TrialConfig
+    for part in loc[:-1]:
+        if cls is None or not isinstance(part, str):
+            return None
+        if cls is TrialConfig and part == "model":
+            cls = model_cls
+            continue
+        field = cls.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        elif getattr(ann, "__origin__", None) is list and ann.__args__ and isinstance(ann.__args__[0], type):
+            cls = ann.__args__[0] if issubclass(ann.__args__[0], BaseModel) else None
+        else:
+            return None
+    return cls
+
+
+def _describe(err: Mapping[str, Any], model_cls: type[BaseModel], prefix: str) -> str:
+    loc = tuple(err["loc"])
+    path = prefix + ".".join(str(p) for p in loc)
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        cls = _section_class(loc, model_cls)
+        allowed = sorted(cls.model_fields) if cls else []
+        hint = closest(str(loc[-1]), allowed)
+        msg = f"unknown key '{path}'."
+        if allowed:
+            msg += f" Allowed keys here: {', '.join(allowed)}."
+        return msg + (f" Did you mean '{hint}'?" if hint else "")
+    if kind in ("literal_error", "enum"):
+        allowed = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
+        hint = closest(str(value), allowed)
+        msg = f"'{path}' = {value!r} is not allowed; choose one of: {', '.join(allowed)}."
+        return msg + (f" Did you mean '{hint}'?" if hint else "")
+    return f"'{path}' = {value!r}: {err['msg']}."
+
+
+def validation_message(exc: ValidationError, model_cls: type[BaseModel] = ModelOptions, prefix: str = "") -> str:
+    lines = [_describe(e, model_cls, prefix) for e in exc.errors(include_url=False)]
+    return "Invalid config: " + " ".join(lines)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` → ("a.b", YAML-parsed value), so numbers, lists and booleans keep their types."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key.path=value, got {item!r}.")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"--set key {key!r} is not a dotted key path like train.epochs.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key, value
+
+
+def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b] = value`` for key ``a.b``, creating sections as needed."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    tree = copy.deepcopy(dict(raw))
+    for key, value in overrides.items():
+        set_path(tree, key, value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist (looked in {p.resolve().parent}).")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys, not {type(data).__name__}.")
+    return data
+
+
+def build_config(raw: Mapping[str, Any], prefix: str = "") -> TrialConfig:
+    """Validate a raw dict into a TrialConfig, resolving the model family's own option class."""
+    from rayclf.models.registry import model_options_class
+
+    raw = dict(raw)
+    model_raw = raw.pop("model", None) or {}
+    if not isinstance(model_raw, dict):
+        raise ConfigError(f"Invalid config: '{prefix}model' must be a mapping with a 'name', not {model_raw!r}.")
+    model_raw = dict(model_raw)
+    model_raw.setdefault("name", ModelOptions.model_fields["name"].default)
+    model_cls = model_options_class(model_raw["name"], key=f"{prefix}model.name")
+    messages: list[str] = []
+    model_opts: ModelOptions | None = None
+    try:
+        model_opts = model_cls.model_validate(model_raw)
+    except ValidationError as exc:
+        messages += [_describe({**e, "loc": ("model", *e["loc"])}, model_cls, prefix)
+                     for e in exc.errors(include_url=False)]
+    try:
+        cfg = TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        messages += [_describe(e, model_cls, prefix) for e in exc.errors(include_url=False)]
+    if messages:
+        raise ConfigError("Invalid config: " + " ".join(messages))
+    cfg.model = model_opts  # type: ignore[assignment]
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrialConfig:
+    """YAML file (optional) + ``--set`` overrides → validated TrialConfig."""
+    raw = read_yaml(path) if path else {}
+    parsed = dict(parse_override(o) for o in overrides)
+    return build_config(apply_overrides(raw, parsed))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → dotted keys (lists stay values): the column names of results tables."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

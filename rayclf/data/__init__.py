@@ -1,0 +1,1 @@
+"""Datasets as uint8 arrays, device-resident loaders and batched on-device augmentation."""

@@ -1,0 +1,345 @@
+"""Each dataset → uint8 arrays (N×C×H×W), int64 labels and class names.
+
+Downloads are checksummed (torchvision's download utilities); the official folder layouts are the
+contract, so an existing ``cifar-10-batches-py`` folder is used as is. Folder-of-PNG datasets
+(CINIC-10, imagefolder) are decoded once into a cached ``.npz`` per split, under a file lock, so
+later trials load in about a second and N trials never decode at once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from rayclf.config import DataConfig, UserError
+
+
+class DataError(UserError):
+    """A dataset file is missing, corrupt or cannot be downloaded; the message says where to put it."""
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # uint8, N×C×H×W
+    y: np.ndarray  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: np.ndarray) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    val: Split | None = None
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``data.root``, else ``$RAYCLF_DATA``, else ``~/.cache/rayclf/data``."""
+    root = cfg.root or os.environ.get("RAYCLF_DATA") or Path.home() / ".cache" / "rayclf" / "data"
+    return Path(root).expanduser()
+
+
+# ------------------------------------------------------------------------------------- archives
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    filename: str
+    md5: str
+
+
+def fetch_archive(archive: Archive, root: Path, folder: str, download: bool) -> None:
+    """Make sure ``root/folder`` exists: extract the official archive (downloading it, checksummed)."""
+    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+    path = root / archive.filename
+    where = (f"put the official archive {archive.filename} (from {archive.url}) or the extracted "
+             f"'{folder}' folder in {root}")
+    if not path.exists():
+        if not download:
+            raise DataError(f"dataset folder {root / folder} is missing and data.download is false: {where}.")
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            download_url(archive.url, str(root), archive.filename, md5=archive.md5)
+        except Exception as exc:  # offline, DNS, HTTP errors all mean the same to the user
+            path.unlink(missing_ok=True)
+            raise DataError(f"could not download {archive.url} ({type(exc).__name__}: {exc}); "
+                            f"if this machine is offline, {where}.") from None
+    if not check_integrity(str(path), archive.md5):
+        raise DataError(f"{path} is corrupt or incomplete: its md5 is not the official {archive.md5}; "
+                        f"delete it and download again, or {where}.")
+    try:
+        extract_archive(str(path), str(root / folder) if folder_is_flat(archive) else str(root))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot extract {path}: {exc}; delete it and download again, or {where}.") from None
+
+
+def folder_is_flat(archive: Archive) -> bool:
+    """CINIC-10's archive has no top folder (train/ valid/ test/ at its root); CIFAR's has one."""
+    return archive.filename == CINIC10.filename
+
+
+# ------------------------------------------------------------------------------------- CIFAR
+CIFAR10 = Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+                  "c58f30108f718f92721af3b95e74349a")
+CIFAR100 = Archive("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
+                   "eb9058c3a382ffc7106e4002c42a8d85")
+
+
+def _unpickle(path: Path, hint: str) -> dict:
+    if not path.is_file():
+        raise DataError(f"missing file {path}: {hint}.")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as exc:
+        raise DataError(f"file {path} is corrupt ({type(exc).__name__}: {exc}): {hint}.") from None
+
+
+def _cifar_split(path: Path, label_key: str, hint: str) -> Split:
+    d = _unpickle(path, hint)
+    try:
+        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        # labels are optional (e.g. a private test batch to predict): missing ones are -1
+        y = np.asarray(d[label_key] if label_key in d else [-1] * len(x), dtype=np.int64)
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"file {path} is not in the official CIFAR layout ({exc}): {hint}.") from None
+    if len(x) != len(y):
+        raise DataError(f"file {path} has {len(x)} images but {len(y)} labels: {hint}.")
+    return Split(x, y)
+
+
+def _concat(splits: list[Split]) -> Split:
+    return Split(np.concatenate([s.x for s in splits]), np.concatenate([s.y for s in splits]))
+
+
+def load_cifar10(cfg: DataConfig) -> Dataset:
+    root, folder = data_root(cfg), "cifar-10-batches-py"
+    if not (root / folder).is_dir():
+        fetch_archive(CIFAR10, root, folder, cfg.download)
+    base = root / folder
+    hint = f"restore it from the official archive {CIFAR10.filename} ({CIFAR10.url}) into {base}"
+    train = _concat([_cifar_split(base / f"data_batch_{i}", "labels", hint) for i in range(1, 6)])
+    test = _cifar_split(base / "test_batch", "labels", hint)
+    classes = list(_unpickle(base / "batches.meta", hint)["label_names"])
+    return Dataset("cifar10", train, test, classes)
+
+
+def load_cifar100(cfg: DataConfig) -> Dataset:
+    root, folder = data_root(cfg), "cifar-100-python"
+    if not (root / folder).is_dir():
+        fetch_archive(CIFAR100, root, folder, cfg.download)
+    base = root / folder
+    hint = f"restore it from the official archive {CIFAR100.filename} ({CIFAR100.url}) into {base}"
+    train = _cifar_split(base / "train", "fine_labels", hint)
+    test = _cifar_split(base / "test", "fine_labels", hint)
+    classes = list(_unpickle(base / "meta", hint)["fine_label_names"])
+    return Dataset("cifar100", train, test, classes)
+
+
+# ----------------------------------------------------------------------- folders of images (cached)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        img = decode_image(torch.from_numpy(np.fromfile(path, dtype=np.uint8)), mode=ImageReadMode.RGB)
+    except Exception as exc:
+        raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file.") from None
+    if size is not None and tuple(img.shape[1:]) != (size, size):
+        img = torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="bilinear",
+                                              antialias=True, align_corners=False)[0]
+        img = img.round().clamp(0, 255).to(torch.uint8)
+    return img.numpy()
+
+
+def list_classes(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def decode_tree(folder: Path, classes: list[str], size: int | None, cache: Path) -> Split:
+    """Decode a class-per-folder tree once into ``cache`` (.npz); later calls just load the arrays."""
+    if cache.is_file():
+        with np.load(cache) as z:
+            return Split(z["x"], z["y"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + ".lock"):
+        if cache.is_file():  # another process decoded it while we waited
+            return decode_tree(folder, classes, size, cache)
+        xs, ys = [], []
+        for label, name in enumerate(classes):
+            sub = folder / name
+            files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_EXTS) if sub.is_dir() else []
+            xs += [_decode(p, size) for p in files]
+            ys += [label] * len(files)
+        if not xs:
+            raise DataError(f"no images found under {folder} (expected one sub-folder per class with "
+                            f"{', '.join(IMAGE_EXTS)} files).")
+        shapes = {x.shape for x in xs}
+        if len(shapes) > 1:
+            raise DataError(f"images under {folder} have different sizes {sorted(shapes)[:3]}…; "
+                            "set data.image_size to resize them.")
+        split = Split(np.stack(xs), np.asarray(ys, dtype=np.int64))
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x=split.x, y=split.y)
+        tmp.replace(cache)
+        return split
+
+
+CINIC10 = Archive("https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz", "CINIC-10.tar.gz",
+                  "6ee4d0c996905fe93221de577967a372")
+CINIC_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_cinic10(cfg: DataConfig) -> Dataset:
+    root, folder = data_root(cfg), "cinic-10"
+    base = root / folder
+    cached = all((base / "cache" / f"{s}.npz").is_file() for s in ("train", "valid", "test"))
+    if not cached and not all((base / s).is_dir() for s in ("train", "valid", "test")):
+        fetch_archive(CINIC10, root, folder, cfg.download)
+    splits = {s: decode_tree(base / s, CINIC_CLASSES, 32, base / "cache" / f"{s}.npz")
+              for s in ("train", "valid", "test")}
+    return Dataset("cinic10", splits["train"], splits["test"], CINIC_CLASSES, val=splits["valid"])
+
+
+def load_imagefolder(cfg: DataConfig) -> Dataset:
+    """``root/{train,val|valid,test}/<class>/*.png``, or one class-per-folder tree split by seed."""
+    if not cfg.root:
+        raise DataError("data.name=imagefolder needs data.root: a folder with one sub-folder per class "
+                        "(or train/ and test/ folders of them).")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist; point it at a class-per-folder image tree.")
+    size = cfg.image_size
+    cache = root / ".rayclf-cache" / f"size{size or 'native'}"
+    if (root / "train").is_dir():
+        classes = list_classes(root / "train")
+        train = decode_tree(root / "train", classes, size, cache / "train.npz")
+        val_dir = next((root / v for v in ("val", "valid") if (root / v).is_dir()), None)
+        val = decode_tree(val_dir, classes, size, cache / "val.npz") if val_dir else None
+        if not (root / "test").is_dir():
+            raise DataError(f"{root} has train/ but no test/ folder; add one (same class sub-folders).")
+        test = decode_tree(root / "test", classes, size, cache / "test.npz")
+        return Dataset("imagefolder", train, test, classes, val=val)
+    classes = list_classes(root)
+    everything = decode_tree(root, classes, size, cache / "all.npz")
+    keep, held = stratified_split(everything.y, 0.2, seed=0)
+    return Dataset("imagefolder", everything.take(keep), everything.take(held), classes)
+
+
+# ------------------------------------------------------------------------------------- synthetic
+def load_synthetic(cfg: DataConfig) -> Dataset:
+    """Deterministic and learnable, but not trivially: each class is a faint smooth colour pattern
+    over a shared background, randomly shifted and scaled per image and buried in pixel noise."""
+    s = cfg.synthetic
+    rng = np.random.default_rng(s.seed)
+    size = s.image_size
+    reps = -(-size // 4)
+
+    def smooth(n: int) -> np.ndarray:
+        return np.kron(rng.normal(size=(n, 3, 4, 4)), np.ones((1, 1, reps, reps)))[:, :, :size, :size]
+
+    background, templates = smooth(1)[0], smooth(s.num_classes)
+
+    def make(n: int, gen: np.random.Generator) -> Split:
+        y = np.arange(n, dtype=np.int64) % s.num_classes
+        gen.shuffle(y)
+        amp = gen.uniform(0.5, 1.5, size=(n, 1, 1, 1))
+        x = background + 0.6 * amp * templates[y]
+        shifts = gen.integers(-size // 8, size // 8 + 1, size=(n, 2))
+        for i, (dy, dx) in enumerate(shifts):  # generation only: happens once per dataset
+            x[i] = np.roll(x[i], (int(dy), int(dx)), axis=(1, 2))
+        x = 128 + 32 * x + 32 * s.noise * gen.normal(size=x.shape)
+        return Split(np.clip(x, 0, 255).astype(np.uint8), y)
+
+    train = make(s.num_train, np.random.default_rng([s.seed, 1]))
+    test = make(s.num_test, np.random.default_rng([s.seed, 2]))
+    return Dataset("synthetic", train, test, [f"class_{i}" for i in range(s.num_classes)])
+
+
+# ------------------------------------------------------------------------------------- assembly
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
+    "synthetic": load_synthetic,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "cinic10": load_cinic10,
+    "imagefolder": load_imagefolder,
+}
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): ``fraction`` of every class held out, chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_held = round(len(idx) * fraction)
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, computed in chunks to bound memory."""
+    n, c = x.shape[:2]
+    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    for start in range(0, n, 8192):
+        chunk = x[start:start + 8192].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 2, 3))
+        total_sq += (chunk**2).sum(axis=(0, 2, 3))
+        count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The configured dataset with train/val/test splits and normalisation statistics.
+
+    Validation comes from the dataset's own split when it has one (and ``official_val``), else a
+    stratified ``val_fraction`` of train. ``train_subset`` keeps a stratified subset. Both use
+    ``data.split_seed``, not the trial seed, so every seed of an arm sees the same split.
+    """
+    seed = cfg.split_seed
+    ds = SOURCES[cfg.name](cfg)
+    if cfg.train_subset is not None and cfg.train_subset < len(ds.train):
+        keep, _ = stratified_split(ds.train.y, 1 - cfg.train_subset / len(ds.train), seed)
+        ds.train = ds.train.take(keep)
+    if ds.val is None or not cfg.official_val:
+        if ds.val is not None:
+            ds.val = None
+        if cfg.val_fraction > 0:
+            keep, held = stratified_split(ds.train.y, cfg.val_fraction, seed)
+            ds.train, ds.val = ds.train.take(keep), ds.train.take(held)
+    ds.mean, ds.std = channel_stats(ds.train.x)
+    return ds
+
+
+def prepare_dataset(cfg: DataConfig) -> None:
+    """Download, verify and decode once (used by the sweep driver on every node before trials start)."""
+    SOURCES[cfg.name](cfg)

@@ -1,0 +1,77 @@
+"""Model registry in the style of timm: families register an options class and a builder by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from rayclf.config import ConfigError, ModelOptions, closest
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    options: type[ModelOptions]
+    build: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+TIMM_FALLBACK = "timm"
+
+
+def register_model(name: str, options: type[ModelOptions]) -> Callable[[Callable[..., nn.Module]], Callable]:
+    """Decorator: ``@register_model("cnn", CNNOptions)`` on ``build(opts, num_classes, in_chans, size)``."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelEntry(options, fn)
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def _load_families() -> None:
+    import rayclf.models  # noqa: F401  (registers every family)
+
+
+def model_options_class(name: Any, key: str = "model.name") -> type[ModelOptions]:
+    """Options class for a model name: ours first, then any timm model name."""
+    _load_families()
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name].options
+    if isinstance(name, str):
+        import timm
+
+        if timm.is_model(name):
+            return _REGISTRY[TIMM_FALLBACK].options
+    candidates = [n for n in _REGISTRY if n != TIMM_FALLBACK]
+    hint = closest(str(name), candidates)
+    if hint is None and isinstance(name, str):
+        import timm
+
+        hint = closest(name, timm.list_models())
+    msg = (f"Invalid config: '{key}' = {name!r} is not a known model; choose one of: {', '.join(candidates)}, "
+           "or any timm model name (e.g. resnet18, vgg19_bn).")
+    raise ConfigError(msg + (f" Did you mean '{hint}'?" if hint else ""))
+
+
+def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
+    """Build the model an options object describes, then apply its weight init."""
+    from rayclf.models.layers import init_weights
+
+    entry = _REGISTRY.get(opts.name) or _REGISTRY[TIMM_FALLBACK]
+    model = entry.build(opts, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+    if opts.init != "default":
+        init_weights(model, opts.init)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameter count (the figure studies report)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Training: optimizers/schedules/regularizers and the plain epoch loop."""

@@ -1,0 +1,410 @@
+"""``fit(config, reporter)``: train one trial config on one device. No Ray, no W&B imports.
+
+The loop is deliberately plain (airbench style): per epoch, a device-side permutation, batched
+on-device augmentation, forward/backward, metrics accumulated on the device and synchronised once
+at the epoch's end. Everything outside — progress bars, Ray Train, W&B — is a ``Reporter``.
+When ``torch.distributed`` is initialised (DDP through Ray Train), the model is wrapped and
+metrics are all-reduced; only rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rayclf.config import TrialConfig
+from rayclf.data.augment import Augmenter, Targets
+from rayclf.data.loader import DeviceLoader
+from rayclf.data.sources import Dataset, load_dataset
+from rayclf.models import count_params, create_model
+from rayclf.train.checkpoint import load_checkpoint, save_checkpoint
+from rayclf.train.optim import (
+    Schedule,
+    create_optimizer,
+    penalized_weights,
+    penalty_coefficients,
+    weight_penalty,
+)
+from rayclf.train.phases import phase_plan, set_trainable
+
+STATUSES = ("completed", "stopped_early", "diverged", "failed")
+
+
+class Reporter(Protocol):
+    """Where the engine sends progress; CLI progress, Ray Train and W&B implement it."""
+
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+    def end(self, summary: dict[str, Any]) -> None: ...
+
+
+class NullReporter:
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def end(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class TrialResult:
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+# ------------------------------------------------------------------------------------ environment
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            rank = dist.get_rank() % torch.cuda.device_count() if dist.is_initialized() else torch.cuda.current_device()
+            return torch.device("cuda", rank)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p]
+
+
+def world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------ one epoch
+def soft_cross_entropy(logits: torch.Tensor, t: Targets, smoothing: float) -> torch.Tensor:
+    if t.y_b is t.y_a:
+        return F.cross_entropy(logits, t.y_a, label_smoothing=smoothing)
+    la = F.cross_entropy(logits, t.y_a, label_smoothing=smoothing, reduction="none")
+    lb = F.cross_entropy(logits, t.y_b, label_smoothing=smoothing, reduction="none")
+    return (t.lam * la + (1 - t.lam) * lb).mean()
+
+
+@dataclass
+class Trainer:
+    """The pieces of one trial that live across epochs (so checkpoints can capture them)."""
+
+    cfg: TrialConfig
+    model: nn.Module
+    net: nn.Module  # the model as trained: maybe DDP-wrapped and/or compiled
+    augmenter: Augmenter
+    train_loader: DeviceLoader
+    eval_loaders: dict[str, DeviceLoader]
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    num_classes: int
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
+
+    def train_epoch(self, opt: torch.optim.Optimizer, sched: Schedule, epoch: int,
+                    scaler: torch.amp.GradScaler | None) -> dict[str, float]:
+        cfg = self.cfg
+        self.net.train()
+        c1, c2 = penalty_coefficients(cfg.reg)
+        reg_weights = penalized_weights(self.model, cfg.reg.scope) if (c1 or c2) else []
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, correct, n
+        steps = len(self.train_loader)
+        start = time.perf_counter()
+        for step, (xb, yb) in enumerate(self.train_loader):
+            sched.step(epoch + step / steps)
+            x, targets = self.augmenter.train_batch(xb, yb)
+            with self._autocast():
+                logits = self.net(self._prep(x))
+                loss = soft_cross_entropy(logits.float(), targets, cfg.train.label_smoothing)
+            penalty = weight_penalty(reg_weights, c1, c2)
+            total = loss + penalty if penalty is not None else loss
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.unscale_(opt)
+            else:
+                total.backward()
+            if cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            with torch.no_grad():
+                pred = logits.argmax(1)
+                hit = targets.lam * (pred == targets.y_a) + (1 - targets.lam) * (pred == targets.y_b)
+                n = len(yb)
+                sums += torch.stack([loss.detach().double() * n, hit.sum().double(), torch.tensor(n, device=self.device,
+                                                                                           dtype=torch.float64)])
+        loss_sum, correct, count = all_sum(sums).tolist()  # the one host sync of the epoch
+        seconds = time.perf_counter() - start
+        count = max(count, 1.0)
+        return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
+                "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
+
+    @torch.no_grad()
+    def evaluate(self, split: str, confusion: bool = False) -> dict[str, Any]:
+        loader = self.eval_loaders.get(split)
+        if loader is None or len(loader.y) == 0:
+            return {}
+        self.net.eval()
+        k = self.num_classes
+        sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        cm = torch.zeros(k * k, device=self.device, dtype=torch.int64)
+        for xb, yb in loader:
+            with self._autocast():
+                logits = self.net(self._prep(self.augmenter.eval_batch(xb))).float()
+            sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
+            cm += torch.bincount(yb * k + logits.argmax(1), minlength=k * k)
+        all_sum(sums)
+        all_sum(cm)
+        matrix = cm.view(k, k).cpu()
+        n = int(matrix.sum())
+        out: dict[str, Any] = {f"{split}_loss": float(sums[0]) / max(n, 1),
+                               f"{split}_accuracy": float(matrix.diag().sum()) / max(n, 1)}
+        if confusion:
+            per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1).double()
+            out["confusion_matrix"] = matrix.tolist()
+            out["per_class_accuracy"] = per_class.tolist()
+        return out
+
+
+# ------------------------------------------------------------------------------------ assembly
+def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
+    rank, world_size = world()
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    augmenter = Augmenter(cfg.augment, ds.mean, ds.std, device, seed=cfg.seed * 7919 + rank)
+    train_x = torch.from_numpy(ds.train.x).to(device)
+    train_y = torch.from_numpy(ds.train.y).to(device)
+    if cfg.augment.double:
+        doubler = Augmenter(cfg.augment, ds.mean, ds.std, device, seed=cfg.seed * 7919 + 104729, online=True)
+        train_x, train_y = torch.cat([train_x, doubler.doubled(train_x)]), torch.cat([train_y, train_y])
+    loader_gen = torch.Generator(device=device)
+    loader_gen.manual_seed(cfg.seed)
+    train_loader = DeviceLoader((train_x, train_y), cfg.train.batch_size, device, shuffle=True, drop_last=True,
+                                generator=loader_gen, rank=rank, world_size=world_size)
+    eval_loaders = {name: DeviceLoader(split, cfg.train.eval_batch_size, device, shuffle=False, rank=rank,
+                                       world_size=world_size)
+                    for name, split in (("val", ds.val), ("test", ds.test)) if split is not None}
+    c, h, _ = ds.shape
+    model = create_model(cfg.model, num_classes=ds.num_classes, in_chans=c, image_size=h).to(device)
+    channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if dist.is_initialized():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    return Trainer(cfg, model, net, augmenter, train_loader, eval_loaders, device,
+                   autocast_dtype(cfg, device), channels_last, ds.num_classes)
+
+
+class EarlyStopper:
+    """Patience on a chosen metric; remembers the best weights for restoring."""
+
+    def __init__(self, cfg: TrialConfig):
+        es = cfg.train.early_stopping
+        self.es = es
+        self.sign = -1.0 if es.metric.endswith("accuracy") else 1.0
+        self.best = math.inf
+        self.bad = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, metrics: dict[str, Any], model: nn.Module) -> bool:
+        """Record this epoch; True when patience has run out."""
+        if self.es.patience == 0 or self.es.metric not in metrics:
+            return False
+        value = self.sign * metrics[self.es.metric]
+        if value < self.best - self.es.min_delta:
+            self.best, self.bad = value, 0
+            if self.es.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.bad >= self.es.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad, "best_state": self.best_state}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.best, self.bad, self.best_state = s["best"], s["bad"], s["best_state"]
+
+
+def _rng_state(trainer: Trainer) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "augment": trainer.augmenter.state_dict(),
+             "loader": trainer.train_loader.generator.get_state()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def _set_rng_state(trainer: Trainer, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    trainer.augmenter.load_state_dict(state["augment"])
+    trainer.train_loader.generator.set_state(state["loader"])
+    if "cuda" in state and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], trainer.device)
+
+
+# ------------------------------------------------------------------------------------ the loop
+def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | None = None,
+        checkpoint_dir: Path | None = None, resume: str | Path | None = None) -> TrialResult:
+    """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history."""
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    ds = data if data is not None else load_dataset(cfg.data)
+    tr = build_trainer(cfg, ds)
+    rank, _ = world()
+    plan = phase_plan(cfg)
+    stopper = EarlyStopper(cfg)
+    history: list[dict[str, Any]] = []
+    status, reason = "completed", ""
+    start_epoch = 0
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=tr.device)
+        tr.model.load_state_dict(state["model"])
+        _set_rng_state(tr, state["rng"])
+        stopper.load_state_dict(state["early_stopping"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+    epoch, stop = 0, False
+    for p_index, phase in enumerate(plan):
+        if stop:
+            break
+        if epoch + phase.epochs <= start_epoch:
+            epoch += phase.epochs
+            continue
+        set_trainable(tr.model, phase.trainable)
+        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr)
+        sched = Schedule(opt, cfg.sched, phase.epochs)
+        scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
+        if state is not None and int(state["phase"]) == p_index:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["schedule"])
+        for local in range(phase.epochs):
+            if epoch < start_epoch:
+                epoch += 1
+                continue
+            t0 = time.perf_counter()
+            metrics: dict[str, Any] = {"epoch": epoch + 1, "phase": p_index, "lr": sched.lr}
+            metrics.update(tr.train_epoch(opt, sched, local, scaler))
+            metrics.update(tr.evaluate("val"))
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            history.append(metrics)
+            epoch += 1
+            if not math.isfinite(metrics["train_loss"]):
+                status, reason, stop = "diverged", f"non-finite training loss at epoch {epoch}", True
+                reporter.epoch(metrics, None)
+                break
+            sched.epoch_end(metrics)
+            stop = stopper.update(metrics, tr.model)
+            ckpt = None
+            every = cfg.train.checkpoint_every
+            if rank == 0 and ((every and epoch % every == 0) or epoch == len_plan(plan) or stop):
+                state_now = {"model": tr.model.state_dict(), "optimizer": opt.state_dict(),
+                             "schedule": sched.state_dict(), "rng": _rng_state(tr), "epoch": epoch,
+                             "phase": p_index if local + 1 < phase.epochs else p_index + 1,
+                             "early_stopping": stopper.state_dict(), "history": history,
+                             "config": cfg.to_dict(), "data": data_info(ds)}
+                ckpt = _write(state_now, checkpoint_dir)
+            reporter.epoch(metrics, ckpt)
+            _cleanup(ckpt, checkpoint_dir)
+            if stop or reporter.should_stop():
+                stop = True
+                break
+    summary = summarize(cfg, tr, history, status, reason, stopper, time.perf_counter() - started)
+    reporter.end(summary)
+    return TrialResult(summary, history)
+
+
+def data_info(ds: Dataset) -> dict[str, Any]:
+    """What ``predict`` needs to preprocess new images the way training did."""
+    return {"mean": list(ds.mean), "std": list(ds.std), "classes": list(ds.classes), "shape": list(ds.shape)}
+
+
+def len_plan(plan: Iterable[Any]) -> int:
+    return sum(p.epochs for p in plan)
+
+
+def _write(state: dict[str, Any], folder: Path | None) -> Path:
+    target = folder if folder is not None else Path(tempfile.mkdtemp(prefix="rayclf-ckpt-"))
+    save_checkpoint(state, target)
+    return target
+
+
+def _cleanup(ckpt: Path | None, folder: Path | None) -> None:
+    """Temporary checkpoint folders are gone once the reporter has taken a copy."""
+    if ckpt is not None and folder is None:
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def summarize(cfg: TrialConfig, tr: Trainer, history: list[dict[str, Any]], status: str, reason: str,
+              stopper: EarlyStopper, seconds: float) -> dict[str, Any]:
+    """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix."""
+    if stopper.best_state is not None and status == "completed":
+        tr.model.load_state_dict(stopper.best_state)
+    test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
+    vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+    best_i = int(np.argmax(vals)) if vals else None
+    last = history[-1] if history else {}
+    return {
+        "status": status,
+        "reason": reason,
+        "params": count_params(tr.model),
+        "epochs": len(history),
+        "test_accuracy": test.get("test_accuracy", float("nan")),
+        "test_loss": test.get("test_loss", float("nan")),
+        "best_val_accuracy": max(vals) if vals else float("nan"),
+        "best_epoch": (best_i + 1) if best_i is not None else None,
+        "final_val_accuracy": last.get("val_accuracy", float("nan")),
+        "final_train_loss": last.get("train_loss", float("nan")),
+        "final_train_accuracy": last.get("train_accuracy", float("nan")),
+        "images_per_sec": float(np.mean([h["images_per_sec"] for h in history])) if history else 0.0,
+        "seconds": seconds,
+        "early_stopped": bool(stopper.es.patience and stopper.bad >= stopper.es.patience),
+        "per_class_accuracy": test.get("per_class_accuracy", []),
+        "confusion_matrix": test.get("confusion_matrix", []),
+        "device": str(tr.device),
+        "fingerprint": cfg.fingerprint(),
+    }

@@ -1,0 +1,154 @@
+"""Optimizers (timm's factory), learning-rate schedules and weight penalties from config.
+
+Schedules are plain functions of fractional epochs so they step per iteration, compose with a
+linear warm-up, and are trivially checkpointed; reduce-on-plateau keeps a small state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from rayclf.config import OptimConfig, RegConfig, SchedConfig
+
+
+def create_optimizer(params: nn.Module, cfg: OptimConfig, *, name: str | None = None,
+                     lr: float | None = None) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` with our names; biases and norm weights get no weight decay."""
+    name = name or cfg.name
+    kwargs: dict[str, Any] = {}
+    if name == "sgd":
+        opt = "nesterov" if cfg.nesterov else "momentum"
+        kwargs["momentum"] = 0.9 if cfg.momentum is None else cfg.momentum
+    elif name == "rmsprop":
+        opt = "rmsprop"
+        kwargs["momentum"] = 0.0 if cfg.momentum is None else cfg.momentum
+    else:
+        opt = name
+        if name in ("adam", "adamw", "adamax", "nadam", "radam"):
+            kwargs["betas"] = tuple(cfg.betas)
+    if name not in ("sgd", "adadelta"):
+        kwargs["eps"] = cfg.eps
+    return create_optimizer_v2(params, opt=opt, lr=lr or cfg.lr, weight_decay=cfg.weight_decay,
+                               filter_bias_and_bn=True, **kwargs)
+
+
+def lr_factor(cfg: SchedConfig, t: float, total: float, base_lr: float) -> float:
+    """Multiplier of the base LR at fractional epoch ``t`` of ``total`` (plateau: 1, it scales itself)."""
+    if cfg.name == "onecycle":
+        return _onecycle(cfg, t / max(total, 1e-9))
+    warm = cfg.warmup_epochs
+    if t < warm:
+        return cfg.warmup_start + (1 - cfg.warmup_start) * t / warm
+    t, span = t - warm, max(total - warm, 1e-9)
+    floor = cfg.min_lr / base_lr
+    name = cfg.name
+    if name in ("constant", "plateau"):
+        return 1.0
+    if name == "step":
+        return cfg.gamma ** math.floor(t / cfg.step_size)
+    if name == "multistep":
+        marks = [m * total if all(x <= 1 for x in cfg.milestones) else m for m in cfg.milestones]
+        return cfg.gamma ** sum(t + warm >= m for m in marks)
+    if name == "exponential":
+        return cfg.gamma**t
+    if name == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t / span, 1.0)))
+    if name == "cosine_restarts":
+        period, start = cfg.t0, 0.0
+        while t >= start + period:
+            start += period
+            period *= cfg.t_mult
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (t - start) / period))
+    raise ValueError(f"unknown schedule {name}")
+
+
+def _onecycle(cfg: SchedConfig, frac: float) -> float:
+    """Smith's one-cycle: cosine up from 1/div to 1 over pct_start, then down to 1/(div·final_div)."""
+    lo, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
+    if frac < cfg.pct_start:
+        p = frac / cfg.pct_start
+        return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * p))
+    p = min((frac - cfg.pct_start) / (1 - cfg.pct_start), 1.0)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+class Schedule:
+    """Sets each param group's LR per step; reduce-on-plateau also reacts to epoch-end metrics."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_epochs: float):
+        self.opt, self.cfg, self.total = optimizer, cfg, total_epochs
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        self.plateau_scale, self.best, self.bad_epochs = 1.0, math.inf, 0
+        self.step(0.0)
+
+    def step(self, epoch: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = group["base_lr"] * self.plateau_scale * lr_factor(self.cfg, epoch, self.total,
+                                                                            group["base_lr"])
+
+    def epoch_end(self, metrics: dict[str, float]) -> None:
+        """Reduce-on-plateau bookkeeping: after ``patience`` epochs with no improvement, scale by ``factor``."""
+        if self.cfg.name != "plateau":
+            return
+        value = metrics.get(self.cfg.plateau_metric)
+        if value is None or not math.isfinite(value):
+            return
+        value = -value if self.cfg.plateau_metric.endswith("accuracy") else value
+        if value < self.best - 1e-12:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.cfg.patience:
+                self.plateau_scale *= self.cfg.factor
+                self.bad_epochs = 0
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, float]:
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.plateau_scale, self.best = float(state["plateau_scale"]), float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+def penalized_weights(model: nn.Module, scope: str) -> list[torch.Tensor]:
+    """Conv/linear kernels (never biases or norm parameters); ``output``: the last linear layer only."""
+    kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    if scope == "output":
+        linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        kernels = linears[-1:] or kernels[-1:]
+    return [w for w in kernels if w.requires_grad]
+
+
+def penalty_coefficients(cfg: RegConfig) -> tuple[float, float]:
+    """(c1, c2) so that penalty = c1·Σ|w| + c2·Σw²; elastic net: λ·(α·Σ|w| + (1-α)·Σw²)."""
+    if cfg.kind == "l1":
+        return cfg.l1, 0.0
+    if cfg.kind == "l2":
+        return 0.0, cfg.l2
+    if cfg.kind == "l1l2":
+        return cfg.l1, cfg.l2
+    if cfg.kind == "elastic":
+        return cfg.lam * cfg.alpha, cfg.lam * (1 - cfg.alpha)
+    return 0.0, 0.0
+
+
+def weight_penalty(weights: list[torch.Tensor], c1: float, c2: float) -> torch.Tensor | None:
+    if not weights or (c1 == 0 and c2 == 0):
+        return None
+    total = weights[0].new_zeros(())
+    for w in weights:
+        if c1:
+            total = total + c1 * w.abs().sum()
+        if c2:
+            total = total + c2 * w.pow(2).sum()
+    return total
