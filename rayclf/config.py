@@ -242,33 +242,38 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
-def _section_class(loc: tuple[Any, ...], model_cls: type[BaseModel]) -> type[BaseModel] | None:
+def _section_class(loc: tuple[Any, ...], root: type[BaseModel], model_cls: type[BaseModel]) -> type[BaseModel] | None:
     """The config class that owns the key at ``loc`` (for listing valid sibling keys)."""
-    cls: type[BaseModel] | None = TrialConfig
+    cls: type[BaseModel] | None = root
     for part in loc[:-1]:
         if cls is None or not isinstance(part, str):
+            if isinstance(part, int):  # list index: stay on the list's item class
+                continue
             return None
         if cls is TrialConfig and part == "model":
             cls = model_cls
             continue
         field = cls.model_fields.get(part)
         ann = getattr(field, "annotation", None)
+        args = getattr(ann, "__args__", ())
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             cls = ann
-        elif getattr(ann, "__origin__", None) is list and ann.__args__ and isinstance(ann.__args__[0], type):
-            cls = ann.__args__[0] if issubclass(ann.__args__[0], BaseModel) else None
+        elif args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            cls = args[0]  # list[Item] or Item | None
         else:
             return None
     return cls
 
 
-def _describe(err: Mapping[str, Any], model_cls: type[BaseModel], prefix: str) -> str:
+def describe_error(err: Mapping[str, Any], root: type[BaseModel] = TrialConfig,
+                   model_cls: type[BaseModel] = ModelOptions, prefix: str = "") -> str:
+    """One sentence for one pydantic error: key path, value, what is allowed, closest spelling."""
     loc = tuple(err["loc"])
     path = prefix + ".".join(str(p) for p in loc)
     value = err.get("input")
     kind = err["type"]
     if kind == "extra_forbidden":
-        cls = _section_class(loc, model_cls)
+        cls = _section_class(loc, root, model_cls)
         allowed = sorted(cls.model_fields) if cls else []
         hint = closest(str(loc[-1]), allowed)
         msg = f"unknown key '{path}'."
@@ -283,9 +288,9 @@ def _describe(err: Mapping[str, Any], model_cls: type[BaseModel], prefix: str) -
     return f"'{path}' = {value!r}: {err['msg']}."
 
 
-def validation_message(exc: ValidationError, model_cls: type[BaseModel] = ModelOptions, prefix: str = "") -> str:
-    lines = [_describe(e, model_cls, prefix) for e in exc.errors(include_url=False)]
-    return "Invalid config: " + " ".join(lines)
+def validation_message(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    return "Invalid config: " + " ".join(describe_error(e, root, ModelOptions, prefix)
+                                         for e in exc.errors(include_url=False))
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -352,12 +357,12 @@ def build_config(raw: Mapping[str, Any], prefix: str = "") -> TrialConfig:
     try:
         model_opts = model_cls.model_validate(model_raw)
     except ValidationError as exc:
-        messages += [_describe({**e, "loc": ("model", *e["loc"])}, model_cls, prefix)
+        messages += [describe_error({**e, "loc": ("model", *e["loc"])}, TrialConfig, model_cls, prefix)
                      for e in exc.errors(include_url=False)]
     try:
         cfg = TrialConfig.model_validate(raw)
     except ValidationError as exc:
-        messages += [_describe(e, model_cls, prefix) for e in exc.errors(include_url=False)]
+        messages += [describe_error(e, TrialConfig, model_cls, prefix) for e in exc.errors(include_url=False)]
     if messages:
         raise ConfigError("Invalid config: " + " ".join(messages))
     cfg.model = model_opts  # type: ignore[assignment]

@@ -24,7 +24,7 @@ class ConsoleReporter:
     def __init__(self, total_epochs: int, echo=print):
         self.total, self.echo = total_epochs, echo
 
-    def epoch(self, m: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    def epoch(self, m: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
         val = f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.2%} | " if "val_loss" in m else ""
         self.echo(f"epoch {m['epoch']:>3}/{self.total} | train loss {m['train_loss']:.4f} acc "
                   f"{m['train_accuracy']:.2%} | {val}lr {m['lr']:.2e} | {m['epoch_seconds']:.1f}s "

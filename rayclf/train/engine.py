@@ -45,7 +45,8 @@ STATUSES = ("completed", "stopped_early", "diverged", "failed")
 class Reporter(Protocol):
     """Where the engine sends progress; CLI progress, Ray Train and W&B implement it."""
 
-    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
+        """One epoch's metrics; ``final`` marks the last epoch (``end`` follows right after)."""
 
     def should_stop(self) -> bool: ...
 
@@ -53,7 +54,7 @@ class Reporter(Protocol):
 
 
 class NullReporter:
-    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
         pass
 
     def should_stop(self) -> bool:
@@ -307,6 +308,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
         stopper.load_state_dict(state["early_stopping"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
     epoch, stop = 0, False
+    last_ckpt: Path | None = None
     for p_index, phase in enumerate(plan):
         if stop:
             break
@@ -333,26 +335,28 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
             epoch += 1
             if not math.isfinite(metrics["train_loss"]):
                 status, reason, stop = "diverged", f"non-finite training loss at epoch {epoch}", True
-                reporter.epoch(metrics, None)
+                reporter.epoch(metrics, None, final=True)
                 break
             sched.epoch_end(metrics)
-            stop = stopper.update(metrics, tr.model)
+            stop = stopper.update(metrics, tr.model) or reporter.should_stop()
+            final = stop or epoch == len_plan(plan)
             ckpt = None
             every = cfg.train.checkpoint_every
-            if rank == 0 and ((every and epoch % every == 0) or epoch == len_plan(plan) or stop):
+            if rank == 0 and ((every and epoch % every == 0) or final):
                 state_now = {"model": tr.model.state_dict(), "optimizer": opt.state_dict(),
                              "schedule": sched.state_dict(), "rng": _rng_state(tr), "epoch": epoch,
                              "phase": p_index if local + 1 < phase.epochs else p_index + 1,
                              "early_stopping": stopper.state_dict(), "history": history,
                              "config": cfg.to_dict(), "data": data_info(ds)}
                 ckpt = _write(state_now, checkpoint_dir)
-            reporter.epoch(metrics, ckpt)
-            _cleanup(ckpt, checkpoint_dir)
-            if stop or reporter.should_stop():
-                stop = True
+            reporter.epoch(metrics, ckpt, final=final)
+            if final:
+                last_ckpt = ckpt  # the reporter may still send it with the summary
                 break
+            _cleanup(ckpt, checkpoint_dir)
     summary = summarize(cfg, tr, history, status, reason, stopper, time.perf_counter() - started)
     reporter.end(summary)
+    _cleanup(last_ckpt, checkpoint_dir)
     return TrialResult(summary, history)
 
 

@@ -1,0 +1,1 @@
+"""Sweeps: file → trial list → Ray Tune driver + Ray Train workers."""

@@ -1,0 +1,196 @@
+"""Tune callbacks in the sweep driver: record results, release leaked resources, show progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune import Callback
+
+from rayclf.config import flatten
+from rayclf.results import ResultsStore
+from rayclf.sweep.worker import PG_KEY, SUMMARY_KEY
+
+EPOCH_KEYS = ("epoch", "phase", "lr", "train_loss", "train_accuracy", "train_seconds", "images_per_sec",
+              "val_loss", "val_accuracy", "epoch_seconds")
+
+
+def trial_info(trial: Any) -> dict[str, Any]:
+    """Our trial description, carried through Tune's param space."""
+    return trial.config["trial"]
+
+
+def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
+              epochs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config."""
+    s = summary or {}
+    values = [e[metric] for e in epochs if e.get(metric) is not None]
+    best = (max(values) if mode == "max" else min(values)) if values else None
+    last = epochs[-1] if epochs else {}
+    row: dict[str, Any] = {
+        "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
+        "seed": info["seed"], "status": status, "reason": reason, "epochs": len(epochs),
+        "metric": metric, "metric_best": best, "metric_final": last.get(metric),
+        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if "val_accuracy" in e), default=None),
+        "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
+        "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
+        "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
+        "seconds": s.get("seconds", sum(e.get("epoch_seconds", 0.0) for e in epochs)),
+        "images_per_sec": s.get("images_per_sec") or (
+            sum(e["images_per_sec"] for e in epochs) / len(epochs) if epochs else None),
+        "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
+        "per_class_accuracy": json.dumps(s.get("per_class_accuracy", [])),
+        "confusion_matrix": json.dumps(s.get("confusion_matrix", [])),
+        "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),
+    }
+    row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
+    return row
+
+
+class Recorder(Callback):
+    """Writes every finished trial — completed, stopped early, diverged or failed — to the store."""
+
+    def __init__(self, store: ResultsStore, metric: str, mode: str, on_record: Callable[[dict], None] | None = None):
+        self.store, self.metric, self.mode = store, metric, mode
+        self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.pgs: dict[str, set[str]] = {}
+        self.on_record = on_record
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tid = trial_info(trial)["trial_id"]
+        if result.get(PG_KEY):
+            self.pgs.setdefault(tid, set()).add(result[PG_KEY])
+        if SUMMARY_KEY in result:
+            self.summaries[tid] = json.loads(result[SUMMARY_KEY])
+        row = {k: result[k] for k in EPOCH_KEYS if k in result}
+        if "epoch" in row:  # a retried trial repeats epochs after its checkpoint: keep the latest
+            self.epochs.setdefault(tid, {})[int(row["epoch"])] = row
+
+    def _record(self, trial: Any, status: str, reason: str) -> None:
+        info = trial_info(trial)
+        tid = info["trial_id"]
+        epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
+        summary = self.summaries.get(tid)
+        row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode)
+        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+        if self.on_record:
+            self.on_record(row)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        summary = self.summaries.get(trial_info(trial)["trial_id"])
+        if summary is None:
+            self._record(trial, "stopped_early", "stopped by the scheduler")
+        else:
+            self._record(trial, summary["status"], summary.get("reason", ""))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, "failed", failure_reason(trial))
+
+
+def failure_reason(trial: Any) -> str:
+    """The last line of the trial's error (the exception), without Ray's traceback noise."""
+    try:
+        text = open(trial.error_file).read() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("File ", "Traceback", "^", "~"))]
+    return (useful[-1] if useful else "trial failed")[:500]
+
+
+class PlacementGroupJanitor(Callback):
+    """Removes a finished trial's Train worker-group placement group if Ray left it ``CREATED``.
+
+    Works around ray-project/ray#54305 / #32725: when Tune stops a trial that runs a Train V2
+    ``TorchTrainer`` (ASHA), the worker group's placement group may keep its resources and every
+    later trial waits forever. Workers report their group's id with each result (``rayclf_pg``).
+    """
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+        self.removed: set[str] = set()
+
+    def release(self, pg_hex: str) -> bool:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        state = placement_group_table().get(pg_hex, {}).get("state")
+        if state is None or state == "REMOVED" or pg_hex in self.removed:
+            return False
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_hex))))
+        self.removed.add(pg_hex)
+        return True
+
+    def _clean(self, trial: Any) -> None:
+        for pg in self.recorder.pgs.get(trial_info(trial)["trial_id"], ()):
+            self.release(pg)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._clean(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._clean(trial)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for pgs in self.recorder.pgs.values():
+            for pg in pgs:
+                self.release(pg)
+
+
+class LiveView(Callback):
+    """A compact trial table on the terminal: status, epoch, metric, best so far."""
+
+    def __init__(self, metric: str, mode: str, echo: Callable[[str], None], interval: float = 15.0):
+        self.metric, self.mode, self.echo, self.interval = metric, mode, echo, interval
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.last_print = 0.0
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        info = trial_info(trial)
+        return self.rows.setdefault(info["trial_id"], {"arm": info["arm"], "seed": info["seed"], "status": "PENDING",
+                                                       "epoch": 0, "value": None, "best": None})
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._row(trial)["status"] = "RUNNING"
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._row(trial)
+        if self.metric in result:
+            value = result[self.metric]
+            row.update(epoch=result.get("epoch", row["epoch"]), value=value)
+            better = row["best"] is None or (value > row["best"] if self.mode == "max" else value < row["best"])
+            row["best"] = value if better else row["best"]
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["status"] = "DONE"
+        self._line(f"done    {row['arm']} seed {row['seed']}: epoch {row['epoch']}, {self.metric} {_f(row['value'])}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["status"] = "FAILED"
+        self._line(f"failed  {row['arm']} seed {row['seed']}: {failure_reason(trial)}")
+
+    def _line(self, text: str) -> None:
+        self.echo(f"[{time.strftime('%H:%M:%S')}] {text}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last_print < self.interval:
+            return
+        self.last_print = now
+        running = [r for r in self.rows.values() if r["status"] == "RUNNING"]
+        done = sum(r["status"] in ("DONE", "FAILED") for r in self.rows.values())
+        bests = [r["best"] for r in self.rows.values() if r["best"] is not None]
+        best = (max(bests) if self.mode == "max" else min(bests)) if bests else None
+        lines = [f"{len(trials)} trials: {len(running)} running, {done} finished; best {self.metric} {_f(best)}"]
+        lines += [f"  {r['arm'][:40]:<40} seed {r['seed']:<3} epoch {r['epoch']:<4} {self.metric} {_f(r['value'])} "
+                  f"(best {_f(r['best'])})" for r in running]
+        self._line("\n".join(lines))
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,223 @@
+"""Run a sweep on Ray: a Tune function trainable per trial that fits a Ray Train V2 ``TorchTrainer``.
+
+Tune schedules the explicit trial list (grid over our own trial descriptions), stops poor trials
+(ASHA / median) and retries nothing itself; Ray Train runs the workers, checkpoints every epoch and
+retries a failing worker group from its last checkpoint (``FailureConfig``). The driver records every
+trial as it finishes (``Recorder``) and releases placement groups Ray leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayclf.aggregate import arm_stats, best_arm, format_table
+from rayclf.config import UserError
+from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
+from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources
+from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
+
+SWEEP_FILE = "sweep.yaml"
+
+
+@dataclass
+class SweepOutcome:
+    sweep: Sweep
+    out: str
+    rows: list[dict[str, Any]]
+    skipped: int
+    winner: Arm | None = None
+
+    def summary_text(self) -> str:
+        stats = arm_stats(self.rows)
+        lines = [format_table(stats, self.sweep.file.metric), ""]
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        lines.append(f"{len(self.rows)} trials recorded ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+                     f"; {self.skipped} already done and skipped")
+        if self.winner is not None:
+            lines.append(f"staged winner: {self.winner.label} {self.winner.overrides}")
+        lines.append(f"results: {join(self.out, TRIALS)}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- Ray side
+def train_driver(config: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial = one Ray Train V2 TorchTrainer run."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayclf.sweep.worker import train_worker
+
+    trial = config["trial"]
+    res = trial["resources"]
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=trial,
+        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["gpus"] > 0,
+                                     resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]}),
+        run_config=RunConfig(name=f"trial-{trial['trial_id']}", storage_path=trial["storage"],
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=trial["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+
+
+def _prepare_everywhere(trials: list[Trial]) -> None:
+    """Download / decode each dataset once per node (under a file lock) before trials start."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rayclf.data.sources import prepare_dataset
+
+    @ray.remote(num_cpus=0)
+    def prepare(data: dict[str, Any]) -> None:
+        from rayclf.config import DataConfig
+
+        prepare_dataset(DataConfig.model_validate(data))
+
+    datas = {t.config.data.model_dump_json(): t.config.data.model_dump() for t in trials}
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(d)
+            for node in nodes for d in datas.values()]
+    try:
+        ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), UserError) else None
+        if cause is not None:
+            raise UserError(str(cause)) from None
+        raise
+
+
+def _scheduler(sweep: Sweep, max_epochs: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    s = sweep.file.scheduler
+    if s.name == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=s.max_epochs or max_epochs, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=2)
+    return FIFOScheduler()
+
+
+def storage_path(out: str) -> str:
+    return join(out, "_ray") if "://" in out else os.path.abspath(os.path.join(out, "_ray"))
+
+
+def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
+               echo: Callable[[str], None]) -> int:
+    """Run the trials not yet finished; return how many were skipped as already done."""
+    import ray
+    from ray import tune
+
+    from rayclf.sweep.callbacks import LiveView, PlacementGroupJanitor, Recorder
+
+    done = store.completed_ids()
+    todo = [t for t in trials if t.trial_id not in done]
+    if not todo:
+        return len(trials)
+    _prepare_everywhere(todo)
+    cluster = ray.cluster_resources()
+    res = trial_resources(sweep)
+    storage = storage_path(out)
+    descriptions = [{
+        "trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
+        "overrides": t.arm.overrides, "config": t.config.to_dict(), "storage": storage,
+        "max_failures": sweep.file.max_failures,
+        "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers},
+    } for t in todo]
+    max_epochs = max((sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs) for t in todo)
+    recorder = Recorder(store, sweep.file.metric, sweep.file.mode or "max")
+    callbacks: list[Any] = [recorder, PlacementGroupJanitor(recorder)]
+    if live:
+        callbacks.append(LiveView(sweep.file.metric, sweep.file.mode or "max", echo))
+    tuner = tune.Tuner(
+        tune.with_resources(train_driver, driver_resources(cluster)),
+        param_space={"trial": tune.grid_search(descriptions)},
+        tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode,
+                                    scheduler=_scheduler(sweep, max_epochs),
+                                    max_concurrent_trials=min(concurrency(sweep, cluster), len(todo)),
+                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
+                                                                  f"{tr.config['trial']['seed']}"[:80],
+                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+    return len(trials) - len(todo)
+
+
+# --------------------------------------------------------------------------------- driver side
+def _start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a local instance; True when we started it (and must stop it)."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> str:
+    """The sweep directory: never silently overwrite finished results."""
+    out = out or str(Path("runs") / sweep.name)
+    if exists(join(out, TRIALS)) and not resume:
+        raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished trials "
+                        "are skipped, new arms or seeds run) or choose another --out.")
+    write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
+    return out
+
+
+def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None]) -> tuple[int, Arm]:
+    """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
+    carried: dict[str, Any] = {}
+    skipped = 0
+    winner = Arm("baseline", {})
+    for i in range(sweep.stage_count()):
+        arms = sweep.arms(carried, stage=i)
+        trials = sweep.trials(arms)
+        skipped += run_trials(sweep, trials, store, out, live, echo)
+        ids = {t.trial_id for t in trials}
+        stats = arm_stats([r for r in store.trials if r["trial_id"] in ids])
+        best = best_arm(stats, sweep.file.mode or "max")
+        if best is None:
+            raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")
+        winner = next(a for a in arms if a.label == best.arm)
+        carried = dict(winner.overrides)
+        echo(f"stage {i + 1} winner: {winner.label} ({sweep.file.metric} {best.mean:.4f})")
+    if sweep.file.search.final:
+        final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
+        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo)
+    return skipped, winner
+
+
+def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
+              num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print) -> SweepOutcome:
+    """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
+    import ray
+
+    out = prepare_out(sweep, out, resume)
+    store = ResultsStore(out)
+    started = _start_ray(address, num_cpus)
+    try:
+        winner = None
+        if sweep.file.search.kind == "stages":
+            skipped, winner = run_staged(sweep, store, out, live, echo)
+        else:
+            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo)
+    finally:
+        if started:
+            ray.shutdown()
+    return SweepOutcome(sweep, out, store.trials, skipped, winner)

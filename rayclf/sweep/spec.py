@@ -1,0 +1,377 @@
+"""A sweep file → an explicit list of trials ``(trial_id, arm, seed, config)``.
+
+rayclf expands every search (grid, seeded random, one-factor-at-a-time ablation, greedy stages)
+itself, before Ray sees anything, so arms, seeds and trial identities are deterministic: a trial's
+id is the hash of its fully resolved config (seed included). Tune then only schedules that list.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from rayclf.config import (
+    ConfigError,
+    Strict,
+    TrialConfig,
+    apply_overrides,
+    build_config,
+    closest,
+    parse_override,
+    read_yaml,
+    validation_message,
+)
+
+
+# ------------------------------------------------------------------------------------- the file
+class RandomSearch(Strict):
+    num_samples: int = Field(..., ge=1, le=100_000)
+    seed: int = Field(0, ge=0)
+    params: dict[str, dict[str, Any]] = Field(..., description="key: {choice: [..]} | {uniform: [lo, hi]} | ...")
+
+    @model_validator(mode="after")
+    def _dists(self) -> RandomSearch:
+        for key, dist in self.params.items():
+            if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+                kind = next(iter(dist), None)
+                hint = closest(str(kind), DISTRIBUTIONS)
+                raise ValueError(f"search.random.params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}"
+                                 + (f"; did you mean '{hint}'?" if hint else ""))
+            kind, arg = next(iter(dist.items()))
+            if kind == "choice" and (not isinstance(arg, list) or not arg):
+                raise ValueError(f"search.random.params.{key}.choice must be a non-empty list")
+            if kind != "choice" and (not isinstance(arg, list) or len(arg) != 2 or not arg[0] < arg[1]):
+                raise ValueError(f"search.random.params.{key}.{kind} must be [low, high] with low < high")
+            if kind == "loguniform" and arg[0] <= 0:
+                raise ValueError(f"search.random.params.{key}.loguniform needs low > 0")
+        return self
+
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+class Ablation(Strict):
+    factors: dict[str, Any] = Field(..., description="key: [alternative values] or name: {label: {key: value}}")
+    include_baseline: bool = True
+
+
+class Stage(Strict):
+    name: str | None = None
+    vary: dict[str, Any] = Field(..., description="a grid of factors tried around the current best")
+
+
+class SearchSpec(Strict):
+    grid: dict[str, Any] | None = None
+    random: RandomSearch | None = None
+    ablation: Ablation | None = None
+    stages: list[Stage] | None = None
+    final: dict[str, Any] | None = Field(None, description="stages: re-run the winner with these overrides")
+
+    @model_validator(mode="after")
+    def _one(self) -> SearchSpec:
+        kinds = [k for k in ("grid", "random", "ablation", "stages") if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise ValueError(f"search takes one of grid, random, ablation or stages, not {' and '.join(kinds)}")
+        if self.final is not None and self.stages is None:
+            raise ValueError("search.final only applies to stages")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next((k for k in ("grid", "random", "ablation", "stages") if getattr(self, k) is not None), "single")
+
+
+class SchedulerSpec(Strict):
+    name: Literal["fifo", "asha", "median"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    max_epochs: int | None = Field(None, ge=1, description="default: the base config's epochs")
+
+
+class ResourcesSpec(Strict):
+    cpus: float = Field(1.0, gt=0, description="CPUs per worker")
+    gpus: float = Field(0.0, ge=0, description="GPUs per worker; a fraction packs trials on one GPU")
+    num_workers: int = Field(1, ge=1, le=1024, description="data-parallel workers per trial")
+    max_concurrent: int | None = Field(None, ge=1, description="default: derived from the cluster")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> ResourcesSpec:
+        if self.num_workers > 1 and self.gpus not in (0, int(self.gpus)):
+            raise ValueError("fractional gpus are only allowed for single-worker trials (num_workers: 1)")
+        return self
+
+
+class WandbSpec(Strict):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str | None = None
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class SweepFile(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    metric: Literal["val_accuracy", "val_loss", "train_accuracy", "train_loss"] = "val_accuracy"
+    mode: Literal["max", "min"] | None = None
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_failures: int = Field(1, ge=0, le=100, description="retries of a failing trial before it is recorded")
+    wandb: WandbSpec = Field(default_factory=WandbSpec)
+
+    @model_validator(mode="after")
+    def _mode(self) -> SweepFile:
+        if self.mode is None:
+            self.mode = "min" if self.metric.endswith("loss") else "max"
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        return self
+
+
+# ------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of the study (before seeds): a label and the overrides it applies."""
+
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stage: int | None = None
+
+    def key(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    arm: Arm
+    seed: int
+    config: TrialConfig
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: the file's settings, the resolved base config and its arms."""
+
+    file: SweepFile
+    base: dict[str, Any]
+    source: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    def arms(self, base_overrides: Mapping[str, Any] | None = None, stage: int | None = None) -> list[Arm]:
+        """The arms of a non-staged search, or of one stage (around ``base_overrides``)."""
+        s = self.file.search
+        if s.kind == "grid":
+            return grid_arms(s.grid or {})
+        if s.kind == "random":
+            return random_arms(s.random)  # type: ignore[arg-type]
+        if s.kind == "ablation":
+            return ablation_arms(s.ablation)  # type: ignore[arg-type]
+        if s.kind == "stages":
+            assert stage is not None, "staged sweeps expand one stage at a time"
+            arms = grid_arms(s.stages[stage].vary)  # type: ignore[index]
+            prefix = s.stages[stage].name or f"stage{stage + 1}"  # type: ignore[index]
+            carried = dict(base_overrides or {})
+            return [Arm(f"{prefix}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
+        return [Arm("baseline", {})]
+
+    def trials(self, arms: list[Arm]) -> list[Trial]:
+        """Arms × seeds, each validated and content-addressed."""
+        out = []
+        for arm in arms:
+            for seed in self.file.seeds:
+                cfg = self.config_for(arm, seed)
+                out.append(Trial(cfg.fingerprint(), arm, seed, cfg))
+        return out
+
+    def config_for(self, arm: Arm, seed: int) -> TrialConfig:
+        raw = apply_overrides(self.base, {**arm.overrides, "seed": seed})
+        try:
+            return build_config(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep '{self.name}', arm '{arm.label}': {exc}") from None
+
+    def stage_count(self) -> int:
+        return len(self.file.search.stages or [])
+
+
+# ------------------------------------------------------------------------------------- expansion
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "/".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Shortest unambiguous dotted suffix of each key: ``model.dropout`` → ``dropout``."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if sum(1 for k in keys if k == name or k.endswith("." + name)) == 1:
+                break
+        out[key] = name
+    return out
+
+
+def factor_levels(key: str, spec: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A factor's levels as (label, overrides). Plain: ``key: [v1, v2]``; named: ``name: {label: {k: v}}``."""
+    if isinstance(spec, Mapping):
+        levels = []
+        for label, overrides in spec.items():
+            if not isinstance(overrides, Mapping):
+                raise ConfigError(f"factor '{key}': level '{label}' must map config keys to values, "
+                                  f"got {overrides!r}.")
+            levels.append((str(label), dict(overrides)))
+        return levels
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"factor '{key}' must be a non-empty list of values, or a mapping of named levels; "
+                          f"got {spec!r}.")
+    return [(None, {key: v}) for v in spec]  # type: ignore[misc]
+
+
+def _label(key: str, short: str, level_label: str | None, overrides: dict[str, Any]) -> str:
+    if level_label is not None:
+        return f"{short}={level_label}"
+    return f"{short}={_fmt(overrides[key])}"
+
+
+def grid_arms(grid: Mapping[str, Any]) -> list[Arm]:
+    """Cartesian product of every factor's levels."""
+    if not grid:
+        return [Arm("baseline", {})]
+    keys = list(grid)
+    shorts = short_names(keys)
+    per_key = [[(_label(k, shorts[k], lab, ov), ov) for lab, ov in factor_levels(k, grid[k])] for k in keys]
+    arms = []
+    for combo in itertools.product(*per_key):
+        overrides: dict[str, Any] = {}
+        for _, ov in combo:
+            overrides.update(ov)
+        arms.append(Arm(",".join(label for label, _ in combo), overrides))
+    return arms
+
+
+def ablation_arms(ab: Ablation) -> list[Arm]:
+    """The baseline, then one arm per alternative value of each factor (everything else at baseline)."""
+    keys = list(ab.factors)
+    shorts = short_names(keys)
+    arms = [Arm("baseline", {})] if ab.include_baseline else []
+    for k in keys:
+        arms += [Arm(_label(k, shorts[k], lab, ov), ov) for lab, ov in factor_levels(k, ab.factors[k])]
+    return arms
+
+
+def random_arms(rs: RandomSearch) -> list[Arm]:
+    """``num_samples`` seeded draws: the same file always gives the same arms."""
+    rng = np.random.default_rng(rs.seed)
+    width = len(str(rs.num_samples))
+    arms = []
+    for i in range(rs.num_samples):
+        overrides = {}
+        for key, dist in rs.params.items():
+            kind, arg = next(iter(dist.items()))
+            if kind == "choice":
+                value = arg[int(rng.integers(len(arg)))]
+            elif kind == "uniform":
+                value = float(rng.uniform(arg[0], arg[1]))
+            elif kind == "loguniform":
+                value = float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
+            else:
+                value = int(rng.integers(arg[0], arg[1]))
+            overrides[key] = value
+        arms.append(Arm(f"sample-{i:0{width}d}", overrides))
+    return arms
+
+
+# ------------------------------------------------------------------------------------- loading
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def resolve_base(base: Mapping[str, Any], source: Path | None, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``base: {extends: other.yaml, ...}``: the other file's config (or sweep base), overlaid."""
+    base = dict(base)
+    parent = base.pop("extends", None)
+    if parent is None:
+        return base
+    path = (source.parent if source else Path.cwd()) / parent
+    if path.resolve() in seen:
+        raise ConfigError(f"base.extends loops back to {path}.")
+    data = read_yaml(path)
+    inherited = data["base"] if "base" in data and isinstance(data["base"], dict) else data
+    return deep_merge(resolve_base(inherited, path, (*seen, path.resolve())), base)
+
+
+def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: tuple[str, ...] = ()) -> Sweep:
+    """Validate a sweep mapping: the file's own schema, the base config, and every arm's config."""
+    try:
+        file = SweepFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, SweepFile)) from None
+    base = resolve_base(file.base, source)
+    base = apply_overrides(base, dict(parse_override(o) for o in overrides))
+    try:
+        build_config(base, prefix="base.")
+    except ConfigError as exc:
+        raise ConfigError(f"sweep '{file.name}': {exc}") from None
+    sweep = Sweep(file, base, source)
+    if file.search.kind == "stages":
+        for i in range(sweep.stage_count()):
+            sweep.trials(sweep.arms({}, stage=i))
+        if file.search.final:
+            sweep.config_for(Arm("final", dict(file.search.final)), file.seeds[0])
+    else:
+        sweep.trials(sweep.arms())
+    return sweep
+
+
+def load_sweep(path: str | Path, overrides: tuple[str, ...] = ()) -> Sweep:
+    path = Path(path)
+    return parse_sweep(read_yaml(path), path, overrides)
+
+
+def describe_file(path: str | Path) -> str:
+    """One line for ``rayclf validate``: a sweep's arms and trials, or a trial config's model."""
+    path = Path(path)
+    data = read_yaml(path)
+    if "name" in data and ("search" in data or "base" in data):
+        sweep = parse_sweep(data, path)
+        n_seeds = len(sweep.file.seeds)
+        if sweep.file.search.kind == "stages":
+            per_stage = [len(sweep.arms({}, stage=i)) for i in range(sweep.stage_count())]
+            extra = " + final" if sweep.file.search.final else ""
+            return (f"sweep '{sweep.name}': {sweep.stage_count()} stages of {per_stage} arms{extra} "
+                    f"× {n_seeds} seeds")
+        arms = sweep.arms()
+        return f"sweep '{sweep.name}': {len(arms)} arms × {n_seeds} seeds = {len(arms) * n_seeds} trials"
+    cfg = build_config(data)
+    return f"trial config: model {cfg.model.name}, data {cfg.data.name}, {cfg.train.epochs} epochs"
+
+
+def dump_sweep(sweep: Sweep) -> str:
+    """The resolved sweep file (base inlined) as written into the sweep directory."""
+    data = sweep.file.model_dump(mode="json", exclude_none=True)
+    data["base"] = sweep.base
+    return yaml.safe_dump(data, sort_keys=False)
+
