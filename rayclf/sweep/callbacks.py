@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -93,7 +94,7 @@ class Recorder(Callback):
 def failure_reason(trial: Any) -> str:
     """The last line of the trial's error (the exception), without Ray's traceback noise."""
     try:
-        text = open(trial.error_file).read() if trial.error_file else ""
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:
         text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]

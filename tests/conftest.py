@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny synthetic configs, miniature archives in the official layouts, a Ray instance."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+MINI_CIFAR = Path(os.environ.get("RAYCLF_TEST_CIFAR_MINI",
+                                 Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"))
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def tiny(**sections: Any) -> dict[str, Any]:
+    """A raw trial config that trains in about a second on CPU; keyword sections override."""
+    cfg: dict[str, Any] = {
+        "data": {"name": "synthetic", "synthetic": {"num_train": 400, "num_test": 200, "num_classes": 4,
+                                                     "image_size": 16}},
+        "model": {"name": "cnn", "widths": [8, 16]},
+        "train": {"epochs": 2, "batch_size": 32},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "sched": {"name": "constant"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def write_cifar(root: Path, n_train: int = 50, n_test: int = 20, classes: int = 10, hundred: bool = False) -> Path:
+    """A miniature CIFAR-10/100 python-version folder (pickled dicts, official keys)."""
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    label_key = "fine_labels" if hundred else "labels"
+
+    def dump(name: str, n: int) -> None:
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: list(rng.integers(0, classes, n))}
+        with (folder / name).open("wb") as f:
+            pickle.dump(d, f)
+
+    if hundred:
+        dump("train", n_train)
+        dump("test", n_test)
+        with (folder / "meta").open("wb") as f:
+            pickle.dump({"fine_label_names": [f"c{i}" for i in range(classes)]}, f)
+    else:
+        for i in range(1, 6):
+            dump(f"data_batch_{i}", n_train // 5)
+        dump("test_batch", n_test)
+        with (folder / "batches.meta").open("wb") as f:
+            pickle.dump({"label_names": [f"c{i}" for i in range(classes)]}, f)
+    return folder
+
+
+def write_png_tree(folder: Path, classes: list[str], per_class: int, size: int = 32) -> None:
+    """A class-per-folder tree of random PNGs."""
+    import torch
+    from torchvision.io import write_png
+
+    rng = np.random.default_rng(1)
+    for c in classes:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = torch.from_numpy(rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+            write_png(img, str(folder / c / f"{i}.png"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by the sweep tests."""
+    import ray
+
+    from rayclf.sweep.plan import DRIVER_RESOURCE
+
+    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,78 @@
+"""``rayclf train`` / ``rayclf predict`` / ``rayclf validate`` end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rayclf.cli import main
+
+from .conftest import MINI_CIFAR, tiny, write_cifar
+
+
+def test_train_writes_summary_epochs_and_checkpoint_then_predicts(tmp_path):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny(data={"name": "cifar10", "root": str(tmp_path / "data"),
+                                                  "download": False, "val_fraction": 0.2})))
+    write_cifar(tmp_path / "data", n_train=100, n_test=40)
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(cfg_file), "--set", "train.epochs=2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "epoch   2/2" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"status", "params", "epochs", "test_accuracy", "best_val_accuracy"} <= set(summary)
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert pq.read_table(out / "epochs.parquet").num_rows == 2
+    assert (out / "checkpoint" / "checkpoint.pt").is_file()
+
+    preds = tmp_path / "preds.npy"
+    res = runner.invoke(main, ["predict", str(out / "checkpoint"), "--data-root", str(tmp_path / "data"),
+                               "--out", str(preds)])
+    assert res.exit_code == 0, res.output
+    p = np.load(preds)
+    assert p.shape == (40,) and p.dtype.kind == "i"
+    assert f"accuracy: {100 * summary['test_accuracy']:.2f}%" in res.output  # same model, same test split
+
+    res = runner.invoke(main, ["train", str(cfg_file), "--out", str(out)])
+    assert res.exit_code == 2 and "already holds a finished run" in res.output
+
+
+def test_predict_on_unlabelled_images(tmp_path):
+    from .conftest import write_png_tree
+
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "--set", "train.epochs=1", "--set", "data.synthetic.num_train=200",
+                                "--set", "data.synthetic.image_size=16", "--out", str(out)]).exit_code == 0
+    write_png_tree(tmp_path / "imgs", ["x"], 5, size=20)
+    res = runner.invoke(main, ["predict", str(out / "checkpoint"), "--data-root", str(tmp_path / "imgs" / "x"),
+                               "--out", str(tmp_path / "p.npy")])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "p.npy").shape == (5,) and "accuracy" not in res.output
+
+
+def test_validate_reports_counts_and_errors(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "g", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, 0.01]}},
+                                    "seeds": [0, 1, 2]}))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "b", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, -1]}}}))
+    res = CliRunner().invoke(main, ["validate", str(good), str(bad)])
+    assert res.exit_code == 2
+    assert "2 arms × 3 seeds = 6 trials" in res.output
+    assert "arm 'lr=-1'" in res.output and "'optim.lr' = -1" in res.output
+
+
+@pytest.mark.skipif(not MINI_CIFAR.is_dir(), reason="cifar10-mini folder not present")
+def test_train_cli_on_real_cifar10_mini(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--set", "data.name=cifar10", "--set", f"data.root={MINI_CIFAR}",
+                                    "--set", "train.epochs=1", "--set", "model.widths=[16,32]",
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"] > 0.15

@@ -1,0 +1,95 @@
+"""Sweeps on a real local Ray instance (2 CPUs): Tune driver + Ray Train V2 workers end to end."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rayclf.cli import main
+from rayclf.config import UserError
+from rayclf.sweep.runner import run_sweep
+from rayclf.sweep.spec import parse_sweep
+
+from .conftest import tiny
+
+pytestmark = pytest.mark.ray
+
+
+def quick_base(epochs: int = 2, **kw):
+    return tiny(data={"synthetic": {"num_train": 300, "num_test": 100, "num_classes": 4, "image_size": 16}},
+                train={"epochs": epochs, "batch_size": 50}, **kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the failing arm asks for a GPU this machine must not have")
+def test_sweep_records_completed_failed_and_diverged_then_resumes(ray_local, tmp_path):
+    spec = {"name": "mixed", "base": quick_base(),
+            "search": {"ablation": {"factors": {
+                "optim.lr": [10.0],                       # diverges: huge LR with a strong L2 pull
+                "train.device": ["cuda"],                  # fails on a CPU-only machine, is retried, recorded
+            }}},
+            "max_failures": 1}
+    spec["base"]["reg"] = {"kind": "l2", "l2": 10.0}
+    spec["base"]["data"]["synthetic"]["noise"] = 0.0
+    s = parse_sweep(spec)
+    out = str(tmp_path / "sweep")
+    outcome = run_sweep(s, out=out, live=False)
+    rows = {r["arm"]: r for r in pq.read_table(f"{out}/trials.parquet").to_pylist()}
+    assert set(rows) == {"baseline", "lr=10", "device=cuda"}
+    assert rows["baseline"]["status"] == "completed" and rows["baseline"]["test_accuracy"] is not None
+    assert rows["baseline"]["epochs"] == 2 and rows["baseline"]["config.optim.lr"] == 0.05
+    assert rows["lr=10"]["status"] == "diverged" and "non-finite" in rows["lr=10"]["reason"]
+    assert rows["device=cuda"]["status"] == "failed"
+    assert "cuda" in rows["device=cuda"]["reason"].lower() or "gpu" in rows["device=cuda"]["reason"].lower()
+    epochs = pq.read_table(f"{out}/epochs.parquet").to_pylist()
+    assert len([e for e in epochs if e["trial_id"] == rows["baseline"]["trial_id"]]) == 2
+    assert "completed 1" in outcome.summary_text()
+    assert (tmp_path / "sweep" / "sweep.yaml").is_file()
+
+    # an existing sweep directory is never silently overwritten
+    with pytest.raises(UserError, match="--resume"):
+        run_sweep(s, out=out, live=False)
+
+    # resume with one more seed: finished trials are skipped, only the new ones (and the failed one) run
+    spec["seeds"] = [0, 1]
+    spec["search"]["ablation"]["factors"] = {"optim.lr": [10.0]}
+    again = run_sweep(parse_sweep(spec), out=out, resume=True, live=False)
+    assert again.skipped == 2
+    rows2 = pq.read_table(f"{out}/trials.parquet").to_pylist()
+    assert len(rows2) == 5
+    assert sorted((r["arm"], r["seed"]) for r in rows2 if r["arm"] != "device=cuda") == [
+        ("baseline", 0), ("baseline", 1), ("lr=10", 0), ("lr=10", 1)]
+
+
+def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path):
+    """Regression for ray-project/ray#54305: early-stopped Train V2 trials must release their resources."""
+    spec = {"name": "asha", "base": quick_base(epochs=4),
+            "search": {"grid": {"optim.lr": [0.0005, 0.001, 0.002, 0.1, 0.2, 0.3]}},
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}
+    start = time.monotonic()
+    outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "asha"), live=False)
+    elapsed = time.monotonic() - start
+    statuses = [r["status"] for r in outcome.rows]
+    assert len(statuses) == 6
+    assert "stopped_early" in statuses and "completed" in statuses
+    assert elapsed < 420, f"sweep took {elapsed:.0f}s: trials waited on leaked resources"
+    import ray
+
+    leaked = [pg for pg, info in ray.util.placement_group_table().items() if info["state"] == "CREATED"]
+    assert leaked == []
+
+
+def test_sweep_cli_dry_run_trains_nothing(tmp_path):
+    import yaml
+
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"name": "d", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, 0.01]}},
+                                 "seeds": [0, 1, 2], "resources": {"cpus": 1}}))
+    res = CliRunner().invoke(main, ["sweep", str(f), "--dry-run", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "2 arms × 3 seeds = 6 trials" in res.output and "concurrency" in res.output
+    assert "estimate:" in res.output
+    assert not (tmp_path / "o").exists()
