@@ -33,7 +33,7 @@ def register_model(name: str, options: type[ModelOptions]) -> Callable[[Callable
 
 def list_models() -> list[str]:
     _load_families()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if n != TIMM_FALLBACK)
 
 
 def _load_families() -> None:
@@ -43,7 +43,7 @@ def _load_families() -> None:
 def model_options_class(name: Any, key: str = "model.name") -> type[ModelOptions]:
     """Options class for a model name: ours first, then any timm model name."""
     _load_families()
-    if isinstance(name, str) and name in _REGISTRY:
+    if isinstance(name, str) and name in _REGISTRY and name != TIMM_FALLBACK:
         return _REGISTRY[name].options
     if isinstance(name, str):
         import timm

@@ -70,22 +70,28 @@ def train_driver(config: dict[str, Any]) -> None:
 
 
 def _prepare_everywhere(trials: list[Trial]) -> None:
-    """Download / decode each dataset once per node (under a file lock) before trials start."""
+    """Download / decode each dataset (and fetch pretrained weights) once per node before trials start."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from rayclf.data.sources import prepare_dataset
 
     @ray.remote(num_cpus=0)
-    def prepare(data: dict[str, Any]) -> None:
-        from rayclf.config import DataConfig
+    def prepare(config: dict[str, Any]) -> None:
+        from rayclf.config import build_config
+        from rayclf.models.timm_models import TimmOptions, prepare_weights
 
-        prepare_dataset(DataConfig.model_validate(data))
+        cfg = build_config(config)
+        prepare_dataset(cfg.data)
+        if isinstance(cfg.model, TimmOptions):
+            prepare_weights(cfg.model)
 
-    datas = {t.config.data.model_dump_json(): t.config.data.model_dump() for t in trials}
+    # one representative config per distinct (dataset, pretrained weights) pair
+    todo = {(t.config.data.model_dump_json(), getattr(t.config.model, "pretrained", False) and t.config.model.name):
+            t.config.to_dict() for t in trials}
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(d)
-            for node in nodes for d in datas.values()]
+    refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(c)
+            for node in nodes for c in todo.values()]
     try:
         ray.get(refs)
     except ray.exceptions.RayTaskError as exc:

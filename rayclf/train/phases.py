@@ -30,6 +30,9 @@ def phase_plan(cfg: TrialConfig) -> list[PhaseSpec]:
 
 def parameter_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names grouped stem → stages → head, in order."""
+    own = getattr(model, "param_groups_ordered", None)
+    if callable(own):
+        return own()
     matcher = getattr(model, "group_matcher", None)
     if callable(matcher):
         from timm.models import group_parameters

@@ -1,0 +1,124 @@
+"""Residual nets: ``resnet_custom`` (the CINIC-10 study's n basic blocks with pooling and dropout between
+them) and ``resnet_cifar`` (He et al.'s CIFAR ResNet v1, depth 6n+2: 20/32/44/56/110, ≈0.27 M at depth 20)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from torch import nn
+
+from rayclf.config import ModelOptions
+from rayclf.models.layers import Activation, Pool, make_act, make_pool
+from rayclf.models.registry import register_model
+
+
+def _same_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Module:
+    """'same'-padded conv without bias (BN follows); even kernels pad like Keras (extra right/bottom)."""
+    if kernel % 2:
+        return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
+    pad = kernel - 1
+    return nn.Sequential(nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)),
+                         nn.Conv2d(cin, cout, kernel, stride, bias=False))
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-act, conv-BN, + shortcut (1×1 conv-BN when the shape changes), act."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, act: str = "relu", slope: float = 0.01):
+        super().__init__()
+        self.conv1, self.bn1 = _same_conv(cin, cout, kernel, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = _same_conv(cout, cout, kernel), nn.BatchNorm2d(cout)
+        self.act1, self.act2 = make_act(act, slope), make_act(act, slope)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+def _stem(cin: int, width: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), nn.ReLU())
+
+
+class Classifier(nn.Module):
+    """stem → stages → global average pool → head; ``stages`` is a ModuleList so phases can unfreeze the last K."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], features: int, num_classes: int,
+                 head_dropout: float = 0.0):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(features, num_classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.stages(self.stem(x))))
+
+    def param_groups_ordered(self) -> list[list[str]]:
+        groups = [[f"stem.{n}" for n, _ in self.stem.named_parameters()]]
+        groups += [[f"stages.{i}.{n}" for n, _ in s.named_parameters()] for i, s in enumerate(self.stages)]
+        return [g for g in groups if g] + [[f"head.{n}" for n, _ in self.head.named_parameters()]]
+
+
+class ResNetCustomOptions(ModelOptions):
+    name: Literal["resnet_custom"] = "resnet_custom"
+    blocks: int = Field(3, ge=1, le=12, description="number of residual blocks")
+    kernel_size: int = Field(3, ge=2, le=7)
+    width: int = Field(64, ge=4, le=1024, description="filters of the stem and first block")
+    widen: bool = Field(False, description="double the filters after every pooling")
+    pool: Pool = "max"
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="after each block")
+    activation: Activation = "relu"
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+@register_model("resnet_custom", ResNetCustomOptions)
+def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: int = 3,
+                        image_size: int = 32) -> nn.Module:
+    stages: list[nn.Module] = []
+    width, size = opts.width, image_size
+    for i in range(opts.blocks):
+        cout = width * 2 if (opts.widen and i > 0 and opts.pool != "none") else width
+        parts: list[nn.Module] = []
+        if i > 0 and opts.pool != "none" and size >= 2:  # pooling between blocks
+            parts.append(make_pool(opts.pool))
+            size //= 2
+        parts += [BasicBlock(width, cout, opts.kernel_size, act=opts.activation), nn.Dropout(opts.dropout)]
+        stages.append(nn.Sequential(*parts))
+        width = cout
+    return Classifier(_stem(in_chans, opts.width, opts.kernel_size), stages, width, num_classes, opts.head_dropout)
+
+
+class ResNetCifarOptions(ModelOptions):
+    name: Literal["resnet_cifar"] = "resnet_cifar"
+    depth: int = Field(20, description="6n+2: 20, 32, 44, 56, 110, …")
+    width: int = Field(16, ge=4, le=256, description="filters of the first stack (then ×2, ×4)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="between the three stacks")
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v < 8 or (v - 2) % 6:
+            raise ValueError("depth must be 6n+2 (20, 32, 44, 56, 110, …)")
+        return v
+
+
+@register_model("resnet_cifar", ResNetCifarOptions)
+def build_resnet_cifar(opts: ResNetCifarOptions, num_classes: int, in_chans: int = 3,
+                       image_size: int = 32) -> nn.Module:
+    n = (opts.depth - 2) // 6
+    stages: list[nn.Module] = []
+    cin = opts.width
+    for s in range(3):
+        cout = opts.width * 2**s
+        blocks: list[nn.Module] = [BasicBlock(cin if b == 0 else cout, cout, 3, 2 if (s > 0 and b == 0) else 1)
+                                   for b in range(n)]
+        if opts.dropout > 0 and s < 2:
+            blocks.append(nn.Dropout(opts.dropout))
+        stages.append(nn.Sequential(*blocks))
+        cin = cout
+    return Classifier(_stem(in_chans, opts.width), stages, cin, num_classes)

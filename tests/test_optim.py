@@ -1,0 +1,107 @@
+"""Optimizers, schedules and weight penalties behave as documented."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rayclf.config import OPTIMIZERS, SCHEDULES, OptimConfig, RegConfig, SchedConfig, build_config
+from rayclf.train.engine import fit
+from rayclf.train.optim import (
+    Schedule,
+    create_optimizer,
+    lr_factor,
+    penalized_weights,
+    penalty_coefficients,
+    weight_penalty,
+)
+
+from .conftest import tiny
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_steps(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    opt = create_optimizer(model, OptimConfig(name=name, lr=0.01 if name != "adadelta" else 1.0))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.randn(16, 4)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    no_decay = [g for g in opt.param_groups if g["weight_decay"] == 0]
+    assert no_decay and all(p.ndim <= 1 for g in no_decay for p in g["params"])  # biases / norms: no decay
+
+
+def test_sgd_nesterov_and_rmsprop_momentum_map_to_torch():
+    model = nn.Linear(2, 2)
+    sgd = create_optimizer(model, OptimConfig(name="sgd", nesterov=True, momentum=0.8))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+    rms = create_optimizer(model, OptimConfig(name="rmsprop", momentum=0.5))
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["momentum"] == 0.5
+
+
+def test_schedules_move_the_lr_as_documented():
+    total = 10.0
+    f = lambda **kw: (lambda t: lr_factor(SchedConfig(**kw), t, total, 0.1))  # noqa: E731
+    assert f(name="constant")(7.3) == 1.0
+    assert f(name="step", step_size=3, gamma=0.5)(6.1) == pytest.approx(0.25)
+    assert f(name="multistep", milestones=[0.5, 0.8], gamma=0.1)(8.5) == pytest.approx(0.01)
+    assert f(name="exponential", gamma=0.9)(2.0) == pytest.approx(0.81)
+    cos = f(name="cosine", min_lr=0.001)
+    assert cos(0) == 1.0 and cos(5) == pytest.approx(0.505) and cos(10) == pytest.approx(0.01)
+    sgdr = f(name="cosine_restarts", t0=2, t_mult=2)
+    assert sgdr(0) == 1.0 and sgdr(1.999) < 0.01 and sgdr(2.0) == 1.0 and sgdr(4) == pytest.approx(0.5)
+    warm = f(name="cosine", warmup_epochs=2, warmup_start=0.1)
+    assert warm(0) == pytest.approx(0.1) and warm(1) == pytest.approx(0.55) and warm(2) == pytest.approx(1.0)
+    one = f(name="onecycle", pct_start=0.3, div_factor=25, final_div_factor=1e4)
+    assert one(0) == pytest.approx(1 / 25) and one(3) == pytest.approx(1.0) and one(10) == pytest.approx(1 / 25e4)
+
+
+def test_reduce_on_plateau_scales_after_patience():
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = Schedule(opt, SchedConfig(name="plateau", factor=0.5, patience=1), 10)
+    for loss in (1.0, 0.9, 0.95, 0.96):
+        sched.epoch_end({"val_loss": loss})
+        sched.step(0)
+    assert sched.lr == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_runs_in_training(name):
+    result = fit(build_config(tiny(sched={"name": name, "warmup_epochs": 0.5}, train={"epochs": 2})))
+    assert result.status == "completed"
+    lrs = [h["lr"] for h in result.history]
+    assert all(math.isfinite(x) and x > 0 for x in lrs)
+
+
+def test_elastic_net_penalty_equals_formula_and_skips_biases_and_norms():
+    model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, -1.0, 2.0, 1.0]).view(2, 1, 2, 2))
+        model[3].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 0.0], [0.0, -3.0]]))
+        for p in (model[0].bias, model[1].weight, model[1].bias, model[3].bias):
+            p.fill_(100.0)  # would dominate if they were penalised
+    cfg = RegConfig(kind="elastic", alpha=0.3, lam=0.01)
+    c1, c2 = penalty_coefficients(cfg)
+    weights = penalized_weights(model, "all")
+    assert len(weights) == 2
+    l1 = 3.5 + 7.0 + 7.0
+    l2 = (1 + 4 + 0.25 + 0 + 9 + 1 + 4 + 1) + (1 + 1 + 4 + 0 + 0 + 9)
+    assert float(weight_penalty(weights, c1, c2).detach()) == pytest.approx(0.01 * (0.3 * l1 + 0.7 * l2))
+    out_only = penalized_weights(model, "output")
+    assert len(out_only) == 1 and out_only[0] is model[3].weight
+    assert penalty_coefficients(RegConfig(kind="l1l2", l1=0.1, l2=0.2)) == (0.1, 0.2)
+    assert weight_penalty(weights, 0.0, 0.0) is None
+
+
+def test_phases_train_head_then_everything():
+    raw = tiny(train={"phases": [{"epochs": 1, "trainable": "head", "optim": "adam", "lr": 1e-3},
+                                 {"epochs": 1, "trainable": "all", "lr": 1e-5}]})
+    raw["model"] = {"name": "resnet_cifar", "depth": 8, "width": 4}
+    result = fit(build_config(raw))
+    assert [h["phase"] for h in result.history] == [0, 1]
+    assert result.history[0]["lr"] == pytest.approx(1e-3) and result.history[1]["lr"] == pytest.approx(1e-5)
