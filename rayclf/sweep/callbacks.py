@@ -15,7 +15,7 @@ from rayclf.results import ResultsStore
 from rayclf.sweep.worker import PG_KEY, SUMMARY_KEY
 
 EPOCH_KEYS = ("epoch", "phase", "lr", "train_loss", "train_accuracy", "train_seconds", "images_per_sec",
-              "val_loss", "val_accuracy", "epoch_seconds")
+              "val_loss", "val_accuracy", "epoch_seconds", "node")
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
@@ -42,6 +42,7 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
         "images_per_sec": s.get("images_per_sec") or (
             sum(e["images_per_sec"] for e in epochs) / len(epochs) if epochs else None),
         "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
+        "world_size": s.get("world_size"), "node": last.get("node"),
         "per_class_accuracy": json.dumps(s.get("per_class_accuracy", [])),
         "confusion_matrix": json.dumps(s.get("confusion_matrix", [])),
         "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),

@@ -39,11 +39,12 @@ class RayTrainReporter:
 
     def __init__(self) -> None:
         self.pg = current_pg_hex()
+        self.node = ray.get_runtime_context().get_node_id()
         self.pending: tuple[dict[str, Any], Path | None] | None = None
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report({**metrics, PG_KEY: self.pg}, checkpoint=ckpt)
+        ray.train.report({**metrics, PG_KEY: self.pg, "node": self.node}, checkpoint=ckpt)
 
     def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
         if final:

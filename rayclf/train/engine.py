@@ -410,5 +410,6 @@ def summarize(cfg: TrialConfig, tr: Trainer, history: list[dict[str, Any]], stat
         "per_class_accuracy": test.get("per_class_accuracy", []),
         "confusion_matrix": test.get("confusion_matrix", []),
         "device": str(tr.device),
+        "world_size": world()[1],
         "fingerprint": cfg.fingerprint(),
     }
