@@ -97,7 +97,21 @@ class ResNetCifarOptions(ModelOptions):
     name: Literal["resnet_cifar"] = "resnet_cifar"
     depth: int = Field(20, description="6n+2: 20, 32, 44, 56, 110, …")
     width: int = Field(16, ge=4, le=256, description="filters of the first stack (then ×2, ×4)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="between the three stacks")
+    dropout: float | list[float] = Field(0.0, description="one rate between the stacks, or one per stack "
+                                                          "(after stack 1, 2, 3), e.g. [0, 0.1, 0.2]")
+
+    @field_validator("dropout")
+    @classmethod
+    def _rates(cls, v: float | list[float]) -> float | list[float]:
+        rates = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and len(v) != 3:
+            raise ValueError("a per-stack dropout list needs 3 rates")
+        if any(not 0.0 <= r < 1.0 for r in rates):
+            raise ValueError("dropout rates must be in [0, 1)")
+        return v
+
+    def stack_dropout(self) -> list[float]:
+        return list(self.dropout) if isinstance(self.dropout, list) else [self.dropout, self.dropout, 0.0]
 
     @field_validator("depth")
     @classmethod
@@ -117,8 +131,8 @@ def build_resnet_cifar(opts: ResNetCifarOptions, num_classes: int, in_chans: int
         cout = opts.width * 2**s
         blocks: list[nn.Module] = [BasicBlock(cin if b == 0 else cout, cout, 3, 2 if (s > 0 and b == 0) else 1)
                                    for b in range(n)]
-        if opts.dropout > 0 and s < 2:
-            blocks.append(nn.Dropout(opts.dropout))
+        if opts.stack_dropout()[s] > 0:
+            blocks.append(nn.Dropout(opts.stack_dropout()[s]))
         stages.append(nn.Sequential(*blocks))
         cin = cout
     return Classifier(_stem(in_chans, opts.width), stages, cin, num_classes)

@@ -10,9 +10,9 @@ from rayclf.config import TrialConfig
 from rayclf.sweep.spec import Sweep, Trial
 
 DRIVER_RESOURCE = "rayclf_driver"
-# Assumed sustained training throughput for the estimate (stated with the figure): 40% of an
-# H100's ~990 dense bf16 TFLOP/s; small CNNs are rarely better than that.
-ASSUMED_GPU_FLOPS = 0.4 * 990e12
+# Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
+# H100's ~990 dense bf16 TFLOP/s, typical of small CNNs at study batch sizes.
+ASSUMED_GPU_FLOPS = 0.15 * 990e12
 ASSUMED_CPU_FLOPS = 50e9
 
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 90_000}
@@ -66,7 +66,10 @@ def flops_per_image(cfg: TrialConfig) -> float:
     size = cfg.data.synthetic.image_size if cfg.data.name == "synthetic" else (cfg.data.image_size or 32)
     classes = cfg.data.synthetic.num_classes if cfg.data.name == "synthetic" else (
         100 if cfg.data.name == "cifar100" else 10)
-    model = create_model(cfg.model, classes, 3, size).eval()
+    opts = cfg.model
+    if getattr(opts, "pretrained", False) or getattr(opts, "checkpoint", None):
+        opts = opts.model_copy(update={"pretrained": False, "checkpoint": None})  # the shape is enough
+    model = create_model(opts, classes, 3, size).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
@@ -86,7 +89,7 @@ def estimate_hours(trials: list[Trial], use_gpu: bool) -> tuple[float | None, st
         epochs = sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs
         total += cache[key] * n * epochs
     rate = ASSUMED_GPU_FLOPS if use_gpu else ASSUMED_CPU_FLOPS
-    basis = ("at 40% of an H100's dense bf16 peak" if use_gpu else "at 50 GFLOP/s per trial on CPU")
+    basis = ("model FLOPs at 15% of an H100's dense bf16 peak" if use_gpu else "model FLOPs at 50 GFLOP/s on CPU")
     return total / rate / 3600, basis
 
 
@@ -139,9 +142,8 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
     unit = "GPU-hours" if res.gpus > 0 else "CPU trial-hours"
     if hours is None:
         lines.append(f"estimate: not available ({basis})")
-    else:
-        per = hours * (res.gpus * res.num_workers if res.gpus > 0 else 1)
-        lines.append(f"estimate: {per:.2f} {unit} ({basis}; a rough guide, not a measurement)")
+    else:  # FLOPs over one device's throughput is device time, however trials share or span devices
+        lines.append(f"estimate: {hours:.2f} {unit} ({basis}; a rough guide, not a measurement)")
     lines.append(f"scheduler: {file.scheduler.name}; metric: {file.metric} ({file.mode})")
     return "\n".join(lines)
 

@@ -1,0 +1,79 @@
+"""Shipped files: every sweep validates and cites its study; cluster configs pass Ray's schema offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import rayclf
+from rayclf.sweep.spec import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+STUDIES = ROOT.parent / "shared" / "studies"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_file_validates_and_cites_its_study(path):
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem
+    text = path.read_text()
+    if path.stem != "quickstart":
+        cited = re.findall(r"studies/(\d{3}_[0-9a-f]{16}\.txt)", text)
+        assert cited, f"{path.name} does not cite the study it reproduces"
+        assert "Reported" in text
+        if STUDIES.is_dir():
+            assert all((STUDIES / c).is_file() for c in cited)
+
+
+def test_expected_study_files_exist():
+    names = {p.stem for p in SWEEPS}
+    assert {"cifar10_cnn_tuning", "regularization", "cinic10_resnet_grid", "cinic10_augmentation",
+            "cinic10_vgg19_transfer", "cifar10_baselines", "cifar10_resnet20", "cifar100_cnn",
+            "cifar100_resnet18_finetune", "quickstart"} <= names
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_config_passes_rays_schema(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"]["rayclf_driver"] > 0
+    gpu_types = [t for n, t in types.items() if n != config["head_node_type"]]
+    assert len(gpu_types) >= 2 and all(t["min_workers"] == 0 and t["max_workers"] > 0 for t in gpu_types)
+    spot = [t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+            or t["node_config"].get("scheduling", {}).get("provisioningModel") == "SPOT" for t in gpu_types]
+    assert all(spot)
+    assert config["docker"]["image"].startswith("rayproject/ray:") and "gpu" in config["docker"]["image"]
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml", "Dockerfile", "kuberay.yaml"])
+def test_cluster_installs_this_rayclf_version(name):
+    text = (ROOT / "cluster" / name).read_text()
+    versions = set(re.findall(r"__version__ == '([^']+)'", text)) | set(re.findall(r"rayclf:(\d[\w.]*)", text))
+    assert versions == {rayclf.__version__}
+
+
+def test_kuberay_manifest_structure():
+    m = yaml.safe_load((ROOT / "cluster" / "kuberay.yaml").read_text())
+    assert m["apiVersion"] == "ray.io/v1" and m["kind"] == "RayCluster"
+    spec = m["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0" and "rayclf_driver" in head["rayStartParams"]["resources"]
+    assert head["template"]["spec"]["containers"][0]["image"]
+    workers = spec["workerGroupSpecs"]
+    assert workers and all(w["minReplicas"] == 0 and w["maxReplicas"] > 0 for w in workers)
+    for w in workers:
+        limits = w["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) >= 1
+
+
+def test_pyproject_version_matches_package():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == rayclf.__version__
