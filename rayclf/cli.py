@@ -131,6 +131,19 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_ru
     click.echo(outcome.summary_text())
 
 
+@main.command()
+@click.argument("sweep_dir")
+@click.option("--out", type=click.Path(path_type=Path), help="report folder (default SWEEP_DIR/report)")
+@user_errors
+def report(sweep_dir: str, out: Path | None) -> None:
+    """Tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and index.html from a sweep directory."""
+    from rayclf.report import build_report
+
+    rep = build_report(sweep_dir, out)
+    click.echo(f"wrote {rep.out}/index.html, results.md/.csv/.tex and {len(rep.figures)} figures "
+               f"({', '.join(rep.figures)})")
+
+
 @main.command("models")
 def list_models_cmd() -> None:
     """List rayclf's model families (any timm model name works too)."""

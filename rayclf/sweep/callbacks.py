@@ -39,16 +39,21 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
         "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
         "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
         "seconds": s.get("seconds", sum(e.get("epoch_seconds", 0.0) for e in epochs)),
-        "images_per_sec": s.get("images_per_sec") or (
-            sum(e["images_per_sec"] for e in epochs) / len(epochs) if epochs else None),
+        "images_per_sec": s.get("images_per_sec") or _mean([e.get("images_per_sec") for e in epochs]),
         "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
         "world_size": s.get("world_size"), "node": last.get("node"),
         "per_class_accuracy": json.dumps(s.get("per_class_accuracy", [])),
         "confusion_matrix": json.dumps(s.get("confusion_matrix", [])),
+        "classes": json.dumps(s.get("classes", [])),
         "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),
     }
     row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
     return row
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 class Recorder(Callback):

@@ -355,6 +355,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
                 break
             _cleanup(ckpt, checkpoint_dir)
     summary = summarize(cfg, tr, history, status, reason, stopper, time.perf_counter() - started)
+    summary["classes"] = list(ds.classes)
     reporter.end(summary)
     _cleanup(last_ckpt, checkpoint_dir)
     return TrialResult(summary, history)

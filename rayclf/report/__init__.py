@@ -1,0 +1,208 @@
+"""``rayclf report``: a sweep directory → tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and one
+self-contained ``index.html``. Reads only the sweep directory (local, ``s3://`` or ``gs://``), so it also
+works while the sweep is still running."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayclf.config import UserError
+from rayclf.report import figures as F
+from rayclf.report.stats import ArmRow, arm_table, stage_winners
+from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
+
+STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗"}
+
+
+@dataclass
+class Report:
+    out: Path
+    rows: list[ArmRow]
+    figures: list[str] = field(default_factory=list)
+
+
+def _pct(v: float | None, metric: str = "accuracy", signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    scale = 100 if metric.endswith("accuracy") else 1
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    return fmt.format(scale * v) if scale == 100 else ("{:+.4f}" if signed else "{:.4f}").format(v)
+
+
+def _marks(r: ArmRow) -> str:
+    return "".join(f"{STATUS_MARK[s]}{n}" for s, n in sorted(r.statuses.items()) if s in STATUS_MARK)
+
+
+def table_cells(rows: Sequence[ArmRow], metric: str) -> tuple[list[str], list[list[str]]]:
+    unit = " (%)" if metric.endswith("accuracy") else ""
+    head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "paired p",
+            "test acc (%) mean ± std", "not completed"]
+    body = []
+    for r in rows:
+        body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
+                     _pct(r.delta, metric, signed=True), "–" if r.p_value is None else f"{r.p_value:.3g}",
+                     f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r)])
+    return head, body
+
+
+def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
+    head, body = table_cells(rows, metric)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, cells in zip(rows, body, strict=True):
+        if r.best:
+            cells = [f"**{c}**" if i == 2 else c for i, c in enumerate(cells)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed (counts). "
+                 "p: two-sided paired t-test against the baseline on matched seeds.")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "p_value", "pairs", "test_mean", "test_std",
+                    "statuses", "best"])
+        for r in rows:
+            w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.p_value, r.pairs, r.test_mean,
+                        r.test_std, json.dumps(r.statuses), r.best])
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$\dagger$"), ("‡", r"$\ddagger$"), ("✗", r"$\times$")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(rows: Sequence[ArmRow], metric: str, caption: str) -> str:
+    head, body = table_cells(rows, metric)
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
+    for r, cells in zip(rows, body, strict=True):
+        cells = [_tex(c) for c in cells]
+        if r.best:
+            cells[2] = r"\textbf{" + cells[2] + "}"
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex(caption) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def stage_markdown(rows: Sequence[ArmRow], metric: str, mode: str) -> str:
+    winners = stage_winners(rows, mode)
+    lines = ["| stage | arm | mean ± std | chosen |", "|---|---|---|---|"]
+    for r in rows:
+        if r.stage is None:
+            continue
+        chosen = "★" if winners.get(r.stage) == r.arm else ""
+        lines.append(f"| {r.stage + 1} | {r.arm} | {_pct(r.mean, metric)} ± {_pct(r.std, metric)} | {chosen} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, name: str, folder: Path) -> str:
+    """PNG + SVG on disk; returns the PNG as a data URI for the self-contained page."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(folder / f"{name}.png", dpi=110)
+    fig.savefig(folder / f"{name}.svg")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str,
+                 folder: Path) -> list[tuple[str, str, str]]:
+    """(name, title, data URI) of every figure this sweep supports."""
+    arms = list(dict.fromkeys(r["arm"] for r in trials))
+    colors = F.arm_colors(arms)
+    out = [("learning_curves", "Learning curves", _save(F.learning_curves(epochs, colors), "learning_curves", folder))]
+    factors = F.swept_factors(F.completed(trials))
+    if factors:
+        out.append(("factor_effects", "Effect of each swept factor",
+                    _save(F.factor_effects(trials, factors, metric), "factor_effects", folder)))
+    grid_factors = [f for f in factors if f not in ("optim.name", "optim.lr")] or factors
+    if len(factors) == 2 or len(grid_factors) == 2:
+        f1, f2 = (grid_factors if len(grid_factors) == 2 else factors)[:2]
+        out.append(("heatmap", f"{f1} × {f2}", _save(F.heatmap(trials, f1, f2, metric), "heatmap", folder)))
+    elif len(factors) == 3:
+        out.append(("heatmap_faceted", f"{factors[0]} × {factors[1]} by {factors[2]}",
+                    _save(F.heatmap(trials, factors[0], factors[1], metric, facet=factors[2]), "heatmap_faceted",
+                          folder)))
+    if "optim.name" in factors and "optim.lr" in factors:
+        out.append(("optimizer_lr", "Optimizer × learning rate",
+                    _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
+    done = [r for r in F.completed(trials) if r.get("confusion_matrix") not in (None, "[]")]
+    if done:
+        best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
+        out.append(("confusion", "Best trial: confusion matrix and per-class accuracy",
+                    _save(F.confusion(best), "confusion", folder)))
+    return out
+
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}tr.best td{{font-weight:bold;background:#eef6ee}}
+img{{max-width:100%;border:1px solid #eee;margin:8px 0}}.note{{color:#555;font-size:13px}}</style></head>
+<body><h1>{title}</h1><p class="note">{subtitle}</p>{body}
+<script>window.addEventListener("load",()=>{{const bad=[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0));
+document.body.dataset.brokenImages=String(bad.length);document.body.dataset.images=String(document.images.length);}});
+</script></body></html>"""
+
+
+def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs: list[tuple[str, str, str]],
+            stage_md: str | None) -> str:
+    head, body = table_cells(rows, metric)
+    t = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r, cells in zip(rows, body, strict=True):
+        t.append(f"<tr class='{'best' if r.best else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                 + "</tr>")
+    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed. p: two-sided paired "
+             "t-test against the baseline on matched seeds; 95% CI: Student t over seeds.</p>")
+    parts = ["<h2>Results per arm</h2>", "".join(t)]
+    if stage_md:
+        parts.append("<h2>Stages</h2><pre>" + html.escape(stage_md) + "</pre>")
+    for name, fig_title, uri in figs:
+        parts.append(f"<h2 id='{name}'>{html.escape(fig_title)}</h2><img alt='{html.escape(fig_title)}' src='{uri}'>")
+    return PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), body="\n".join(parts))
+
+
+def build_report(sweep_dir: str, out: Path | None = None) -> Report:
+    """Read a sweep directory and write every table and figure into ``out`` (default SWEEP_DIR/report)."""
+    if not exists(join(sweep_dir, TRIALS)):
+        raise UserError(f"{sweep_dir} has no {TRIALS} yet: is it a sweep directory (rayclf sweep --out)?")
+    trials = read_rows(join(sweep_dir, TRIALS))
+    epochs = read_rows(join(sweep_dir, EPOCHS))
+    spec = yaml.safe_load(read_text(join(sweep_dir, "sweep.yaml"))) if exists(join(sweep_dir, "sweep.yaml")) else {}
+    metric = trials[0].get("metric") or spec.get("metric", "val_accuracy")
+    mode = spec.get("mode") or ("min" if metric.endswith("loss") else "max")
+    out = Path(out) if out else Path(sweep_dir if "://" not in sweep_dir else ".") / "report"
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    rows = arm_table(trials, mode)
+    name = spec.get("name") or trials[0].get("sweep", "sweep")
+    (out / "results.md").write_text(to_markdown(rows, metric))
+    to_csv(rows, out / "results.csv")
+    (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds."))
+    stage_md = stage_markdown(rows, metric, mode) if any(r.stage is not None for r in rows) else None
+    if stage_md:
+        (out / "stages.md").write_text(stage_md)
+    figs = make_figures(trials, epochs, metric, figdir)
+    counts: dict[str, int] = {}
+    for r in trials:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    subtitle = (f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); metric: best "
+                f"{metric} per trial ({mode}); source: {sweep_dir}")
+    (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md))
+    return Report(out, rows, [n for n, _, _ in figs])

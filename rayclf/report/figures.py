@@ -1,0 +1,197 @@
+"""Report figures (matplotlib, Agg): every figure titled, axes labelled with units, arms coloured the same everywhere."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+BOOKKEEPING = {"seed"}
+
+
+def arm_colors(arms: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
+    return {a: cmap(i % cmap.N) for i, a in enumerate(arms)}
+
+
+def _label(metric: str) -> str:
+    return f"{metric.replace('_', ' ')} (%)" if metric.endswith("accuracy") else f"{metric.replace('_', ' ')}"
+
+
+def _scale(metric: str, v: float) -> float:
+    return 100 * v if metric.endswith("accuracy") else v
+
+
+def _value(v: Any) -> Any:
+    """Config cell → hashable, readable value (lists are stored as JSON text)."""
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.dumps(json.loads(v))
+        except ValueError:
+            return v
+    return v
+
+
+def swept_factors(trials: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Config keys (without ``config.``) whose value differs between trials, seed excluded."""
+    keys = [k for k in trials[0] if k.startswith("config.")] if trials else []
+    out = []
+    for k in keys:
+        name = k[len("config."):]
+        if name in BOOKKEEPING:
+            continue
+        if len({json.dumps(_value(r.get(k)), default=str) for r in trials}) > 1:
+            out.append(name)
+    return out
+
+
+def completed(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
+    return [r for r in trials if r.get("status") == "completed" and r.get(key) is not None]
+
+
+def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, Any]) -> Figure:
+    """Train/validation accuracy and loss per epoch: per arm the mean over seeds and a min–max band."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    panels = [("train_accuracy", axes[0, 0]), ("val_accuracy", axes[0, 1]), ("train_loss", axes[1, 0]),
+              ("val_loss", axes[1, 1])]
+    for key, ax in panels:
+        for arm, color in colors.items():
+            by_epoch: dict[int, list[float]] = {}
+            for e in epochs:
+                v = e.get(key)
+                if e.get("arm") == arm and v is not None and math.isfinite(v):
+                    by_epoch.setdefault(int(e["epoch"]), []).append(_scale(key, v))
+            if not by_epoch:
+                continue
+            xs = sorted(by_epoch)
+            mean = [np.mean(by_epoch[x]) for x in xs]
+            ax.plot(xs, mean, color=color, label=arm, lw=1.6)
+            ax.fill_between(xs, [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs], color=color, alpha=0.18)
+        ax.set_title(key.replace("_", " ").capitalize())
+        ax.set_ylabel(_label(key) if key.endswith("accuracy") else "cross-entropy loss")
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes[0, 1].get_legend_handles_labels() or axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, title="arm (band: min–max over seeds)")
+    fig.suptitle("Learning curves per arm (mean over seeds)")
+    fig.tight_layout(rect=(0, 0, 0.8, 0.96))
+    return fig
+
+
+def factor_effects(trials: Sequence[Mapping[str, Any]], factors: Sequence[str], metric: str) -> Figure:
+    """Distribution of the metric per value of each swept factor (box = interquartile range)."""
+    done = completed(trials)
+    n = max(len(factors), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.2), squeeze=False)
+    for ax, f in zip(axes[0], factors, strict=False):
+        values = sorted({_value(r.get(f"config.{f}")) for r in done}, key=lambda v: (str(type(v)), v))
+        data = [[_scale(metric, r["metric_best"]) for r in done if _value(r.get(f"config.{f}")) == v] for v in values]
+        ax.boxplot(data, tick_labels=[str(v) for v in values], whis=(0, 100))
+        for i, d in enumerate(data, start=1):
+            ax.scatter(np.full(len(d), i) + np.linspace(-0.08, 0.08, len(d)), d, s=12, alpha=0.6, color="tab:blue")
+        ax.set_title(f"Effect of {f}")
+        ax.set_xlabel(f)
+        ax.set_ylabel(f"best {_label(metric)}")
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Best {metric.replace('_', ' ')} per factor value (box: interquartile range, whiskers: range)")
+    fig.tight_layout()
+    return fig
+
+
+def _pivot(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str):
+    done = completed(trials)
+    rows = sorted({_value(r.get(f"config.{f1}")) for r in done}, key=str)
+    cols = sorted({_value(r.get(f"config.{f2}")) for r in done}, key=str)
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for i, a in enumerate(rows):
+        for j, b in enumerate(cols):
+            vals = [_scale(metric, r["metric_best"]) for r in done
+                    if _value(r.get(f"config.{f1}")) == a and _value(r.get(f"config.{f2}")) == b]
+            if vals:
+                grid[i, j] = float(np.mean(vals))
+    return rows, cols, grid
+
+
+def heatmap(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str, facet: str | None = None) -> Figure:
+    """Mean metric over seeds for each (f1, f2) pair; one panel per value of ``facet`` for three factors."""
+    facets = sorted({_value(r.get(f"config.{facet}")) for r in completed(trials)}, key=str) if facet else [None]
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 4.8), squeeze=False)
+    for ax, fv in zip(axes[0], facets, strict=True):
+        subset = [r for r in trials if facet is None or _value(r.get(f"config.{facet}")) == fv]
+        rows, cols, grid = _pivot(subset, f1, f2, metric)
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=30)
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+        ax.set_xlabel(f2)
+        ax.set_ylabel(f1)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_title(f"{facet} = {fv}" if facet else f"{f1} × {f2}")
+        fig.colorbar(im, ax=ax, label=f"mean best {_label(metric)}")
+    fig.suptitle(f"Mean best {metric.replace('_', ' ')} over seeds" + (f", faceted by {facet}" if facet else ""))
+    fig.tight_layout()
+    return fig
+
+
+def optimizer_lr(trials: Sequence[Mapping[str, Any]], metric: str) -> Figure:
+    """Metric against initial learning rate (log axis), one line per optimizer, mean ± std over seeds."""
+    done = completed(trials)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for opt in sorted({r["config.optim.name"] for r in done}):
+        lrs = sorted({float(r["config.optim.lr"]) for r in done if r["config.optim.name"] == opt})
+        means, stds = [], []
+        for lr in lrs:
+            vals = [_scale(metric, r["metric_best"]) for r in done
+                    if r["config.optim.name"] == opt and float(r["config.optim.lr"]) == lr]
+            means.append(np.mean(vals))
+            stds.append(np.std(vals))
+        ax.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, label=opt)
+    ax.set_xscale("log")
+    ax.set_xlabel("initial learning rate (log scale)")
+    ax.set_ylabel(f"best {_label(metric)}")
+    ax.set_title("Optimizer × initial learning rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="optimizer")
+    fig.tight_layout()
+    return fig
+
+
+def confusion(trial: Mapping[str, Any]) -> Figure:
+    """The best trial's test confusion matrix (row-normalised) and per-class accuracy."""
+    cm = np.asarray(json.loads(trial["confusion_matrix"]), dtype=float)
+    per_class = np.asarray(json.loads(trial["per_class_accuracy"]), dtype=float) * 100
+    classes = json.loads(trial["classes"]) if trial.get("classes") else [str(i) for i in range(len(cm))]
+    k = len(classes)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(12, 0.5 * k + 6), max(5, 0.3 * k + 3)))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1) * 100
+    im = a1.imshow(norm, cmap="Blues", vmin=0, vmax=100)
+    ticks = range(k)
+    a1.set_xticks(ticks, classes if k <= 20 else [""] * k, rotation=60, fontsize=7)
+    a1.set_yticks(ticks, classes if k <= 20 else [""] * k, fontsize=7)
+    a1.set_xlabel("predicted class")
+    a1.set_ylabel("true class")
+    a1.set_title(f"Confusion matrix, test set (% of true class)\narm {trial['arm']}, seed {trial['seed']}")
+    fig.colorbar(im, ax=a1, label="% of the true class")
+    a2.barh(range(k), per_class, color="tab:blue")
+    a2.set_yticks(ticks, classes if k <= 40 else [""] * k, fontsize=7)
+    a2.invert_yaxis()
+    a2.set_xlim(0, 100)
+    a2.set_xlabel("test accuracy (%)")
+    a2.set_title("Per-class accuracy")
+    a2.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

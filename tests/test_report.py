@@ -1,0 +1,153 @@
+"""``rayclf report`` on a generated sweep directory with known values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy import stats
+
+from rayclf.cli import main
+from rayclf.report.stats import arm_table, paired_p_value
+from rayclf.results import ResultsStore, write_text
+from rayclf.sweep.callbacks import trial_row
+
+from .conftest import tiny
+
+LRS, OPTS, DROPS = [0.001, 0.01, 0.1], ["adam", "sgd"], [0.0, 0.5]
+
+
+def value(lr: float, opt: str, drop: float, seed: int) -> float:
+    """A known, seed-dependent metric for every trial."""
+    wobble = 0.002 * ((seed + LRS.index(lr) + OPTS.index(opt)) % 3)  # arm-specific seed noise
+    return 0.5 + 0.1 * math.log10(lr * 1000) + (0.05 if opt == "adam" else 0.0) - 0.03 * drop + 0.01 * seed + wobble
+
+
+def make_sweep_dir(root: Path, stages: bool = False) -> Path:
+    store = ResultsStore(str(root))
+    classes = [f"c{i}" for i in range(4)]
+    for (lr, opt, drop), seed in itertools.product(itertools.product(LRS, OPTS, DROPS), range(3)):
+        arm = "baseline" if (lr, opt, drop) == (0.01, "adam", 0.0) else f"lr={lr:g},opt={opt},dropout={drop:g}"
+        cfg = tiny(optim={"name": opt, "lr": lr}, model={"dropout": drop}, seed=seed)
+        v = value(lr, opt, drop, seed)
+        epochs = [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": v * e / 3, "val_loss": 2.2 / e,
+                   "val_accuracy": v * e / 3, "lr": lr, "images_per_sec": 1000.0, "epoch_seconds": 1.0}
+                  for e in (1, 2, 3)]
+        cm = [[10, 0, 0, 0], [1, 9, 0, 0], [0, 2, 8, 0], [0, 0, 3, 7]]
+        summary = {"status": "completed", "test_accuracy": v - 0.02, "params": 1000, "confusion_matrix": cm,
+                   "per_class_accuracy": [1.0, 0.9, 0.8, 0.7], "classes": classes, "seconds": 3.0}
+        info = {"trial_id": f"{arm}-{seed}", "sweep": "known", "arm": arm, "seed": seed,
+                "stage": (0 if lr < 0.1 else 1) if stages else None, "config": cfg, "overrides": {}}
+        store.add(trial_row(info, "completed", "", summary, epochs, "val_accuracy", "max"),
+                  [{**e, "arm": arm, "seed": seed} for e in epochs])
+    write_text(str(root / "sweep.yaml"), "name: known\nmetric: val_accuracy\nmode: max\n")
+    return root
+
+
+def test_paired_test_returns_the_known_p_value():
+    a = {0: 0.80, 1: 0.82, 2: 0.84}
+    b = {0: 0.78, 1: 0.79, 2: 0.83}  # differences 0.02, 0.03, 0.01: t = 2*sqrt(3), df = 2
+    p, n = paired_p_value(a, b)
+    assert n == 3 and p == pytest.approx(0.07418, abs=1e-4)
+    assert paired_p_value({0: 1.0}, {0: 0.5}) == (None, 1)
+
+
+def test_tables_equal_independent_aggregates(tmp_path):
+    src = make_sweep_dir(tmp_path / "sweep")
+    res = CliRunner().invoke(main, ["report", str(src), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    rep = tmp_path / "rep"
+    rows = {r["arm"]: r for r in __import__("csv").DictReader((rep / "results.csv").open())}
+    base = np.array([value(0.01, "adam", 0.0, s) for s in range(3)])
+    for lr, opt, drop in itertools.product(LRS, OPTS, DROPS):
+        arm = "baseline" if (lr, opt, drop) == (0.01, "adam", 0.0) else f"lr={lr:g},opt={opt},dropout={drop:g}"
+        vals = np.array([value(lr, opt, drop, s) for s in range(3)])
+        r = rows[arm]
+        assert float(r["mean"]) == pytest.approx(vals.mean())
+        assert float(r["std"]) == pytest.approx(vals.std(ddof=1))
+        assert float(r["ci95"]) == pytest.approx(stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3))
+        assert float(r["test_mean"]) == pytest.approx(vals.mean() - 0.02)
+        if arm != "baseline":
+            assert float(r["delta"]) == pytest.approx(vals.mean() - base.mean())
+            expected_p = stats.ttest_rel(vals, base).pvalue if np.ptp(vals - base) > 1e-12 else None
+            if expected_p is not None and np.isfinite(expected_p):
+                assert float(r["p_value"]) == pytest.approx(expected_p)
+    best = max(rows.values(), key=lambda r: float(r["mean"]))
+    assert best["arm"] == "lr=0.1,opt=adam,dropout=0" and best["best"] == "True"
+    md = (rep / "results.md").read_text()
+    assert f"**{100 * np.mean([value(0.1, 'adam', 0.0, s) for s in range(3)]):.2f}" in md
+    tex = (rep / "results.tex").read_text()
+    assert r"\textbf{" in tex and r"\begin{tabular}" in tex
+    assert set(json.loads(json.dumps(sorted(p.name for p in (rep / "figures").iterdir())))) >= {
+        "learning_curves.png", "learning_curves.svg", "factor_effects.png", "heatmap_faceted.png",
+        "optimizer_lr.png", "confusion.png"}
+
+
+def test_two_factor_heatmap_and_stage_table(tmp_path):
+    store = ResultsStore(str(tmp_path / "s"))
+    for blocks, kernel, seed in itertools.product([1, 3, 5], [2, 3, 4, 5], range(2)):
+        cfg = tiny(model={"name": "cnn", "widths": [8] * blocks, "kernel_size": kernel}, seed=seed)
+        v = 0.6 + 0.01 * kernel - 0.02 * blocks
+        ep = [{"epoch": 1, "val_accuracy": v, "train_accuracy": v, "val_loss": 1.0, "train_loss": 1.0}]
+        info = {"trial_id": f"{blocks}-{kernel}-{seed}", "sweep": "g", "arm": f"b{blocks}k{kernel}", "seed": seed,
+                "stage": 0 if blocks == 1 else 1, "config": cfg}
+        store.add(trial_row(info, "completed", "", {"test_accuracy": v}, ep, "val_accuracy", "max"), ep)
+    from rayclf.report import build_report
+
+    rep = build_report(str(tmp_path / "s"), tmp_path / "r")
+    assert "heatmap" in rep.figures
+    stages_md = (tmp_path / "r" / "stages.md").read_text()
+    assert "| 1 | b1k5 |" in stages_md and "★" in stages_md.split("| 1 | b1k5 |")[1].split("\n")[0]
+
+
+def test_status_marks_and_running_sweep(tmp_path):
+    store = ResultsStore(str(tmp_path / "s"))
+    for i, status in enumerate(["completed", "stopped_early", "diverged", "failed"]):
+        cfg = tiny(seed=i)
+        ep = [{"epoch": 1, "val_accuracy": 0.5, "train_accuracy": 0.5, "val_loss": 1.0, "train_loss": 1.0}]
+        info = {"trial_id": str(i), "sweep": "m", "arm": "baseline", "seed": i, "config": cfg}
+        store.add(trial_row(info, status, "why", {"test_accuracy": 0.5} if status == "completed" else None, ep,
+                            "val_accuracy", "max"), ep)
+    rows = arm_table(store.trials, "max")
+    assert rows[0].n == 1 and rows[0].statuses == {"completed": 1, "stopped_early": 1, "diverged": 1, "failed": 1}
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "†1" in (tmp_path / "r" / "results.md").read_text() and "✗1" in (tmp_path / "r" / "results.md").read_text()
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no trials.parquet" in res.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs it)")
+def test_html_renders_in_headless_chromium(tmp_path):
+    src = make_sweep_dir(tmp_path / "sweep")
+    from rayclf.report import build_report
+
+    rep = build_report(str(src), tmp_path / "rep")
+    page = (rep.out / "index.html").resolve().as_uri()
+    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    dom = subprocess.run([CHROMIUM, *FLAGS, *profile, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-broken-images="0"' in dom, dom[-500:]
+    n_images = int(dom.split('data-images="')[1].split('"')[0])
+    assert n_images == len(rep.figures) >= 5
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, *profile, "--window-size=1300,2600", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.std() > 20  # not blank: text, tables and plots
+    figure_band = img[700:2600]
+    assert (figure_band < 200).mean() > 0.02  # plot lines and labels are drawn, not an empty page
