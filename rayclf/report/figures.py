@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg): every figure titled, axes labelled with units, arms coloured the same everywhere."""
+"""Report figures (matplotlib, Agg): titled, axes labelled with units, each arm one colour everywhere."""
 
 from __future__ import annotations
 
