@@ -112,9 +112,11 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a base config key")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
 @click.option("--quiet", is_flag=True, help="no live trial table")
+@click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
+              help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_run: bool,
-          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool) -> None:
+          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, wandb_mode: str | None) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
 
@@ -127,7 +129,7 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_ru
     from rayclf.sweep.runner import run_sweep
 
     outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo)
+                        echo=click.echo, wandb_mode=wandb_mode)
     click.echo(outcome.summary_text())
 
 

@@ -16,6 +16,10 @@ MINI_CIFAR = Path(os.environ.get("RAYCLF_TEST_CIFAR_MINI",
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# A fake API key in the environment of every Ray instance the tests start: W&B tests check it is never
+# written anywhere (results, logs, configs, W&B run files).
+FAKE_WANDB_KEY = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+os.environ["WANDB_API_KEY"] = FAKE_WANDB_KEY
 
 
 def tiny(**sections: Any) -> dict[str, Any]:
@@ -82,3 +86,38 @@ def ray_local():
     ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def inspect_wandb_run(run_dir: Path) -> dict[str, Any]:
+    """A run's config, group, history rows and summary, read back with W&B's own reader (wandb leet inspect)."""
+    import json
+    import subprocess
+    import sys
+
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    run = next(r["run"] for r in records if r["type"] == "run")
+    config: dict[str, Any] = {}
+    for key, value in run["config"]["update"].items():
+        config[key] = value
+    summary: dict[str, Any] = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"].get("update", {}))
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    return {"id": run["run_id"], "group": run.get("run_group"), "job_type": run.get("job_type"),
+            "name": run.get("display_name"), "config": config, "history": history, "summary": summary}
+
+
+def files_containing(roots: list[Path], needle: str) -> list[Path]:
+    hits = []
+    for root in roots:
+        for p in root.rglob("*") if root.is_dir() else []:
+            try:
+                if p.is_file() and needle.encode() in p.read_bytes():
+                    hits.append(p)
+            except OSError:
+                continue
+    return hits

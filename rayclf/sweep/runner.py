@@ -19,6 +19,7 @@ from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
+from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -118,7 +119,7 @@ def storage_path(out: str) -> str:
 
 
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
-               echo: Callable[[str], None]) -> int:
+               echo: Callable[[str], None], tracking: TrackingSettings) -> int:
     """Run the trials not yet finished; return how many were skipped as already done."""
     import ray
     from ray import tune
@@ -136,7 +137,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     descriptions = [{
         "trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
         "overrides": t.arm.overrides, "config": t.config.to_dict(), "storage": storage,
-        "max_failures": sweep.file.max_failures,
+        "max_failures": sweep.file.max_failures, "tracking": tracking.to_dict(),
         "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers},
     } for t in todo]
     max_epochs = max((sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs) for t in todo)
@@ -186,7 +187,8 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> str:
     return out
 
 
-def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None]) -> tuple[int, Arm]:
+def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
+               tracking: TrackingSettings) -> tuple[int, Arm]:
     """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
     carried: dict[str, Any] = {}
     skipped = 0
@@ -194,7 +196,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
     for i in range(sweep.stage_count()):
         arms = sweep.arms(carried, stage=i)
         trials = sweep.trials(arms)
-        skipped += run_trials(sweep, trials, store, out, live, echo)
+        skipped += run_trials(sweep, trials, store, out, live, echo, tracking)
         ids = {t.trial_id for t in trials}
         stats = arm_stats([r for r in store.trials if r["trial_id"] in ids])
         best = best_arm(stats, sweep.file.mode or "max")
@@ -205,25 +207,43 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         echo(f"stage {i + 1} winner: {winner.label} ({sweep.file.metric} {best.mean:.4f})")
     if sweep.file.search.final:
         final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
-        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo)
+        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo, tracking)
     return skipped, winner
 
 
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
-              num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print) -> SweepOutcome:
+              num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
+              wandb_mode: str | None = None) -> SweepOutcome:
     """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
     import ray
 
     out = prepare_out(sweep, out, resume)
     store = ResultsStore(out)
+    w = sweep.file.wandb
+    tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
     started = _start_ray(address, num_cpus)
     try:
         winner = None
         if sweep.file.search.kind == "stages":
-            skipped, winner = run_staged(sweep, store, out, live, echo)
+            skipped, winner = run_staged(sweep, store, out, live, echo, tracking)
         else:
-            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo)
+            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo, tracking)
     finally:
         if started:
             ray.shutdown()
-    return SweepOutcome(sweep, out, store.trials, skipped, winner)
+    outcome = SweepOutcome(sweep, out, store.trials, skipped, winner)
+    _track_sweep(outcome, tracking, echo)
+    return outcome
+
+
+def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callable[[str], None]) -> None:
+    """The sweep-level W&B run, and where offline runs are and how to upload them."""
+    if tracking.mode == "disabled":
+        return
+    rows = [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "test_accuracy_mean": s.test_mean,
+             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in arm_stats(outcome.rows)]
+    figures = sorted(Path(outcome.out, "report", "figures").glob("*.png")) if "://" not in outcome.out else []
+    log_sweep_summary(tracking, outcome.sweep.name, rows, figures)
+    if tracking.mode == "offline":
+        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
+             f"wandb sync {tracking.dir}/wandb/offline-run-*")

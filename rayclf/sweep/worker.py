@@ -75,13 +75,24 @@ def train_worker(trial: dict[str, Any]) -> None:
     """Entry point Ray Train runs on every worker of one trial."""
     import ray.train.torch
 
-    raw = dict(trial["config"])
-    cfg = build_config(raw)
+    from rayclf.data.sources import load_dataset
+    from rayclf.tracking import MultiReporter, TrackingSettings, WandbReporter
+
+    cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto":
         cfg.train.device = str(ray.train.torch.get_device())
+    data = load_dataset(cfg.data)
+    settings = TrackingSettings(**trial.get("tracking", {}))
+    wandb_reporter = None
+    if settings.mode != "disabled" and ray.train.get_context().get_world_rank() == 0:  # one run per trial
+        wandb_reporter = WandbReporter(settings, trial, data.test.x, data.classes)
     resume = _resume_copy()
     try:
-        fit(cfg, RayTrainReporter(), resume=resume)
+        fit(cfg, MultiReporter(RayTrainReporter(), wandb_reporter), data=data, resume=resume)
+    except BaseException as exc:
+        if wandb_reporter is not None:
+            wandb_reporter.fail(exc)
+        raise
     finally:
         if resume is not None:
             shutil.rmtree(resume, ignore_errors=True)

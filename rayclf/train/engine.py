@@ -40,6 +40,7 @@ from rayclf.train.optim import (
 from rayclf.train.phases import phase_plan, set_trainable
 
 STATUSES = ("completed", "stopped_early", "diverged", "failed")
+MISCLASSIFIED_KEPT = 16
 
 
 class Reporter(Protocol):
@@ -187,11 +188,18 @@ class Trainer:
         k = self.num_classes
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         cm = torch.zeros(k * k, device=self.device, dtype=torch.int64)
-        for xb, yb in loader:
+        wrong: list[dict[str, int]] = []
+        order = loader.order()
+        for b, (xb, yb) in enumerate(loader):
             with self._autocast():
                 logits = self.net(self._prep(self.augmenter.eval_batch(xb))).float()
+            pred = logits.argmax(1)
             sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
-            cm += torch.bincount(yb * k + logits.argmax(1), minlength=k * k)
+            cm += torch.bincount(yb * k + pred, minlength=k * k)
+            if confusion and len(wrong) < MISCLASSIFIED_KEPT:  # a few examples for tracking (host sync is fine here)
+                idx = order[b * loader.batch_size:(b + 1) * loader.batch_size]
+                miss = (pred != yb).nonzero().flatten()[: MISCLASSIFIED_KEPT - len(wrong)].tolist()
+                wrong += [{"index": int(idx[i]), "true": int(yb[i]), "pred": int(pred[i])} for i in miss]
         all_sum(sums)
         all_sum(cm)
         matrix = cm.view(k, k).cpu()
@@ -202,6 +210,7 @@ class Trainer:
             per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1).double()
             out["confusion_matrix"] = matrix.tolist()
             out["per_class_accuracy"] = per_class.tolist()
+            out["misclassified"] = wrong
         return out
 
 
@@ -410,6 +419,7 @@ def summarize(cfg: TrialConfig, tr: Trainer, history: list[dict[str, Any]], stat
         "early_stopped": bool(stopper.es.patience and stopper.bad >= stopper.es.patience),
         "per_class_accuracy": test.get("per_class_accuracy", []),
         "confusion_matrix": test.get("confusion_matrix", []),
+        "misclassified": test.get("misclassified", []),
         "device": str(tr.device),
         "world_size": world()[1],
         "fingerprint": cfg.fingerprint(),
