@@ -135,12 +135,17 @@ def _concat(splits: list[Split]) -> Split:
     return Split(np.concatenate([s.x for s in splits]), np.concatenate([s.y for s in splits]))
 
 
-def load_cifar10(cfg: DataConfig) -> Dataset:
-    root, folder = data_root(cfg), "cifar-10-batches-py"
+def official_folder(cfg: DataConfig, archive: Archive, folder: str) -> tuple[Path, str]:
+    """The dataset's official folder (extracted, downloading the archive if needed) and a repair hint."""
+    root = data_root(cfg)
     if not (root / folder).is_dir():
-        fetch_archive(CIFAR10, root, folder, cfg.download)
+        fetch_archive(archive, root, folder, cfg.download)
     base = root / folder
-    hint = f"restore it from the official archive {CIFAR10.filename} ({CIFAR10.url}) into {base}"
+    return base, f"restore it from the official archive {archive.filename} ({archive.url}) into {base}"
+
+
+def load_cifar10(cfg: DataConfig) -> Dataset:
+    base, hint = official_folder(cfg, CIFAR10, "cifar-10-batches-py")
     train = _concat([_cifar_split(base / f"data_batch_{i}", "labels", hint) for i in range(1, 6)])
     test = _cifar_split(base / "test_batch", "labels", hint)
     classes = list(_unpickle(base / "batches.meta", hint)["label_names"])
@@ -148,11 +153,7 @@ def load_cifar10(cfg: DataConfig) -> Dataset:
 
 
 def load_cifar100(cfg: DataConfig) -> Dataset:
-    root, folder = data_root(cfg), "cifar-100-python"
-    if not (root / folder).is_dir():
-        fetch_archive(CIFAR100, root, folder, cfg.download)
-    base = root / folder
-    hint = f"restore it from the official archive {CIFAR100.filename} ({CIFAR100.url}) into {base}"
+    base, hint = official_folder(cfg, CIFAR100, "cifar-100-python")
     train = _cifar_split(base / "train", "fine_labels", hint)
     test = _cifar_split(base / "test", "fine_labels", hint)
     classes = list(_unpickle(base / "meta", hint)["fine_label_names"])
