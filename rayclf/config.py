@@ -229,6 +229,10 @@ class TrialConfig(Strict):
         """Plain JSON-able dict of every resolved value (defaults included)."""
         return self.model_dump(mode="json")
 
+    def total_epochs(self) -> int:
+        """Epochs the trial trains: the sum of its phases, or ``train.epochs``."""
+        return sum(p.epochs for p in self.train.phases) or self.train.epochs
+
     def fingerprint(self) -> str:
         """Content address of the resolved config (seed included): the trial's identity."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -40,17 +40,13 @@ class ConsoleReporter:
                   f"{s['best_val_accuracy']:.2%}, {s['params']:,} parameters, {s['seconds']:.1f}s")
 
 
-def total_epochs(cfg: TrialConfig) -> int:
-    return sum(p.epochs for p in cfg.train.phases) or cfg.train.epochs
-
-
 def train_local(cfg: TrialConfig, out: Path, resume: Path | None = None, echo=print) -> TrialResult:
     """Train one config; write ``summary.json``, ``epochs.parquet``, ``config.yaml`` and the checkpoint."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    result = fit(cfg, ConsoleReporter(total_epochs(cfg), echo), checkpoint_dir=out / "checkpoint", resume=resume)
+    result = fit(cfg, ConsoleReporter(cfg.total_epochs(), echo), checkpoint_dir=out / "checkpoint", resume=resume)
     write_table([{k: clean(v) for k, v in h.items()} for h in result.history], str(out / EPOCHS))
     (out / "summary.json").write_text(json.dumps({k: clean(v) for k, v in result.summary.items()}, indent=2))
     return result

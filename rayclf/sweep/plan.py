@@ -86,8 +86,7 @@ def estimate_hours(trials: list[Trial], use_gpu: bool) -> tuple[float | None, st
         key = t.config.model.model_dump_json()
         if key not in cache:
             cache[key] = flops_per_image(t.config)
-        epochs = sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs
-        total += cache[key] * n * epochs
+        total += cache[key] * n * t.config.total_epochs()
     rate = ASSUMED_GPU_FLOPS if use_gpu else ASSUMED_CPU_FLOPS
     basis = ("model FLOPs at 15% of an H100's dense bf16 peak" if use_gpu else "model FLOPs at 50 GFLOP/s on CPU")
     return total / rate / 3600, basis
@@ -131,8 +130,7 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
         lines.append(note)
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")
     for t in trials:
-        epochs = sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs
-        lines.append(f"{t.trial_id:<17} {t.arm.label[:48]:<48} {t.seed:<5} {epochs}")
+        lines.append(f"{t.trial_id:<17} {t.arm.label[:48]:<48} {t.seed:<5} {t.config.total_epochs()}")
     res = trial_resources(sweep)
     cluster, where = cluster_resources(address)
     lines.append(f"resources per trial: {res.num_workers} worker(s) × {res.cpus:g} CPU, {res.gpus:g} GPU")

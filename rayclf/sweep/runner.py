@@ -140,7 +140,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
         "max_failures": sweep.file.max_failures, "tracking": tracking.to_dict(),
         "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers},
     } for t in todo]
-    max_epochs = max((sum(p.epochs for p in t.config.train.phases) or t.config.train.epochs) for t in todo)
+    max_epochs = max(t.config.total_epochs() for t in todo)
     recorder = Recorder(store, sweep.file.metric, sweep.file.mode or "max")
     callbacks: list[Any] = [recorder, PlacementGroupJanitor(recorder)]
     if live:

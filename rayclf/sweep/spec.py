@@ -148,9 +148,6 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     stage: int | None = None
 
-    def key(self) -> str:
-        return self.label
-
 
 @dataclass(frozen=True)
 class Trial:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,7 +347,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
                 break
             sched.epoch_end(metrics)
             stop = stopper.update(metrics, tr.model) or reporter.should_stop()
-            final = stop or epoch == len_plan(plan)
+            final = stop or epoch == cfg.total_epochs()
             ckpt = None
             every = cfg.train.checkpoint_every
             if rank == 0 and ((every and epoch % every == 0) or final):
@@ -373,10 +372,6 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
 def data_info(ds: Dataset) -> dict[str, Any]:
     """What ``predict`` needs to preprocess new images the way training did."""
     return {"mean": list(ds.mean), "std": list(ds.std), "classes": list(ds.classes), "shape": list(ds.shape)}
-
-
-def len_plan(plan: Iterable[Any]) -> int:
-    return sum(p.epochs for p in plan)
 
 
 def _write(state: dict[str, Any], folder: Path | None) -> Path:
