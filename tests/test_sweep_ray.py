@@ -109,7 +109,7 @@ def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path, monkeypa
     monkeypatch.setattr(runner, "resolve_settings",
                         lambda *a, **k: TrackingSettings("offline", "rayclf", None, str(blocker / "sub")))
     spec = {"name": "asha", "base": quick_base(epochs=4),
-            "search": {"grid": {"optim.lr": [0.0005, 0.001, 0.002, 0.1, 0.2, 0.3]}},
+            "search": {"grid": {"optim.lr": [0.3, 0.2, 0.1, 0.002, 0.001, 0.0005]}},  # good ones first
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}
     start = time.monotonic()
     outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "asha"), live=False)
