@@ -17,6 +17,7 @@ from typing import Any
 from rayclf.aggregate import arm_stats, best_arm, format_table
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
+from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
@@ -133,6 +134,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     _prepare_everywhere(todo)
     cluster = ray.cluster_resources()
     res = trial_resources(sweep)
+    check_packing(todo, res.gpus if res.num_workers == 1 else 1.0)
     storage = storage_path(out)
     descriptions = [{
         "trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,

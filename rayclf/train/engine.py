@@ -10,6 +10,7 @@ metrics are all-reduced; only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -242,6 +243,8 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
     if dist.is_initialized():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
+        # one on-disk kernel cache per machine: trials of the same shape reuse compiled graphs
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "rayclf" / "inductor"))
         net = torch.compile(net)
     return Trainer(cfg, model, net, augmenter, train_loader, eval_loaders, device,
                    autocast_dtype(cfg, device), channels_last, ds.num_classes)
@@ -324,7 +327,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
             epoch += phase.epochs
             continue
         set_trainable(tr.model, phase.trainable)
-        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr)
+        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr, fused=tr.device.type == "cuda")
         sched = Schedule(opt, cfg.sched, phase.epochs)
         scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
         if state is not None and int(state["phase"]) == p_index:

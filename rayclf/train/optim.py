@@ -15,12 +15,16 @@ from torch import nn
 
 from rayclf.config import OptimConfig, RegConfig, SchedConfig
 
+FUSABLE = ("sgd", "adam", "adamw")
+
 
 def create_optimizer(params: nn.Module, cfg: OptimConfig, *, name: str | None = None,
-                     lr: float | None = None) -> torch.optim.Optimizer:
-    """timm's ``create_optimizer_v2`` with our names; biases and norm weights get no weight decay."""
+                     lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` with our names; biases and norm weights get no weight decay.
+
+    ``fused`` (CUDA only) asks torch for its single-kernel implementation where one exists."""
     name = name or cfg.name
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"fused": True} if fused and name in FUSABLE else {}
     if name == "sgd":
         opt = "nesterov" if cfg.nesterov else "momentum"
         kwargs["momentum"] = 0.9 if cfg.momentum is None else cfg.momentum
