@@ -185,6 +185,7 @@ def log_sweep_summary(settings: TrackingSettings, sweep: str, table_rows: Sequen
     def _log() -> str:
         import wandb
 
+        os.makedirs(settings.dir or ".", exist_ok=True)  # wandb would silently fall back to a temp folder
         run = wandb.init(project=settings.project, entity=settings.entity, dir=settings.dir, mode=settings.mode,
                          id=run_id(sweep, "summary"), resume="allow", group=sweep, job_type="sweep-summary",
                          name=f"{sweep} (summary)", tags=[*settings.tags, sweep],
