@@ -143,7 +143,8 @@ class Trainer:
         self.net.train()
         c1, c2 = penalty_coefficients(cfg.reg)
         reg_weights = penalized_weights(self.model, cfg.reg.scope) if (c1 or c2) else []
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, correct, n
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, correct, n (n filled at the end)
+        count = 0
         steps = len(self.train_loader)
         start = time.perf_counter()
         for step, (xb, yb) in enumerate(self.train_loader):
@@ -170,9 +171,10 @@ class Trainer:
             with torch.no_grad():
                 pred = logits.argmax(1)
                 hit = targets.lam * (pred == targets.y_a) + (1 - targets.lam) * (pred == targets.y_b)
-                n = len(yb)
-                sums += torch.stack([loss.detach().double() * n, hit.sum().double(), torch.tensor(n, device=self.device,
-                                                                                           dtype=torch.float64)])
+                sums[0] += loss.detach().double() * len(yb)
+                sums[1] += hit.sum().double()
+            count += len(yb)
+        sums[2] = count
         loss_sum, correct, count = all_sum(sums).tolist()  # the one host sync of the epoch
         seconds = time.perf_counter() - start
         count = max(count, 1.0)
