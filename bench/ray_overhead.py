@@ -5,13 +5,12 @@ Two ways of running the same tiny trial under Ray Tune, measured in one run on o
   * tune+train  — rayclf's pattern: the Tune trainable fits a Ray Train V2 TorchTrainer whose worker trains.
 "Start" is when the Tune trainable function begins; "first step" is when the first optimizer step has run
 (the worker stamps both with wall-clock time, the same machine's clock). Usage:
-    python bench/ray_overhead.py [--trials 4] [--out bench/results/ray_overhead.json]
+    python -m bench.ray_overhead [--trials 4] [--out bench/results/ray_overhead.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -20,6 +19,8 @@ from typing import Any
 
 import ray
 from ray import tune
+
+from bench.common import emit
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -87,10 +88,7 @@ def main() -> None:
         times = measure(fn, args.trials, storage)
         record[fn.__name__] = {"median_s": statistics.median(times), "all_s": times}
     ray.shutdown()
-    print(json.dumps(record, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2))
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ crop (padding 4) + horizontal flip, in one process, on one device:
   * baseline — torchvision-style Dataset yielding PIL images, transforms.RandomCrop/RandomHorizontalFlip/
                ToTensor/Normalize, torch.utils.data.DataLoader with worker processes, fp32.
 Images/s is taken over the training epochs after the first (warm-up). Usage:
-    python bench/throughput.py [--device cpu|cuda] [--epochs 3] [--workers 2] [--out bench/results/x.json]
+    python -m bench.throughput [--device cpu|cuda] [--epochs 3] [--workers 2] [--out bench/results/x.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from bench.common import emit
 from rayclf.config import build_config
 from rayclf.data.sources import load_dataset
 from rayclf.models import create_model
@@ -117,10 +117,7 @@ def main() -> None:
         record.update(accuracy_recipe=f"{args.accuracy_epochs} epochs, cnn 32/64/128 BN, SGD nesterov 0.05 cosine, "
                                       "crop+flip, batch 128", cifar10_mini_test_accuracy=acc.summary["test_accuracy"],
                       accuracy_seconds=acc.summary["seconds"])
-    print(json.dumps(record, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2))
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,16 @@
-"""Per-arm aggregation over seeds (mean ± std): shown by the sweep summary, stages and reports."""
+"""Per-arm aggregation over seeds: mean ± std, 95% CI, Δ vs baseline and a paired t-test on matched seeds.
+
+One module serves the sweep summary, staged winners, W&B and reports, so every place shows the same numbers.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class ArmStats:
-    arm: str
-    n: int
-    mean: float | None
-    std: float | None
-    test_mean: float | None
-    test_std: float | None
-    statuses: dict[str, int] = field(default_factory=dict)
-    stage: int | None = None
+from scipy import stats as sps
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -30,24 +23,99 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
     return m, sd
 
 
-def arm_stats(rows: Iterable[Mapping[str, Any]], value_key: str = "metric_best") -> list[ArmStats]:
-    """Group trial rows by arm (first-seen order); aggregate counting only completed trials."""
+@dataclass
+class ArmRow:
+    arm: str
+    stage: int | None
+    n: int
+    mean: float | None
+    std: float | None
+    ci95: float | None  # half-width of the 95% t interval
+    test_mean: float | None
+    test_std: float | None
+    delta: float | None = None  # vs baseline, in metric units
+    p_value: float | None = None  # paired t-test vs baseline on matched seeds
+    pairs: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    best: bool = False
+
+
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the two-sided 95% Student-t confidence interval of the mean."""
+    n = len(values)
+    if n < 2:
+        return None
+    _, sd = mean_std(values)
+    return float(sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float | None, int]:
+    """Two-sided paired t-test of a vs b over the seeds both have; (p, number of pairs)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None, len(seeds)
+    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+    diffs = [u - v for u, v in zip(x, y, strict=True)]
+    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):  # constant differences: t is undefined
+        return (1.0 if diffs[0] == 0 else 0.0), len(seeds)
+    return float(sps.ttest_rel(x, y).pvalue), len(seeds)
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+    return {int(r["seed"]): float(r[key]) for r in rows
+            if r.get("status") == "completed" and r.get(key) is not None and math.isfinite(float(r[key]))}
+
+
+def baseline_arm(arms: Sequence[str]) -> str | None:
+    if "baseline" in arms:
+        return "baseline"
+    return arms[0] if arms else None
+
+
+def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "metric_best") -> list[ArmRow]:
+    """One row per arm (first-seen order) with everything the results table shows."""
+    order: list[str] = []
     groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
+    for r in trials:
+        if r["arm"] not in groups:
+            order.append(r["arm"])
         groups.setdefault(r["arm"], []).append(r)
-    out = []
-    for arm, rs in groups.items():
-        ok = [r for r in rs if r.get("status") == "completed"]
-        m, sd = mean_std(r.get(value_key) for r in ok)
-        tm, tsd = mean_std(r.get("test_accuracy") for r in ok)
+    base = baseline_arm(order)
+    base_vals = _values(groups[base], value_key) if base else {}
+    rows = []
+    for arm in order:
+        vals = _values(groups[arm], value_key)
+        m, sd = mean_std(vals.values())
+        tm, tsd = mean_std(_values(groups[arm], "test_accuracy").values())
         statuses: dict[str, int] = {}
-        for r in rs:
+        for r in groups[arm]:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        out.append(ArmStats(arm, len(ok), m, sd, tm, tsd, statuses, rs[0].get("stage")))
-    return out
+        row = ArmRow(arm, groups[arm][0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
+                     statuses=statuses)
+        if base and arm != base and m is not None and base_vals:
+            row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
+            row.p_value, row.pairs = paired_p_value(vals, base_vals)
+        rows.append(row)
+    scored = [r for r in rows if r.mean is not None]
+    if scored:
+        best = max(scored, key=lambda r: r.mean if mode == "max" else -r.mean)  # type: ignore[operator]
+        best.best = True
+    return rows
 
 
-def best_arm(stats: list[ArmStats], mode: str) -> ArmStats | None:
+def stage_winners(rows: Sequence[ArmRow], mode: str) -> dict[int, str]:
+    """The chosen arm of each stage (best mean), as the staged sweep chose it."""
+    out: dict[int, ArmRow] = {}
+    for r in rows:
+        if r.stage is None or r.mean is None:
+            continue
+        cur = out.get(r.stage)
+        if cur is None or (r.mean > cur.mean if mode == "max" else r.mean < cur.mean):  # type: ignore[operator]
+            out[r.stage] = r
+    return {k: v.arm for k, v in out.items()}
+
+
+def best_arm(stats: list[ArmRow], mode: str) -> ArmRow | None:
     scored = [s for s in stats if s.mean is not None]
     if not scored:
         return None
@@ -62,7 +130,7 @@ def pm(mean: float | None, std: float | None, pct: bool = True) -> str:
     return f"{mean:.4f} ± {std or 0:.4f}"
 
 
-def format_table(stats: list[ArmStats], metric: str) -> str:
+def format_table(stats: list[ArmRow], metric: str) -> str:
     pct = metric.endswith("accuracy")
     head = f"{'arm':<44} {'n':>3}  {metric + (' %' if pct else ''):>18}  {'test acc %':>16}  status"
     lines = [head, "-" * len(head)]

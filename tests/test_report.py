@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
+from rayclf.aggregate import arm_table, paired_p_value
 from rayclf.cli import main
-from rayclf.report.stats import arm_table, paired_p_value
 from rayclf.results import ResultsStore, write_text
 from rayclf.sweep.callbacks import trial_row
 

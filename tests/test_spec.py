@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rayclf.aggregate import arm_stats, best_arm, mean_std
+from rayclf.aggregate import arm_table, best_arm, mean_std
 from rayclf.config import ConfigError
 from rayclf.sweep.spec import load_sweep, parse_sweep
 
@@ -88,11 +88,11 @@ def test_bad_sweep_files_give_clear_errors(data, expected):
 
 
 def test_seed_aggregation_mean_and_std():
-    rows = [{"arm": "a", "status": "completed", "metric_best": v, "test_accuracy": v, "stage": None}
-            for v in (0.5, 0.6, 0.7)]
-    rows += [{"arm": "b", "status": "completed", "metric_best": 0.9, "test_accuracy": 0.8, "stage": None},
-             {"arm": "b", "status": "failed", "metric_best": None, "test_accuracy": None, "stage": None}]
-    stats = {s.arm: s for s in arm_stats(rows)}
+    rows = [{"arm": "a", "seed": s, "status": "completed", "metric_best": v, "test_accuracy": v, "stage": None}
+            for s, v in enumerate((0.5, 0.6, 0.7))]
+    rows += [{"arm": "b", "seed": 0, "status": "completed", "metric_best": 0.9, "test_accuracy": 0.8, "stage": None},
+             {"arm": "b", "seed": 1, "status": "failed", "metric_best": None, "test_accuracy": None, "stage": None}]
+    stats = {s.arm: s for s in arm_table(rows, "max")}
     assert stats["a"].mean == pytest.approx(0.6) and stats["a"].std == pytest.approx(0.1)
     assert stats["b"].n == 1 and stats["b"].statuses == {"completed": 1, "failed": 1}
     assert best_arm(list(stats.values()), "max").arm == "b"

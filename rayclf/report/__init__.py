@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
+from rayclf.aggregate import ArmRow, arm_table, stage_winners
 from rayclf.config import UserError
 from rayclf.report import figures as F
-from rayclf.report.stats import ArmRow, arm_table, stage_winners
 from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
 
 STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayclf.aggregate import arm_stats, best_arm, format_table
+from rayclf.aggregate import arm_table, best_arm, format_table
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.packing import check_packing
@@ -34,7 +34,7 @@ class SweepOutcome:
     winner: Arm | None = None
 
     def summary_text(self) -> str:
-        stats = arm_stats(self.rows)
+        stats = arm_table(self.rows, self.sweep.file.mode or "max")
         lines = [format_table(stats, self.sweep.file.metric), ""]
         counts: dict[str, int] = {}
         for r in self.rows:
@@ -200,7 +200,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         trials = sweep.trials(arms)
         skipped += run_trials(sweep, trials, store, out, live, echo, tracking)
         ids = {t.trial_id for t in trials}
-        stats = arm_stats([r for r in store.trials if r["trial_id"] in ids])
+        stats = arm_table([r for r in store.trials if r["trial_id"] in ids], sweep.file.mode or "max")
         best = best_arm(stats, sweep.file.mode or "max")
         if best is None:
             raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")
@@ -242,8 +242,9 @@ def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callab
     """The sweep-level W&B run, and where offline runs are and how to upload them."""
     if tracking.mode == "disabled":
         return
+    stats = arm_table(outcome.rows, outcome.sweep.file.mode or "max")
     rows = [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "test_accuracy_mean": s.test_mean,
-             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in arm_stats(outcome.rows)]
+             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in stats]
     figures = sorted(Path(outcome.out, "report", "figures").glob("*.png")) if "://" not in outcome.out else []
     log_sweep_summary(tracking, outcome.sweep.name, rows, figures)
     if tracking.mode == "offline":
