@@ -136,3 +136,24 @@ def test_sweep_cli_dry_run_trains_nothing(tmp_path):
     assert "2 arms × 3 seeds = 6 trials" in res.output and "concurrency" in res.output
     assert "estimate:" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_staged_sweep_carries_each_winner_and_reruns_the_final(ray_local, tmp_path):
+    # stage 2's "widths=8/16" with the carried lr is the stage-1 winner's own config: reused, not retrained
+    spec = {"name": "staged", "base": quick_base(epochs=1),
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.0001, 0.1]}},
+                                  {"name": "width", "vary": {"model.widths": [[4, 8], [8, 16], [16, 32]]}}],
+                       "final": {"train.epochs": 2}}}
+    outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "st"), live=False)
+    assert outcome.skipped == 1
+    rows = {r["arm"]: r for r in outcome.rows}
+    assert set(rows) == {"lr:lr=0.0001", "lr:lr=0.1", "width:widths=4/8", "width:widths=16/32", "final"}
+    rows["width:widths=8/16"] = rows["lr:lr=0.1"]
+    assert rows["lr:lr=0.1"]["metric_best"] > rows["lr:lr=0.0001"]["metric_best"]
+    for arm in ("width:widths=4/8", "width:widths=8/16", "final"):  # stage 1's winner is carried forward
+        assert rows[arm]["config.optim.lr"] == 0.1
+    width_winner = max(("width:widths=4/8", "width:widths=8/16", "width:widths=16/32"),
+                       key=lambda a: rows[a]["metric_best"])
+    assert rows["final"]["config.model.widths"] == rows[width_winner]["config.model.widths"]
+    assert rows["final"]["epochs"] == 2 and rows["final"]["stage"] == 2
+    assert outcome.winner is not None and outcome.winner.label == width_winner

@@ -199,8 +199,11 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         arms = sweep.arms(carried, stage=i)
         trials = sweep.trials(arms)
         skipped += run_trials(sweep, trials, store, out, live, echo, tracking)
-        ids = {t.trial_id for t in trials}
-        stats = arm_table([r for r in store.trials if r["trial_id"] in ids], sweep.file.mode or "max")
+        # a stage's arm may be a config an earlier stage already trained (same content address): its stored
+        # row keeps the first label, so rank this stage's arms by their own labels, mapped through trial ids
+        label = {t.trial_id: t.arm.label for t in trials}
+        stage_rows = [{**r, "arm": label[r["trial_id"]]} for r in store.trials if r["trial_id"] in label]
+        stats = arm_table(stage_rows, sweep.file.mode or "max")
         best = best_arm(stats, sweep.file.mode or "max")
         if best is None:
             raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")
