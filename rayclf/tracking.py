@@ -61,6 +61,16 @@ def run_id(sweep: str, trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{sweep}-{trial_id}")[:64]
 
 
+def _open_run(settings: TrackingSettings, rid: str, **identity: Any):
+    """Every rayclf W&B run opens here: same folder, mode, resume policy and quiet settings."""
+    import wandb
+
+    os.makedirs(settings.dir or ".", exist_ok=True)  # wandb would silently fall back to a temp folder
+    return wandb.init(project=settings.project, entity=settings.entity, dir=settings.dir, mode=settings.mode,
+                      id=rid, resume="allow", reinit="create_new",
+                      settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True), **identity)
+
+
 class _Guarded:
     """Runs W&B calls; after the first failure, warns once and turns every later call into a no-op."""
 
@@ -92,20 +102,12 @@ class WandbReporter(_Guarded):
             self.run = self.call("init", self._init)
 
     def _init(self):
-        import wandb
-
         t = self.trial
-        os.makedirs(self.settings.dir or ".", exist_ok=True)
-        run = wandb.init(
-            project=self.settings.project, entity=self.settings.entity, dir=self.settings.dir,
-            mode=self.settings.mode, id=run_id(t["sweep"], t["trial_id"]), resume="allow",
-            group=t["sweep"], job_type=t["arm"][:64], name=f"{t['arm']} s{t['seed']}",
-            tags=[*self.settings.tags, t["sweep"]],
-            config={**t["config"], "rayclf": {"trial_id": t["trial_id"], "arm": t["arm"], "seed": t["seed"],
-                                              "sweep": t["sweep"], "overrides": t.get("overrides", {})}},
-            settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True),
-            reinit="create_new",
-        )
+        run = _open_run(self.settings, run_id(t["sweep"], t["trial_id"]), group=t["sweep"], job_type=t["arm"][:64],
+                        name=f"{t['arm']} s{t['seed']}", tags=[*self.settings.tags, t["sweep"]],
+                        config={**t["config"], "rayclf": {"trial_id": t["trial_id"], "arm": t["arm"],
+                                                          "seed": t["seed"], "sweep": t["sweep"],
+                                                          "overrides": t.get("overrides", {})}})
         run.define_metric("epoch")
         run.define_metric("*", step_metric="epoch")
         return run
@@ -185,12 +187,8 @@ def log_sweep_summary(settings: TrackingSettings, sweep: str, table_rows: Sequen
     def _log() -> str:
         import wandb
 
-        os.makedirs(settings.dir or ".", exist_ok=True)  # wandb would silently fall back to a temp folder
-        run = wandb.init(project=settings.project, entity=settings.entity, dir=settings.dir, mode=settings.mode,
-                         id=run_id(sweep, "summary"), resume="allow", group=sweep, job_type="sweep-summary",
-                         name=f"{sweep} (summary)", tags=[*settings.tags, sweep],
-                         settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True),
-                         reinit="create_new")
+        run = _open_run(settings, run_id(sweep, "summary"), group=sweep, job_type="sweep-summary",
+                        name=f"{sweep} (summary)", tags=[*settings.tags, sweep])
         cols = list(table_rows[0]) if table_rows else ["arm"]
         run.log({"arms": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in table_rows])})
         for fig in figures:
