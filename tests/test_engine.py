@@ -107,3 +107,18 @@ def test_cnn_on_real_cifar10_mini_clearly_beats_chance():
                         "sched": {"name": "cosine"}, "augment": {"flip": {"p": 0.5}}})
     result = fit(cfg, data=load_dataset(cfg.data))
     assert result.summary["test_accuracy"] > 0.30  # 10 classes: chance is 0.10
+
+
+def test_train_epoch_can_stop_after_a_few_steps():
+    """GPU memory calibration runs the trial's own step a few times through this limit."""
+    from rayclf.train.engine import build_trainer
+    from rayclf.train.optim import Schedule, create_optimizer
+
+    cfg = build_config(tiny())
+    tr = build_trainer(cfg, load_dataset(cfg.data))
+    opt = create_optimizer(tr.model, cfg.optim)
+    seen = []
+    tr.augmenter.train_batch = lambda x, y, _orig=tr.augmenter.train_batch: (seen.append(len(y)), _orig(x, y))[1]
+    out = tr.train_epoch(opt, Schedule(opt, cfg.sched, 1), 0, None, max_steps=2)
+    assert len(tr.train_loader) > 2 and seen == [32, 32]  # exactly two steps of the real step ran
+    assert out["train_loss"] > 0

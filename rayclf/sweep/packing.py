@@ -26,13 +26,13 @@ class Calibration:
 
 
 def calibrate(config: dict[str, Any], steps: int = 3) -> Calibration:
-    """Peak CUDA memory of a few training steps of this trial config on this process's GPU."""
+    """Peak CUDA memory of the trial's own training step (the engine's, run ``steps`` times) on this GPU."""
     import torch
 
     from rayclf.config import build_config
     from rayclf.data.sources import load_dataset
     from rayclf.train.engine import build_trainer
-    from rayclf.train.optim import create_optimizer
+    from rayclf.train.optim import Schedule, create_optimizer
 
     cfg = build_config(config)
     cfg.train.device = "cuda"
@@ -40,15 +40,8 @@ def calibrate(config: dict[str, Any], steps: int = 3) -> Calibration:
     torch.cuda.reset_peak_memory_stats()
     tr = build_trainer(cfg, load_dataset(cfg.data))
     opt = create_optimizer(tr.model, cfg.optim, fused=True)
-    for step, (xb, yb) in enumerate(tr.train_loader):
-        x, t = tr.augmenter.train_batch(xb, yb)
-        with torch.autocast("cuda", dtype=tr.amp) if tr.amp else torch.autocast("cuda", enabled=False):
-            loss = torch.nn.functional.cross_entropy(tr.net(x).float(), t.y_a)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step + 1 >= steps:
-            break
+    scaler = torch.amp.GradScaler("cuda") if tr.amp == torch.float16 else None
+    tr.train_epoch(opt, Schedule(opt, cfg.sched, cfg.total_epochs()), 0, scaler, max_steps=steps)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     total = torch.cuda.get_device_properties(tr.device).total_memory

@@ -138,7 +138,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
 
     def train_epoch(self, opt: torch.optim.Optimizer, sched: Schedule, epoch: int,
-                    scaler: torch.amp.GradScaler | None) -> dict[str, float]:
+                    scaler: torch.amp.GradScaler | None, max_steps: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_steps`` steps, e.g. for GPU memory calibration)."""
         cfg = self.cfg
         self.net.train()
         c1, c2 = penalty_coefficients(cfg.reg)
@@ -148,6 +149,8 @@ class Trainer:
         steps = len(self.train_loader)
         start = time.perf_counter()
         for step, (xb, yb) in enumerate(self.train_loader):
+            if max_steps is not None and step >= max_steps:
+                break
             sched.step(epoch + step / steps)
             x, targets = self.augmenter.train_batch(xb, yb)
             with self._autocast():
@@ -367,8 +370,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
                 last_ckpt = ckpt  # the reporter may still send it with the summary
                 break
             _cleanup(ckpt, checkpoint_dir)
-    summary = summarize(cfg, tr, history, status, reason, stopper, time.perf_counter() - started)
-    summary["classes"] = list(ds.classes)
+    summary = summarize(cfg, tr, ds, history, status, reason, stopper, time.perf_counter() - started)
     reporter.end(summary)
     _cleanup(last_ckpt, checkpoint_dir)
     return TrialResult(summary, history)
@@ -393,7 +395,7 @@ def _cleanup(ckpt: Path | None, folder: Path | None) -> None:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def summarize(cfg: TrialConfig, tr: Trainer, history: list[dict[str, Any]], status: str, reason: str,
+def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str, Any]], status: str, reason: str,
               stopper: EarlyStopper, seconds: float) -> dict[str, Any]:
     """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix."""
     if stopper.best_state is not None and status == "completed":
@@ -420,6 +422,7 @@ def summarize(cfg: TrialConfig, tr: Trainer, history: list[dict[str, Any]], stat
         "per_class_accuracy": test.get("per_class_accuracy", []),
         "confusion_matrix": test.get("confusion_matrix", []),
         "misclassified": test.get("misclassified", []),
+        "classes": list(ds.classes),
         "device": str(tr.device),
         "world_size": world()[1],
         "fingerprint": cfg.fingerprint(),
