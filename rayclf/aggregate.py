@@ -96,23 +96,20 @@ def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "
             row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
             row.p_value, row.pairs = paired_p_value(vals, base_vals)
         rows.append(row)
-    scored = [r for r in rows if r.mean is not None]
-    if scored:
-        best = max(scored, key=lambda r: r.mean if mode == "max" else -r.mean)  # type: ignore[operator]
+    best = best_arm(rows, mode)
+    if best is not None:
         best.best = True
     return rows
 
 
 def stage_winners(rows: Sequence[ArmRow], mode: str) -> dict[int, str]:
-    """The chosen arm of each stage (best mean), as the staged sweep chose it."""
-    out: dict[int, ArmRow] = {}
+    """The chosen arm of each stage (best mean), by the same rule the staged sweep used."""
+    by_stage: dict[int, list[ArmRow]] = {}
     for r in rows:
-        if r.stage is None or r.mean is None:
-            continue
-        cur = out.get(r.stage)
-        if cur is None or (r.mean > cur.mean if mode == "max" else r.mean < cur.mean):  # type: ignore[operator]
-            out[r.stage] = r
-    return {k: v.arm for k, v in out.items()}
+        if r.stage is not None:
+            by_stage.setdefault(r.stage, []).append(r)
+    winners = {stage: best_arm(group, mode) for stage, group in by_stage.items()}
+    return {stage: w.arm for stage, w in winners.items() if w is not None}
 
 
 def best_arm(stats: list[ArmRow], mode: str) -> ArmRow | None:

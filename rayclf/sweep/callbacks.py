@@ -59,12 +59,11 @@ def _mean(values: list[Any]) -> float | None:
 class Recorder(Callback):
     """Writes every finished trial — completed, stopped early, diverged or failed — to the store."""
 
-    def __init__(self, store: ResultsStore, metric: str, mode: str, on_record: Callable[[dict], None] | None = None):
+    def __init__(self, store: ResultsStore, metric: str, mode: str):
         self.store, self.metric, self.mode = store, metric, mode
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.pgs: dict[str, set[str]] = {}
-        self.on_record = on_record
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = trial_info(trial)["trial_id"]
@@ -83,8 +82,6 @@ class Recorder(Callback):
         summary = self.summaries.get(tid)
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode)
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
-        if self.on_record:
-            self.on_record(row)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
