@@ -48,11 +48,13 @@ def main() -> None:
 @click.option("--resume", type=click.Path(path_type=Path), help="continue from this checkpoint (file or folder)")
 @user_errors
 def train(config: Path | None, overrides: tuple[str, ...], out: Path | None, resume: Path | None) -> None:
-    """Train one config on this machine; writes summary.json, epochs.parquet and the checkpoint."""
-    from rayclf.config import load_config
-    from rayclf.local import train_local
+    """Train one config (a trial config, or a sweep file's base) on this machine.
 
-    cfg = load_config(config, overrides)
+    Writes summary.json, epochs.parquet and the checkpoint."""
+    from rayclf.local import train_local
+    from rayclf.sweep.spec import load_trial_config
+
+    cfg = load_trial_config(config, overrides)
     out = out or Path("runs") / f"train-{_stamp()}"
     if (out / "summary.json").exists() and resume is None:
         raise UserError(f"{out} already holds a finished run; choose another --out or pass --resume.")
@@ -109,7 +111,8 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local instance)")
 @click.option("--resume", is_flag=True, help="continue an existing sweep directory, skipping finished trials")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a base config key")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
 @click.option("--quiet", is_flag=True, help="no live trial table")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),

@@ -66,6 +66,9 @@ class _Op(Strict):
 
 class FlipOp(Strict):
     p: float = Field(0.0, ge=0.0, le=1.0, description="probability; 0 turns the flip off")
+    mode: Literal["random", "alternate"] = Field(
+        "random", description="alternate (airbench): a random share p flipped in epoch 1, then every image's "
+                              "flip toggles each epoch, so each image is seen both ways in any two epochs")
 
 
 class CropOp(_Op):
@@ -161,7 +164,11 @@ class TrainConfig(Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(False, description="torch.compile the model; auto = on CUDA only")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead adds CUDA graphs")
+    tta: Literal["none", "flip", "flip_translate"] = Field(
+        "none", description="test-time augmentation for val/test: mirror, or mirror + 1-pixel shifts (airbench)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
@@ -180,13 +187,18 @@ class OptimConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0, le=1.0)
+    decay_norm_and_bias: bool = Field(False, description="apply weight decay to biases and norm parameters too")
+    norm_bias_lr_scale: float = Field(1.0, gt=0.0, le=1000.0, description=(
+        "norm-layer biases train at lr × this and decay at weight_decay / this (airbench's bias scaler)"))
+    fused: Literal["auto", "on", "off"] = Field("auto", description="fused CUDA kernel (sgd/adam/adamw); auto = on GPU")
 
 
-SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "cosine_restarts", "onecycle", "plateau")
+SCHEDULES = ("constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts", "onecycle",
+             "plateau")
 
 
 class SchedConfig(Strict):
-    name: Literal["constant", "step", "multistep", "exponential", "cosine", "cosine_restarts",
+    name: Literal["constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts",
                   "onecycle", "plateau"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_start: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at this fraction of the LR")

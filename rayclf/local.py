@@ -34,10 +34,11 @@ class ConsoleReporter:
         return False
 
     def end(self, s: dict[str, Any]) -> None:
-        test = s["test_accuracy"]
-        test_txt = f"{test:.2%}" if isinstance(test, float) and math.isfinite(test) else "n/a"
-        self.echo(f"{s['status']}: {s['epochs']} epochs, test accuracy {test_txt}, best val "
-                  f"{s['best_val_accuracy']:.2%}, {s['params']:,} parameters, {s['seconds']:.1f}s")
+        def pct(v: Any) -> str:
+            return f"{v:.2%}" if isinstance(v, float) and math.isfinite(v) else "n/a"
+
+        self.echo(f"{s['status']}: {s['epochs']} epochs, test accuracy {pct(s['test_accuracy'])}, best val "
+                  f"{pct(s['best_val_accuracy'])}, {s['params']:,} parameters, {s['seconds']:.1f}s")
 
 
 def train_local(cfg: TrialConfig, out: Path, resume: Path | None = None, echo=print) -> TrialResult:

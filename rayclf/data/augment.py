@@ -180,7 +180,7 @@ class Augmenter:
         c, g = self.cfg, self.gen
         if c.crop.padding > 0:
             x = random_crop(x, c.crop.padding, c.crop.p, g, c.crop.padding_mode)
-        if c.flip.p > 0:
+        if c.flip.p > 0 and c.flip.mode == "random":
             x = flip(x, c.flip.p, g, dim=3)
         if c.vflip.p > 0:
             x = flip(x, c.vflip.p, g, dim=2)
@@ -225,3 +225,23 @@ class Augmenter:
         if self.cfg.cutout.size > 0:
             copy = cutout(copy, self.cfg.cutout.size, self.cfg.cutout.count, self.cfg.cutout.p, self.gen)
         return copy.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class AlternatingFlip:
+    """airbench's alternating flip, applied in place to the device-resident training images once per epoch.
+
+    A seeded random share ``p`` of the images is mirrored in epoch 0; every later epoch mirrors each image
+    iff it was not mirrored in the previous one. The state is a function of the epoch alone, so a resumed
+    run lands on the same images. No per-batch work and no host sync."""
+
+    def __init__(self, p: float, n: int, seed: int, device: torch.device):
+        g = torch.Generator(device=device)
+        g.manual_seed(seed)
+        self.first = torch.rand(n, generator=g, device=device) < p
+        self.current = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def apply(self, x: torch.Tensor, epoch: int) -> None:
+        target = self.first ^ bool(epoch % 2)
+        change = (target ^ self.current).view(-1, *([1] * (x.dim() - 1)))
+        x.copy_(torch.where(change, x.flip(-1), x))
+        self.current = target

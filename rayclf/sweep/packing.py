@@ -39,7 +39,7 @@ def calibrate(config: dict[str, Any], steps: int = 3) -> Calibration:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     tr = build_trainer(cfg, load_dataset(cfg.data))
-    opt = create_optimizer(tr.model, cfg.optim, fused=True)
+    opt = create_optimizer(tr.model, cfg.optim, cuda=True)
     scaler = torch.amp.GradScaler("cuda") if tr.amp == torch.float16 else None
     tr.train_epoch(opt, Schedule(opt, cfg.sched, cfg.total_epochs()), 0, scaler, max_steps=steps)
     torch.cuda.synchronize()

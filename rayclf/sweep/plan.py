@@ -42,6 +42,17 @@ def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
     return max(1, min(fits) if fits else 1)
 
 
+def unmet_resources(sweep: Sweep, cluster: dict[str, float]) -> str | None:
+    """What one trial asks for that the whole cluster does not have (such a trial would wait forever)."""
+    need = trial_resources(sweep).per_trial()
+    short = [f"{v:g} {k}" for k, v in need.items() if v > cluster.get(k, 0)]
+    if not short:
+        return None
+    have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in need)
+    return (f"each trial of sweep '{sweep.name}' needs {' and '.join(short)}, but the cluster has {have}. "
+            "Lower the file's resources, e.g. --set resources.gpus=0 --set resources.cpus=1.")
+
+
 def train_images(cfg: TrialConfig) -> int | None:
     if cfg.data.name == "synthetic":
         n = cfg.data.synthetic.num_train

@@ -18,7 +18,7 @@ from rayclf.aggregate import arm_table, best_arm, format_table
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.packing import check_packing
-from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources
+from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
 
@@ -228,6 +228,11 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
     started = _start_ray(address, num_cpus)
     try:
+        unmet = unmet_resources(sweep, ray.cluster_resources())
+        if unmet and started:  # a local instance never grows: the sweep would wait forever
+            raise UserError(unmet)
+        if unmet:
+            echo(f"warning: {unmet} Trials wait until an autoscaler adds such nodes.")
         winner = None
         if sweep.file.search.kind == "stages":
             skipped, winner = run_staged(sweep, store, out, live, echo, tracking)

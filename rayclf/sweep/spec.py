@@ -26,6 +26,7 @@ from rayclf.config import (
     apply_overrides,
     build_config,
     closest,
+    load_config,
     parse_override,
     read_yaml,
     validation_message,
@@ -320,14 +321,30 @@ def resolve_base(base: Mapping[str, Any], source: Path | None, seen: tuple[Path,
     return deep_merge(resolve_base(inherited, path, (*seen, path.resolve())), base)
 
 
+def split_overrides(overrides: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` items for the sweep file itself (``resources.gpus=0``, ``seeds=[0,1,2]``) and for its base
+    config (everything else; ``base.`` may be spelled out)."""
+    file_keys = set(SweepFile.model_fields) - {"base"}
+    to_file, to_base = {}, {}
+    for item in overrides:
+        key, value = parse_override(item)
+        head, _, rest = key.partition(".")
+        if head in file_keys:
+            to_file[key] = value
+        else:
+            to_base[rest if head == "base" and rest else key] = value
+    return to_file, to_base
+
+
 def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: tuple[str, ...] = ()) -> Sweep:
     """Validate a sweep mapping: the file's own schema, the base config, and every arm's config."""
+    file_over, base_over = split_overrides(overrides)
     try:
-        file = SweepFile.model_validate(data)
+        file = SweepFile.model_validate(apply_overrides(data, file_over))
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, SweepFile)) from None
     base = resolve_base(file.base, source)
-    base = apply_overrides(base, dict(parse_override(o) for o in overrides))
+    base = apply_overrides(base, base_over)
     try:
         build_config(base, prefix="base.")
     except ConfigError as exc:
@@ -348,11 +365,25 @@ def load_sweep(path: str | Path, overrides: tuple[str, ...] = ()) -> Sweep:
     return parse_sweep(read_yaml(path), path, overrides)
 
 
+def is_sweep_file(data: Mapping[str, Any]) -> bool:
+    return "name" in data and ("search" in data or "base" in data)
+
+
+def load_trial_config(path: str | Path | None, overrides: tuple[str, ...] = ()) -> TrialConfig:
+    """A trial config file, or a sweep file's base config (its first seed unless ``--set seed=``)."""
+    if path is None or not is_sweep_file(data := read_yaml(path)):
+        return load_config(path, overrides)
+    sweep = parse_sweep(data, Path(path), overrides)
+    if "seed" in split_overrides(overrides)[1]:
+        return build_config(sweep.base)
+    return sweep.config_for(Arm("baseline", {}), sweep.file.seeds[0])
+
+
 def describe_file(path: str | Path) -> str:
     """One line for ``rayclf validate``: a sweep's arms and trials, or a trial config's model."""
     path = Path(path)
     data = read_yaml(path)
-    if "name" in data and ("search" in data or "base" in data):
+    if is_sweep_file(data):
         sweep = parse_sweep(data, path)
         n_seeds = len(sweep.file.seeds)
         if sweep.file.search.kind == "stages":

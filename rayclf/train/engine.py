@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayclf.config import TrialConfig
-from rayclf.data.augment import Augmenter, Targets
+from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
 from rayclf.models import count_params, create_model
@@ -130,6 +130,7 @@ class Trainer:
     amp: torch.dtype | None
     channels_last: bool
     num_classes: int
+    flipper: AlternatingFlip | None = None
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -138,10 +139,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
 
     def train_epoch(self, opt: torch.optim.Optimizer, sched: Schedule, epoch: int,
-                    scaler: torch.amp.GradScaler | None, max_steps: int | None = None) -> dict[str, float]:
-        """One epoch (or its first ``max_steps`` steps, e.g. for GPU memory calibration)."""
+                    scaler: torch.amp.GradScaler | None, max_steps: int | None = None,
+                    data_epoch: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_steps`` steps, e.g. for GPU memory calibration).
+
+        ``epoch`` counts within the phase (for the schedule), ``data_epoch`` across the run (for the data)."""
         cfg = self.cfg
         self.net.train()
+        if self.flipper is not None:
+            self.flipper.apply(self.train_loader.x, epoch if data_epoch is None else data_epoch)
         c1, c2 = penalty_coefficients(cfg.reg)
         reg_weights = penalized_weights(self.model, cfg.reg.scope) if (c1 or c2) else []
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, correct, n (n filled at the end)
@@ -184,6 +190,19 @@ class Trainer:
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
 
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch, averaged over ``train.tta``'s views (airbench's weights for shifts)."""
+        def views(z: torch.Tensor) -> torch.Tensor:
+            out = self.net(self._prep(z)).float()
+            return out if self.cfg.train.tta == "none" else 0.5 * (out + self.net(self._prep(z.flip(3))).float())
+
+        logits = views(x)
+        if self.cfg.train.tta == "flip_translate":
+            h, w = x.shape[2:]
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            logits = 0.5 * logits + 0.25 * (views(padded[..., :h, :w]) + views(padded[..., 2:, 2:]))
+        return logits
+
     @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False) -> dict[str, Any]:
         loader = self.eval_loaders.get(split)
@@ -197,7 +216,7 @@ class Trainer:
         order = loader.order()
         for b, (xb, yb) in enumerate(loader):
             with self._autocast():
-                logits = self.net(self._prep(self.augmenter.eval_batch(xb))).float()
+                logits = self.eval_logits(self.augmenter.eval_batch(xb))
             pred = logits.argmax(1)
             sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
             cm += torch.bincount(yb * k + pred, minlength=k * k)
@@ -241,18 +260,24 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
                     for name, split in (("val", ds.val), ("test", ds.test)) if split is not None}
     c, h, _ = ds.shape
     model = create_model(cfg.model, num_classes=ds.num_classes, in_chans=c, image_size=h).to(device)
+    data_init = getattr(model, "init_from_data", None)
+    if callable(data_init):  # e.g. airbench's patch whitening, estimated from (un-augmented) training images
+        data_init(augmenter.eval_batch(train_x[:10_000]))
     channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if dist.is_initialized():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
+    if cfg.train.compile is True or (cfg.train.compile == "auto" and device.type == "cuda"):
         # one on-disk kernel cache per machine: trials of the same shape reuse compiled graphs
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "rayclf" / "inductor"))
-        net = torch.compile(net)
+        net = torch.compile(net, mode=cfg.train.compile_mode)
+    flip = cfg.augment.flip
+    flipper = (AlternatingFlip(flip.p, len(train_loader.y), cfg.seed * 7919 + 15485863, device)
+               if flip.mode == "alternate" and flip.p > 0 else None)
     return Trainer(cfg, model, net, augmenter, train_loader, eval_loaders, device,
-                   autocast_dtype(cfg, device), channels_last, ds.num_classes)
+                   autocast_dtype(cfg, device), channels_last, ds.num_classes, flipper)
 
 
 class EarlyStopper:
@@ -332,7 +357,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
             epoch += phase.epochs
             continue
         set_trainable(tr.model, phase.trainable)
-        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr, fused=tr.device.type == "cuda")
+        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr, cuda=tr.device.type == "cuda")
         sched = Schedule(opt, cfg.sched, phase.epochs)
         scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
         if state is not None and int(state["phase"]) == p_index:
@@ -344,7 +369,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
                 continue
             t0 = time.perf_counter()
             metrics: dict[str, Any] = {"epoch": epoch + 1, "phase": p_index, "lr": sched.lr}
-            metrics.update(tr.train_epoch(opt, sched, local, scaler))
+            metrics.update(tr.train_epoch(opt, sched, local, scaler, data_epoch=epoch))
             metrics.update(tr.evaluate("val"))
             metrics["epoch_seconds"] = time.perf_counter() - t0
             history.append(metrics)
@@ -400,7 +425,9 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
     """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix."""
     if stopper.best_state is not None and status == "completed":
         tr.model.load_state_dict(stopper.best_state)
+    t0 = time.perf_counter()
     test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
+    test_seconds = time.perf_counter() - t0
     vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
     best_i = int(np.argmax(vals)) if vals else None
     last = history[-1] if history else {}
@@ -418,6 +445,8 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
         "final_train_accuracy": last.get("train_accuracy", float("nan")),
         "images_per_sec": float(np.mean([h["images_per_sec"] for h in history])) if history else 0.0,
         "seconds": seconds,
+        "train_seconds": float(sum(h["train_seconds"] for h in history)),
+        "test_seconds": test_seconds,
         "early_stopped": bool(stopper.es.patience and stopper.bad >= stopper.es.patience),
         "per_class_accuracy": test.get("per_class_accuracy", []),
         "confusion_matrix": test.get("confusion_matrix", []),

@@ -18,12 +18,40 @@ from rayclf.config import OptimConfig, RegConfig, SchedConfig
 FUSABLE = ("sgd", "adam", "adamw")
 
 
-def create_optimizer(params: nn.Module, cfg: OptimConfig, *, name: str | None = None,
-                     lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
-    """timm's ``create_optimizer_v2`` with our names; biases and norm weights get no weight decay.
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
-    ``fused`` (CUDA only) asks torch for its single-kernel implementation where one exists."""
+
+def param_groups(model: nn.Module, cfg: OptimConfig, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters in up to three groups: kernels (decayed), norm biases (lr × scale, decay / scale),
+    other biases and norm weights (no decay unless ``decay_norm_and_bias``)."""
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, NORMS) and m.bias is not None}
+    kernels, scaled, rest = [], [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in norm_biases:
+            scaled.append(p)
+        elif p.ndim <= 1:
+            rest.append(p)
+        else:
+            kernels.append(p)
+    wd = cfg.weight_decay
+    small_wd = wd if cfg.decay_norm_and_bias else 0.0
+    s = cfg.norm_bias_lr_scale
+    groups = [{"params": kernels, "weight_decay": wd},
+              {"params": scaled, "weight_decay": small_wd / s, "lr": lr * s},
+              {"params": rest, "weight_decay": small_wd}]
+    return [g for g in groups if g["params"]]
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig, *, name: str | None = None,
+                     lr: float | None = None, cuda: bool = False) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` with our names over ``param_groups``.
+
+    On CUDA (``optim.fused: auto``) torch's single-kernel implementation is used where one exists."""
     name = name or cfg.name
+    lr = lr or cfg.lr
+    fused = cfg.fused == "on" or (cfg.fused == "auto" and cuda)
     kwargs: dict[str, Any] = {"fused": True} if fused and name in FUSABLE else {}
     if name == "sgd":
         opt = "nesterov" if cfg.nesterov else "momentum"
@@ -37,8 +65,8 @@ def create_optimizer(params: nn.Module, cfg: OptimConfig, *, name: str | None = 
             kwargs["betas"] = tuple(cfg.betas)
     if name not in ("sgd", "adadelta"):
         kwargs["eps"] = cfg.eps
-    return create_optimizer_v2(params, opt=opt, lr=lr or cfg.lr, weight_decay=cfg.weight_decay,
-                               filter_bias_and_bn=True, **kwargs)
+    return create_optimizer_v2(param_groups(model, cfg, lr), opt=opt, lr=lr, weight_decay=cfg.weight_decay,
+                               **kwargs)
 
 
 def lr_factor(cfg: SchedConfig, t: float, total: float, base_lr: float) -> float:
@@ -60,6 +88,8 @@ def lr_factor(cfg: SchedConfig, t: float, total: float, base_lr: float) -> float
         return cfg.gamma ** sum(t + warm >= m for m in marks)
     if name == "exponential":
         return cfg.gamma**t
+    if name == "linear":
+        return floor + (1 - floor) * max(0.0, 1 - t / span)
     if name == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t / span, 1.0)))
     if name == "cosine_restarts":
@@ -92,9 +122,11 @@ class Schedule:
         self.step(0.0)
 
     def step(self, epoch: float) -> None:
+        """One factor for every group (``min_lr`` is relative to the optimizer's own LR, so groups with a
+        scaled LR keep their ratio to the others all the way down)."""
+        factor = self.plateau_scale * lr_factor(self.cfg, epoch, self.total, self.opt.defaults["lr"])
         for group in self.opt.param_groups:
-            group["lr"] = group["base_lr"] * self.plateau_scale * lr_factor(self.cfg, epoch, self.total,
-                                                                            group["base_lr"])
+            group["lr"] = group["base_lr"] * factor
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
         """Reduce-on-plateau bookkeeping: after ``patience`` epochs with no improvement, scale by ``factor``."""

@@ -57,5 +57,7 @@ def set_trainable(model: nn.Module, scope: str) -> None:
     else:
         keep = int(scope.split(":")[1]) + 1
     trainable = {n for g in groups[-keep:] for n in g}
+    fixed = getattr(model, "fixed_parameter_names", None)
+    trainable -= fixed() if callable(fixed) else set()  # the model's own frozen weights stay frozen
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
