@@ -157,6 +157,16 @@ class Phase(Strict):
         return self
 
 
+class LookaheadConfig(Strict):
+    """airbench's weight averaging: every ``every`` steps from ``start_epoch`` the weights are pulled into a
+    running average and reset to it (ρ = decay_base^every · progress^decay_pow, so it averages harder late)."""
+
+    every: int = Field(0, ge=0, description="steps between updates; 0 = off")
+    start_epoch: int = Field(3, ge=0)
+    decay_base: float = Field(0.95, gt=0.0, lt=1.0)
+    decay_pow: float = Field(3.0, ge=0.0)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1, le=10000)
     batch_size: int = Field(128, ge=1, le=65536)
@@ -170,6 +180,7 @@ class TrainConfig(Strict):
     tta: Literal["none", "flip", "flip_translate"] = Field(
         "none", description="test-time augmentation for val/test: mirror, or mirror + 1-pixel shifts (airbench)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    lookahead: LookaheadConfig = Field(default_factory=LookaheadConfig)
     grad_clip: float | None = Field(None, gt=0)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints; 0 = only at the end")

@@ -146,3 +146,35 @@ def test_speedrun_as_a_one_trial_sweep(ray_local, tmp_path):
     rows = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["config.model.name"] == "airbench"
     assert rows[0]["epochs"] == 2 and 0.0 <= rows[0]["test_accuracy"] <= 1.0
+
+
+def test_lookahead_pulls_weights_into_the_average_and_resets_them():
+    from rayclf.config import LookaheadConfig
+    from rayclf.train.lookahead import Lookahead
+
+    model = nn.Linear(3, 2)
+    w0 = model.weight.detach().clone()
+    la = Lookahead(model, LookaheadConfig(every=5, start_epoch=1, decay_base=0.9, decay_pow=1.0), total_steps=100)
+    la.epoch_start(0)
+    la.step(5)
+    assert la.avg is None  # not started yet
+    la.epoch_start(1)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    la.step(49)  # not a multiple of 5: nothing happens
+    assert torch.allclose(model.weight, w0 + 1)
+    la.step(50)
+    rho = 0.9**5 * 0.5
+    assert torch.allclose(model.weight, w0 + (1 - rho), atol=1e-6)
+    with torch.no_grad():
+        model.weight.add_(3.0)
+    la.epoch_end()  # the weights go back to the average
+    assert torch.allclose(model.weight, w0 + (1 - rho), atol=1e-6)
+
+
+def test_airbench_whitening_bias_trains_only_for_its_first_epochs():
+    net = airbench(whiten_bias_epochs=2)
+    net.on_epoch_start(1)
+    assert net.whiten.bias.requires_grad
+    net.on_epoch_start(2)
+    assert not net.whiten.bias.requires_grad

@@ -26,6 +26,7 @@ class AirbenchOptions(ModelOptions):
     whiten_kernel: int = Field(2, ge=1, le=5, description="patch size of the whitening layer")
     whiten_eps: float = Field(5e-4, gt=0, description="added to the patch-covariance eigenvalues")
     whiten_samples: int = Field(5000, ge=100, description="training images used to estimate the whitening")
+    whiten_bias_epochs: int | None = Field(3, ge=0, description="freeze the whitening bias after this many epochs")
     bn_momentum: float = Field(0.4, gt=0, le=1, description="PyTorch convention (airbench's 0.6 = 1 - 0.4)")
     bn_eps: float = Field(1e-12, gt=0)
     scale: float = Field(1 / 9, gt=0, description="logit scaling")
@@ -91,6 +92,12 @@ class Airbench(nn.Module):
         eigvals, eigvecs = torch.linalg.eigh(cov)
         filters = (eigvecs.T / torch.sqrt(eigvals + self.opts.whiten_eps)[:, None]).view(-1, c, k, k)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """The engine calls this before each epoch: the whitening bias trains only early on."""
+        n = self.opts.whiten_bias_epochs
+        if n is not None and epoch >= n:
+            self.whiten.bias.requires_grad_(False)
 
     def fixed_parameter_names(self) -> set[str]:
         """Parameters that never train (phases must not unfreeze them)."""

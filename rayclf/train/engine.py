@@ -30,6 +30,7 @@ from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
 from rayclf.models import count_params, create_model
 from rayclf.train.checkpoint import load_checkpoint, save_checkpoint
+from rayclf.train.lookahead import Lookahead
 from rayclf.train.optim import (
     Schedule,
     create_optimizer,
@@ -131,6 +132,7 @@ class Trainer:
     channels_last: bool
     num_classes: int
     flipper: AlternatingFlip | None = None
+    lookahead: Lookahead | None = None
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -145,15 +147,21 @@ class Trainer:
 
         ``epoch`` counts within the phase (for the schedule), ``data_epoch`` across the run (for the data)."""
         cfg = self.cfg
+        start = time.perf_counter()
         self.net.train()
+        data_epoch = epoch if data_epoch is None else data_epoch
         if self.flipper is not None:
-            self.flipper.apply(self.train_loader.x, epoch if data_epoch is None else data_epoch)
+            self.flipper.apply(self.train_loader.x, data_epoch)
+        hook = getattr(self.model, "on_epoch_start", None)
+        if callable(hook):  # e.g. airbench freezes its whitening bias after a few epochs
+            hook(data_epoch)
+        if self.lookahead is not None:
+            self.lookahead.epoch_start(data_epoch)
         c1, c2 = penalty_coefficients(cfg.reg)
         reg_weights = penalized_weights(self.model, cfg.reg.scope) if (c1 or c2) else []
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, correct, n (n filled at the end)
         count = 0
         steps = len(self.train_loader)
-        start = time.perf_counter()
         for step, (xb, yb) in enumerate(self.train_loader):
             if max_steps is not None and step >= max_steps:
                 break
@@ -177,12 +185,16 @@ class Trainer:
                 scaler.update()
             else:
                 opt.step()
+            if self.lookahead is not None:
+                self.lookahead.step(data_epoch * steps + step + 1)
             with torch.no_grad():
                 pred = logits.argmax(1)
                 hit = targets.lam * (pred == targets.y_a) + (1 - targets.lam) * (pred == targets.y_b)
                 sums[0] += loss.detach().double() * len(yb)
                 sums[1] += hit.sum().double()
             count += len(yb)
+        if self.lookahead is not None:
+            self.lookahead.epoch_end()
         sums[2] = count
         loss_sum, correct, count = all_sum(sums).tolist()  # the one host sync of the epoch
         seconds = time.perf_counter() - start
@@ -276,8 +288,10 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
     flip = cfg.augment.flip
     flipper = (AlternatingFlip(flip.p, len(train_loader.y), cfg.seed * 7919 + 15485863, device)
                if flip.mode == "alternate" and flip.p > 0 else None)
+    la = cfg.train.lookahead
+    lookahead = Lookahead(model, la, cfg.total_epochs() * len(train_loader)) if la.every else None
     return Trainer(cfg, model, net, augmenter, train_loader, eval_loaders, device,
-                   autocast_dtype(cfg, device), channels_last, ds.num_classes, flipper)
+                   autocast_dtype(cfg, device), channels_last, ds.num_classes, flipper, lookahead)
 
 
 class EarlyStopper:
