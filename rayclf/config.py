@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
@@ -35,7 +35,8 @@ class Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- data
-DATASETS = ("synthetic", "cifar10", "cifar100", "cinic10", "imagefolder")
+DatasetName = Literal["synthetic", "cifar10", "cifar100", "cinic10", "imagefolder"]
+DATASETS = get_args(DatasetName)
 
 
 class SyntheticConfig(Strict):
@@ -48,7 +49,7 @@ class SyntheticConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["synthetic", "cifar10", "cifar100", "cinic10", "imagefolder"] = "synthetic"
+    name: DatasetName = "synthetic"
     root: str | None = Field(None, description="dataset folder; default $RAYCLF_DATA or ~/.cache/rayclf/data")
     download: bool = True
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -187,11 +188,12 @@ class TrainConfig(Strict):
     phases: list[Phase] = Field(default_factory=list)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam")
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"]
+OPTIMIZERS = get_args(OptimizerName)
 
 
 class OptimConfig(Strict):
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"] = "sgd"
+    name: OptimizerName = "sgd"
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float | None = Field(None, ge=0.0, lt=1.0, description="default: 0.9 for sgd, 0 for rmsprop")
     nesterov: bool = False
@@ -204,13 +206,13 @@ class OptimConfig(Strict):
     fused: Literal["auto", "on", "off"] = Field("auto", description="fused CUDA kernel (sgd/adam/adamw); auto = on GPU")
 
 
-SCHEDULES = ("constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts", "onecycle",
-             "plateau")
+ScheduleName = Literal["constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts",
+                       "onecycle", "plateau"]
+SCHEDULES = get_args(ScheduleName)
 
 
 class SchedConfig(Strict):
-    name: Literal["constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts",
-                  "onecycle", "plateau"] = "cosine"
+    name: ScheduleName = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_start: float = Field(0.1, gt=0.0, le=1.0, description="warmup starts at this fraction of the LR")
     step_size: float = Field(30.0, gt=0.0)
