@@ -112,6 +112,13 @@ def stage_winners(rows: Sequence[ArmRow], mode: str) -> dict[int, str]:
     return {stage: w.arm for stage, w in winners.items() if w is not None}
 
 
+def best_value(values: Sequence[float], mode: str) -> float | None:
+    """The best of ``values`` under ``mode`` (max or min); None when there are none."""
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
 def best_arm(stats: list[ArmRow], mode: str) -> ArmRow | None:
     scored = [s for s in stats if s.mean is not None]
     if not scored:

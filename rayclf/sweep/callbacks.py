@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from rayclf.aggregate import best_value
 from rayclf.config import flatten
 from rayclf.results import ResultsStore
 from rayclf.sweep.worker import PG_KEY, SUMMARY_KEY
@@ -27,8 +28,7 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
               epochs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
     """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config."""
     s = summary or {}
-    values = [e[metric] for e in epochs if e.get(metric) is not None]
-    best = (max(values) if mode == "max" else min(values)) if values else None
+    best = best_value([e[metric] for e in epochs if e.get(metric) is not None], mode)
     last = epochs[-1] if epochs else {}
     row: dict[str, Any] = {
         "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
@@ -166,8 +166,7 @@ class LiveView(Callback):
         if self.metric in result:
             value = result[self.metric]
             row.update(epoch=result.get("epoch", row["epoch"]), value=value)
-            better = row["best"] is None or (value > row["best"] if self.mode == "max" else value < row["best"])
-            row["best"] = value if better else row["best"]
+            row["best"] = best_value([v for v in (row["best"], value) if v is not None], self.mode)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
@@ -189,8 +188,7 @@ class LiveView(Callback):
         self.last_print = now
         running = [r for r in self.rows.values() if r["status"] == "RUNNING"]
         done = sum(r["status"] in ("DONE", "FAILED") for r in self.rows.values())
-        bests = [r["best"] for r in self.rows.values() if r["best"] is not None]
-        best = (max(bests) if self.mode == "max" else min(bests)) if bests else None
+        best = best_value([r["best"] for r in self.rows.values() if r["best"] is not None], self.mode)
         lines = [f"{len(trials)} trials: {len(running)} running, {done} finished; best {self.metric} {_f(best)}"]
         lines += [f"  {r['arm'][:40]:<40} seed {r['seed']:<3} epoch {r['epoch']:<4} {self.metric} {_f(r['value'])} "
                   f"(best {_f(r['best'])})" for r in running]
