@@ -1,7 +1,8 @@
 """ResNet-18 (CIFAR stem) training throughput and model FLOPs utilisation (MFU) in rayclf's engine.
 
-FLOPs per training image are counted, not assumed: torch's FlopCounterMode over one forward + backward
-(≈3.3 GFLOP at 32×32 for timm's resnet18 with a 3×3 stride-1 stem and no max-pool). Images/s is the
+FLOPs per training image are rayclf's own count (``rayclf.sweep.plan.flops_per_image``, the one the dry-run
+estimate uses): 3 × the forward FLOPs torch's FlopCounterMode counts, 3.33 GFLOP at 32×32 for timm's
+resnet18 with a 3×3 stride-1 stem and no max-pool (counting the backward pass too gives 3.329). Images/s is the
 engine's own training step (device-resident data, on-device crop + flip, bf16 autocast, channels_last,
 torch.compile on GPU) over the epochs after the first. MFU = FLOP/image × images/s ÷ the device's dense
 bf16 peak (a table of datasheet figures below, or --peak-tflops). Usage:
@@ -16,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import emit
-from bench.speedrun import device_name
+from bench.common import device_name, emit
 from rayclf.config import load_config
 from rayclf.data.sources import load_dataset
-from rayclf.models import create_model
+from rayclf.sweep.plan import flops_per_image
 from rayclf.train.engine import fit
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s
@@ -35,15 +34,6 @@ def peak_tflops(name: str) -> float | None:
         if key in name:
             return PEAK_BF16_TFLOPS[key]
     return None
-
-
-def train_flops_per_image(cfg: Any, size: int = 32, batch: int = 8) -> float:
-    """Forward + backward FLOPs of one training image, counted on CPU in fp32 (the count is dtype-free)."""
-    model = create_model(cfg.model, num_classes=10)
-    x = torch.randn(batch, 3, size, size)
-    with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
-    return counter.get_total_flops() / batch
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
         "optim.name=sgd", "optim.lr=0.1", "optim.nesterov=true", "sched.name=constant",
     ]
     cfg = load_config(None, [*base, *args.overrides])
-    flops = train_flops_per_image(cfg)
+    flops = flops_per_image(cfg)
     result = fit(cfg, data=load_dataset(cfg.data))
     rates = [h["images_per_sec"] for h in result.history[1:]] or [result.history[0]["images_per_sec"]]
     rate = statistics.median(rates)

@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.common import emit
-from bench.speedrun import device_name
+from bench.common import device_name, emit
 from rayclf.sweep.runner import run_sweep
 from rayclf.sweep.spec import parse_sweep
 

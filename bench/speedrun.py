@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import emit
+from bench.common import device_name, emit
 from rayclf.config import UserError
 from rayclf.data.sources import load_dataset
 from rayclf.sweep.spec import load_trial_config
@@ -35,12 +34,6 @@ RECIPE = Path(__file__).resolve().parents[1] / "sweeps" / "cifar10_speedrun.yaml
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 AIRBENCH94_PUBLISHED = {"seconds": 3.29, "accuracy": 0.9401, "device": "NVIDIA A100-SXM4-80GB",
                         "source": "github.com/KellerJordan/cifar10-airbench README (airbench94_compiled.py)"}
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU {platform.processor() or platform.machine()} × {os.cpu_count()} cores"
 
 
 DATA = {
@@ -54,15 +47,13 @@ def recipe(data: str, overrides: list[str]) -> tuple[Any, Any, str]:
     """The recipe's config and dataset for ``data`` (``auto``: full CIFAR-10, else mini, else synthetic)."""
     choices = [data] if data != "auto" else ["cifar10", "mini", "synthetic"]
     for name in choices:
-        if name == "mini" and not MINI.is_dir() and data == "auto":
-            continue
         cfg = load_trial_config(RECIPE, (*DATA[name], *overrides))
         try:
             return cfg, load_dataset(cfg.data), name
         except UserError:
-            if data != "auto":
+            if name == choices[-1]:
                 raise
-    raise AssertionError("synthetic data is always available")
+    raise AssertionError("unreachable: the last choice returns or raises")
 
 
 def one_run(cfg: Any, ds: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Images/s is taken over the training epochs after the first (warm-up). Usage:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from bench.common import emit
+from bench.common import device_name, emit
 from rayclf.config import build_config
 from rayclf.data.sources import load_dataset
 from rayclf.models import create_model
@@ -102,7 +101,7 @@ def main() -> None:
     engine_rate = float(np.mean([h["images_per_sec"] for h in result.history[1:]]))
     base_rate = baseline(cfg, ds, device, args.epochs, args.workers)
     record = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(args.device),
         "cpus": torch.get_num_threads(), "torch": torch.__version__, "data": cfg.data.name,
         "train_images": len(ds.train), "batch_size": args.batch_size, "model": MODEL,
         "engine_images_per_sec": engine_rate, "baseline_images_per_sec": base_rate,
