@@ -34,9 +34,10 @@ class Report:
 def _pct(v: float | None, metric: str = "accuracy", signed: bool = False) -> str:
     if v is None:
         return "–"
-    scale = 100 if metric.endswith("accuracy") else 1
-    fmt = "{:+.2f}" if signed else "{:.2f}"
-    return fmt.format(scale * v) if scale == 100 else ("{:+.4f}" if signed else "{:.4f}").format(v)
+    sign = "+" if signed else ""
+    if metric.endswith("accuracy"):
+        return f"{100 * v:{sign}.2f}"
+    return f"{v:{sign}.4f}"
 
 
 def _marks(r: ArmRow) -> str:
