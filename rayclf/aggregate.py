@@ -6,6 +6,7 @@ One module serves the sweep summary, staged winners, W&B and reports, so every p
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,16 @@ def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[floa
     return float(sps.ttest_rel(x, y).pvalue), len(seeds)
 
 
+def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many trials ended in each status (first-seen order)."""
+    return dict(Counter(r["status"] for r in rows))
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """``completed 5, failed 1`` (alphabetical), as every table and summary prints it."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
     return {int(r["seed"]): float(r[key]) for r in rows
             if r.get("status") == "completed" and r.get(key) is not None and math.isfinite(float(r[key]))}
@@ -87,11 +98,8 @@ def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "
         vals = _values(groups[arm], value_key)
         m, sd = mean_std(vals.values())
         tm, tsd = mean_std(_values(groups[arm], "test_accuracy").values())
-        statuses: dict[str, int] = {}
-        for r in groups[arm]:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
         row = ArmRow(arm, groups[arm][0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
-                     statuses=statuses)
+                     statuses=status_counts(groups[arm]))
         if base and arm != base and m is not None and base_vals:
             row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
             row.p_value, row.pairs = paired_p_value(vals, base_vals)
@@ -139,7 +147,6 @@ def format_table(stats: list[ArmRow], metric: str) -> str:
     head = f"{'arm':<44} {'n':>3}  {metric + (' %' if pct else ''):>18}  {'test acc %':>16}  status"
     lines = [head, "-" * len(head)]
     for s in stats:
-        status = ", ".join(f"{k} {v}" for k, v in sorted(s.statuses.items()))
         lines.append(f"{s.arm[:44]:<44} {s.n:>3}  {pm(s.mean, s.std, pct):>18}  {pm(s.test_mean, s.test_std):>16}  "
-                     f"{status}")
+                     f"{counts_text(s.statuses)}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rayclf.aggregate import ArmRow, arm_table, stage_winners
+from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, status_counts
 from rayclf.config import UserError
 from rayclf.report import figures as F
 from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
@@ -200,10 +200,7 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     if stage_md:
         (out / "stages.md").write_text(stage_md)
     figs = make_figures(trials, epochs, metric, figdir)
-    counts: dict[str, int] = {}
-    for r in trials:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    subtitle = (f"{len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); metric: best "
+    subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
     (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md))
     return Report(out, rows, [n for n, _, _ in figs])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayclf.aggregate import arm_table, best_arm, format_table
+from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.packing import check_packing
@@ -36,10 +36,7 @@ class SweepOutcome:
     def summary_text(self) -> str:
         stats = arm_table(self.rows, self.sweep.file.mode or "max")
         lines = [format_table(stats, self.sweep.file.metric), ""]
-        counts: dict[str, int] = {}
-        for r in self.rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        lines.append(f"{len(self.rows)} trials recorded ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+        lines.append(f"{len(self.rows)} trials recorded ({counts_text(status_counts(self.rows))})"
                      f"; {self.skipped} already done and skipped")
         if self.winner is not None:
             lines.append(f"staged winner: {self.winner.label} {self.winner.overrides}")
