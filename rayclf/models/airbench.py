@@ -3,13 +3,14 @@
 A 2×2 patch-whitening conv (fixed weights from the training data's patch covariance, trainable bias),
 then three groups of conv → max-pool → BN → GELU → conv → BN → GELU (widths 64/256/256), a 3×3 max-pool
 and a bias-free linear head scaled by 1/9. BN weights stay at 1 (only biases train), convs start as
-partial identities (Dirac). The whitening needs data: the engine calls ``init_from_data`` with normalised
-training images before training starts. Architecture facts from airbench94 (github.com/KellerJordan/cifar10-airbench);
-the code is ours.
+partial identities (Dirac). The whitening needs data: before training starts the engine calls
+``init_from_data`` with the uint8 training images and its normaliser. Architecture facts from airbench94
+(github.com/KellerJordan/cifar10-airbench); the code is ours.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -80,10 +81,11 @@ class Airbench(nn.Module):
         return self.head(self.layers(self.whiten(x))) * self.opts.scale
 
     @torch.no_grad()
-    def init_from_data(self, x: torch.Tensor) -> None:
-        """Whitening filters from normalised training images: eigenvectors of the patch covariance scaled by
-        1/√(λ+ε), stacked with their negatives (so GELU passes both signs)."""
-        x = x[: self.opts.whiten_samples].float()
+    def init_from_data(self, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Whitening filters from the first ``whiten_samples`` training images (uint8, normalised here as in
+        training): eigenvectors of the patch covariance scaled by 1/√(λ+ε), stacked with their negatives (so
+        GELU passes both signs)."""
+        x = normalize(images[: self.opts.whiten_samples]).float()
         c, k = x.shape[1], self.opts.whiten_kernel
         patches = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c, k, k).double()
         flat = patches.flatten(1)

@@ -274,7 +274,7 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
     model = create_model(cfg.model, num_classes=ds.num_classes, in_chans=c, image_size=h).to(device)
     data_init = getattr(model, "init_from_data", None)
     if callable(data_init):  # e.g. airbench's patch whitening, estimated from (un-augmented) training images
-        data_init(augmenter.eval_batch(train_x[:10_000]))
+        data_init(train_x, augmenter.eval_batch)
     channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
