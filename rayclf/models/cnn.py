@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from rayclf.config import ModelOptions
-from rayclf.models.layers import Activation, NormPlace, Pool, conv_act, dense_head, make_pool
+from rayclf.models.layers import Activation, NormPlace, Pool, check_dropout, conv_act, dense_head, make_pool
 from rayclf.models.registry import register_model
 
 
@@ -34,11 +34,7 @@ class CNNOptions(ModelOptions):
 
     @model_validator(mode="after")
     def _check(self) -> CNNOptions:
-        rates = self.dropout if isinstance(self.dropout, list) else [self.dropout]
-        if isinstance(self.dropout, list) and len(self.dropout) != len(self.widths):
-            raise ValueError(f"dropout has {len(self.dropout)} rates for {len(self.widths)} blocks")
-        if any(not 0.0 <= r < 1.0 for r in rates):
-            raise ValueError("dropout rates must be in [0, 1)")
+        check_dropout(self.dropout, len(self.widths), "blocks")
         return self
 
     def block_dropout(self) -> list[float]:

@@ -54,6 +54,14 @@ def dense_head(cin: int, hidden: list[int], num_classes: int, dropout: float, ac
     return nn.Sequential(*layers)
 
 
+def check_dropout(rates: float | list[float], count: int, what: str) -> None:
+    """One dropout rate, or a list of exactly ``count`` (one per ``what``), each in [0, 1)."""
+    if isinstance(rates, list) and len(rates) != count:
+        raise ValueError(f"dropout has {len(rates)} rates for {count} {what}")
+    if any(not 0.0 <= r < 1.0 for r in (rates if isinstance(rates, list) else [rates])):
+        raise ValueError("dropout rates must be in [0, 1)")
+
+
 def init_weights(model: nn.Module, scheme: str) -> None:
     """Re-initialise conv/linear kernels (biases to zero) with a named scheme; norms keep (1, 0)."""
     inits = {

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from rayclf.config import ModelOptions
-from rayclf.models.layers import Activation, Pool, make_act, make_pool
+from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make_pool
 from rayclf.models.registry import register_model
 
 
@@ -103,11 +103,7 @@ class ResNetCifarOptions(ModelOptions):
     @field_validator("dropout")
     @classmethod
     def _rates(cls, v: float | list[float]) -> float | list[float]:
-        rates = v if isinstance(v, list) else [v]
-        if isinstance(v, list) and len(v) != 3:
-            raise ValueError("a per-stack dropout list needs 3 rates")
-        if any(not 0.0 <= r < 1.0 for r in rates):
-            raise ValueError("dropout rates must be in [0, 1)")
+        check_dropout(v, 3, "stacks")
         return v
 
     def stack_dropout(self) -> list[float]:

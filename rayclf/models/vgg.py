@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from rayclf.config import ModelOptions
 from rayclf.models.cnn import CNNOptions, build_cnn
-from rayclf.models.layers import Activation, NormPlace
+from rayclf.models.layers import Activation, NormPlace, check_dropout
 from rayclf.models.registry import register_model
 
 
@@ -26,6 +26,11 @@ class VGGOptions(ModelOptions):
     dropout: float | list[float] = Field(0.0, description="after each block: one rate or one per block")
     head: list[int] = Field(default_factory=list)
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> VGGOptions:
+        check_dropout(self.dropout, self.blocks, "blocks")  # at config time, not when the trial builds its net
+        return self
 
 
 @register_model("vgg_baseline", VGGOptions)
