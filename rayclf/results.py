@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -25,8 +26,6 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or an ``s3://`` / ``gs://`` URI."""
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
@@ -56,14 +55,20 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.table({n: _column([row.get(n) for row in rows]) for n in names})
 
 
-def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
-    """Write rows as Parquet atomically (temporary file + rename)."""
+def _write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
+    """``write`` a temporary file beside ``uri``, then rename it over ``uri``: readers never see half a file."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    pq.write_table(to_table(rows), tmp, filesystem=fs)
+    write(fs, tmp)
     fs.move(tmp, path)
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
+    """Write rows as Parquet atomically."""
+    table = to_table(rows)
+    _write_atomically(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
 
 
 def read_rows(uri: str) -> list[dict[str, Any]]:
@@ -79,12 +84,11 @@ def exists(uri: str) -> bool:
 
 
 def write_text(uri: str, text: str) -> None:
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = path + ".tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, path)
+    def write(fs: pafs.FileSystem, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode())
+
+    _write_atomically(uri, write)
 
 
 def read_text(uri: str) -> str:
