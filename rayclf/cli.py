@@ -109,7 +109,10 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--out", help="sweep directory: local path, s3:// or gs:// (default runs/NAME)")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (default: start a local instance)")
-@click.option("--resume", is_flag=True, help="continue an existing sweep directory, skipping finished trials")
+@click.option("--resume", is_flag=True,
+              help="continue an existing sweep directory: finished trials are kept, failed and interrupted ones "
+                   "continue from their last checkpoint, new arms or seeds run")
+@click.option("--rerun-stopped", is_flag=True, help="with --resume: also re-run trials the scheduler stopped early")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
@@ -118,7 +121,7 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @user_errors
-def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_run: bool,
+def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
           overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, wandb_mode: str | None) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
@@ -132,7 +135,7 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, dry_ru
     from rayclf.sweep.runner import run_sweep
 
     outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo, wandb_mode=wandb_mode)
+                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped)
     click.echo(outcome.summary_text())
 
 

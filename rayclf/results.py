@@ -1,8 +1,18 @@
-"""Results tables: ``trials.parquet`` (one row per trial) and ``epochs.parquet`` (one row per epoch).
+"""Results tables of a sweep directory: ``trials.parquet/`` (one row per trial) and ``epochs.parquet/``
+(one row per epoch), each a folder of Parquet parts, one part per trial.
 
-Files are rewritten whole and atomically (write a temporary file, then rename) each time a trial
-finishes, so a crash never loses a finished trial and readers never see half a file. Paths may be
-local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
+Recording a finished trial writes that trial's two parts and nothing else (O(1) in the sweep's size). A part
+is written under a hidden temporary name and renamed into place, so a crash never leaves half a file where a
+reader looks, and a re-run trial replaces its own part in one step. Readers load a whole table in one call at
+any moment, also while a sweep runs: ``pandas.read_parquet("SWEEP/trials.parquet")`` or DuckDB's
+``read_parquet('SWEEP/trials.parquet/*.parquet')``.
+
+Every part of a table has the same typed schema. It is decided from the whole trial list before the first
+write and kept in ``_store.json`` beside the tables: a value missing from one trial keeps its column's type,
+lists and dicts are always canonical JSON text, and a value keeps its type and text across any number of
+resumes. Only a resume that brings a column a new type (an all-empty column gains values, int widens to
+float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged.
+Paths may be local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
 """
 
 from __future__ import annotations
@@ -18,8 +28,32 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from rayclf.config import SEMANTICS_VERSION
+
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
+STORE_FILE = "_store.json"
+
+# Column kinds: how a Python value is stored. "null" is a column that has held no value yet.
+ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string": pa.string(),
+               "json": pa.string(), "null": pa.string()}
+
+TRIAL_COLUMNS: dict[str, str] = {
+    "trial_id": "string", "sweep": "string", "arm": "string", "stage": "int", "seed": "int", "position": "int",
+    "status": "string", "reason": "string", "epochs": "int", "stopped_at_epoch": "int",
+    "resumed_from_epoch": "int", "metric": "string", "metric_best": "float", "metric_final": "float",
+    "best_val_accuracy": "float", "final_val_accuracy": "float", "final_val_loss": "float",
+    "final_train_loss": "float", "final_train_accuracy": "float", "test_accuracy": "float", "test_loss": "float",
+    "params": "int", "seconds": "float", "train_seconds": "float", "images_per_sec": "float",
+    "best_epoch": "int", "early_stopped": "bool", "world_size": "int", "node": "string", "checkpoint": "string",
+    "per_class_accuracy": "json", "confusion_matrix": "json", "classes": "json", "overrides": "json",
+}
+EPOCH_COLUMNS: dict[str, str] = {
+    "trial_id": "string", "arm": "string", "seed": "int", "epoch": "int", "phase": "int", "lr": "float",
+    "train_loss": "float", "train_accuracy": "float", "train_seconds": "float", "images_per_sec": "float",
+    "val_loss": "float", "val_accuracy": "float", "epoch_seconds": "float", "node": "string",
+}
+FINISHED = ("completed", "diverged", "stopped_early")
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -33,49 +67,21 @@ def join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def _column(values: list[Any]) -> pa.Array:
-    """A typed Arrow column from Python values; anything not scalar becomes JSON text."""
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pa.array(values, pa.bool_())
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return pa.array(values, pa.int64())
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if all(isinstance(v, str) for v in present):
-        return pa.array(values, pa.string())
-    return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
-
-
-def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    rows = list(rows)
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row if k not in names]
-    return pa.table({n: _column([row.get(n) for row in rows]) for n in names})
-
-
-def _write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
-    """``write`` a temporary file beside ``uri``, then rename it over ``uri``: readers never see half a file."""
+def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
+    """``write`` a hidden temporary file beside ``uri``, then rename it over ``uri``: readers never see half a
+    file, and two writers never share a temporary name. The name ends neither in ``.parquet`` nor starts
+    with a letter, so table readers (pyarrow, pandas, DuckDB globs) skip it."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    write(fs, tmp)
-    fs.move(tmp, path)
-
-
-def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
-    """Write rows as Parquet atomically."""
-    table = to_table(rows)
-    _write_atomically(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
-
-
-def read_rows(uri: str) -> list[dict[str, Any]]:
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    return pq.read_table(path, filesystem=fs).to_pylist()
+    try:
+        write(fs, tmp)
+        fs.move(tmp, path)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
 
 
 def exists(uri: str) -> bool:
@@ -88,7 +94,7 @@ def write_text(uri: str, text: str) -> None:
         with fs.open_output_stream(tmp) as f:
             f.write(text.encode())
 
-    _write_atomically(uri, write)
+    write_atomically(uri, write)
 
 
 def read_text(uri: str) -> str:
@@ -104,23 +110,169 @@ def clean(value: Any) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------------- encoding
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+def merge_kinds(a: str, b: str) -> str:
+    """The one kind that stores values of kinds a and b without changing any of them."""
+    if a == b or b == "null":
+        return a
+    if a == "null":
+        return b
+    if {a, b} == {"int", "float"}:
+        return "float"
+    return "json"  # anything else mixed (scalars and lists, bool and number): canonical JSON text
+
+
+def encode(value: Any, kind: str) -> Any:
+    """A Python value as its column stores it."""
+    value = clean(value)
+    if value is None:
+        return None
+    if kind == "json":
+        return canonical_json(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def recode(value: Any, old: str, new: str) -> Any:
+    """A stored value moved to a wider kind, meaning unchanged (int → float, scalar → JSON text)."""
+    if value is None or old == new:
+        return value
+    if new == "json":
+        return canonical_json(value)
+    return encode(value, new)
+
+
+def arrow_table(rows: list[Mapping[str, Any]], schema: Mapping[str, str]) -> pa.Table:
+    return pa.table({name: pa.array([r.get(name) for r in rows], ARROW_TYPES[kind]) for name, kind in schema.items()})
+
+
+def _read_table(uri: str) -> list[dict[str, Any]]:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    return pq.read_table(path, filesystem=fs).to_pylist()
+
+
+def read_rows(uri: str) -> list[dict[str, Any]]:
+    """All rows of a table (a folder of parts, or a single file written by rayclf 0.1), in sweep order."""
+    rows = _read_table(uri)
+    if rows and "position" in rows[0]:
+        rows.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0, r.get("epoch") or 0))
+    return rows
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
+    """One standalone Parquet file (``rayclf train``'s epochs), column kinds inferred from the rows."""
+    rows = [{k: clean(v) for k, v in r.items()} for r in rows]
+    schema: dict[str, str] = {}
+    for r in rows:
+        for k, v in r.items():
+            schema[k] = merge_kinds(schema.get(k, "null"), kind_of(v))
+    table = arrow_table([{k: encode(r.get(k), schema[k]) for k in schema} for r in rows], schema)
+    write_atomically(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
+
+
+# ----------------------------------------------------------------------------------- the store
+def part_name(trial_id: str) -> str:
+    return f"{trial_id}.parquet"
+
+
 class ResultsStore:
-    """A sweep directory's tables, kept in memory and flushed atomically on every finished trial."""
+    """A sweep directory's two tables: all rows in memory (read once), one part per trial on disk."""
 
     def __init__(self, root: str):
         self.root = root
+        meta_uri = join(root, STORE_FILE)
+        self.meta: dict[str, Any] = json.loads(read_text(meta_uri)) if exists(meta_uri) else {}
         self.trials = read_rows(join(root, TRIALS))
         self.epochs = read_rows(join(root, EPOCHS))
+        self.legacy = bool(self.trials) and not self.meta
 
-    def completed_ids(self) -> set[str]:
-        """Trials that need not run again: they finished (completed or diverged)."""
-        return {r["trial_id"] for r in self.trials if r.get("status") in ("completed", "diverged")}
+    @property
+    def schema(self) -> dict[str, str]:
+        return self.meta.get("trials", {})
+
+    def check_semantics(self) -> str | None:
+        """Why this directory cannot be continued by this rayclf, or None."""
+        if self.legacy:
+            return (f"{self.root} was written by rayclf 0.1 (one rewritten Parquet file, trial ids that hash "
+                    "every default), so its trials cannot be matched to this version's; start a new --out.")
+        version = self.meta.get("semantics", SEMANTICS_VERSION)
+        if version != SEMANTICS_VERSION:
+            return (f"{self.root} was written under trial semantics version {version}, this rayclf uses "
+                    f"{SEMANTICS_VERSION}: its trial ids and values mean something else; start a new --out.")
+        return None
+
+    def finished_ids(self, rerun_stopped: bool = False) -> set[str]:
+        """Trials that never run again: completed, diverged and (unless asked) stopped early."""
+        keep = [s for s in FINISHED if not (rerun_stopped and s == "stopped_early")]
+        return {r["trial_id"] for r in self.trials if r.get("status") in keep}
+
+    def prepare(self, template_rows: Iterable[Mapping[str, Any]]) -> None:
+        """Fix the trial table's schema from every trial about to run (plus what is stored) before writing."""
+        schema = dict(self.schema) or dict(TRIAL_COLUMNS)
+        for row in template_rows:
+            for key, value in row.items():
+                kind = TRIAL_COLUMNS.get(key) or merge_kinds(schema.get(key, "null"), kind_of(clean(value)))
+                schema[key] = kind
+        changed = {k: (self.schema[k], v) for k, v in schema.items() if k in self.schema and self.schema[k] != v}
+        added = [k for k in schema if k not in self.schema]
+        if changed or (added and self.trials):
+            self._migrate(schema, changed)
+        if schema != self.schema or not self.meta:
+            self.meta = {"semantics": SEMANTICS_VERSION, "trials": schema, "epochs": EPOCH_COLUMNS}
+            write_text(join(self.root, STORE_FILE), json.dumps(self.meta, indent=1))
+        for table in (TRIALS, EPOCHS):
+            fs, path = filesystem(join(self.root, table))
+            fs.create_dir(path, recursive=True)
+
+    def _migrate(self, schema: dict[str, str], changed: Mapping[str, tuple[str, str]]) -> None:
+        """Rewrite stored trial parts once under a wider schema; every stored value keeps its meaning."""
+        for row in self.trials:
+            for key, (old, new) in changed.items():
+                row[key] = recode(row.get(key), old, new)
+            for key in schema:
+                row.setdefault(key, None)
+            self._write_part(TRIALS, row["trial_id"], arrow_table([row], schema))
+
+    def _write_part(self, table: str, trial_id: str, data: pa.Table) -> None:
+        uri = join(join(self.root, table), part_name(trial_id))
+        write_atomically(uri, lambda fs, tmp: pq.write_table(data, tmp, filesystem=fs))
 
     def add(self, trial_row: Mapping[str, Any], epoch_rows: Iterable[Mapping[str, Any]]) -> None:
-        """Record (or replace) one trial and its epochs, then flush both files."""
+        """Record (or replace) one trial and its epochs: two part files, whatever the sweep's size."""
+        if not self.meta:
+            self.prepare([trial_row])
+        schema = self.schema
+        unknown = [k for k in trial_row if k not in schema]
+        if unknown:
+            raise ValueError(f"trial row has columns the store was not prepared for: {unknown[:5]}")
         tid = trial_row["trial_id"]
-        self.trials = [r for r in self.trials if r["trial_id"] != tid] + [{k: clean(v) for k, v in trial_row.items()}]
-        self.epochs = [r for r in self.epochs if r["trial_id"] != tid]
-        self.epochs += [{"trial_id": tid, **{k: clean(v) for k, v in e.items()}} for e in epoch_rows]
-        write_table(self.epochs, join(self.root, EPOCHS))
-        write_table(self.trials, join(self.root, TRIALS))
+        row = {k: encode(trial_row.get(k), kind) for k, kind in schema.items()}
+        epochs = [{k: encode({"trial_id": tid, **e}.get(k), kind) for k, kind in EPOCH_COLUMNS.items()}
+                  for e in epoch_rows]
+        # epochs first: a reader that sees the trial row also finds its epochs
+        self._write_part(EPOCHS, tid, arrow_table(epochs, EPOCH_COLUMNS))
+        self._write_part(TRIALS, tid, arrow_table([row], schema))
+        self.trials = [r for r in self.trials if r["trial_id"] != tid] + [row]
+        self.trials.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0))
+        self.epochs = [r for r in self.epochs if r["trial_id"] != tid] + epochs

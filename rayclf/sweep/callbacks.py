@@ -13,10 +13,7 @@ from ray.tune import Callback
 from rayclf.aggregate import best_value
 from rayclf.config import flatten
 from rayclf.results import ResultsStore
-from rayclf.sweep.worker import PG_KEY, SUMMARY_KEY
-
-EPOCH_KEYS = ("epoch", "phase", "lr", "train_loss", "train_accuracy", "train_seconds", "images_per_sec",
-              "val_loss", "val_accuracy", "epoch_seconds", "node")
+from rayclf.sweep.keys import EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
@@ -25,28 +22,32 @@ def trial_info(trial: Any) -> dict[str, Any]:
 
 
 def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
-              epochs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
-    """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config."""
+              epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
+              resumed_from: int | None = None) -> dict[str, Any]:
+    """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
+
+    Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
     s = summary or {}
     best = best_value([e[metric] for e in epochs if e.get(metric) is not None], mode)
     last = epochs[-1] if epochs else {}
     row: dict[str, Any] = {
         "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
-        "seed": info["seed"], "status": status, "reason": reason, "epochs": len(epochs),
+        "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
+        "epochs": len(epochs), "stopped_at_epoch": last.get("epoch") if status == "stopped_early" else None,
+        "resumed_from_epoch": resumed_from,
         "metric": metric, "metric_best": best, "metric_final": last.get(metric),
-        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if "val_accuracy" in e), default=None),
+        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e.get("val_accuracy") is not None),
+                                 default=None),
         "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
         "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
         "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
-        "seconds": s.get("seconds", sum(e.get("epoch_seconds", 0.0) for e in epochs)),
-        "train_seconds": s.get("train_seconds", sum(e.get("train_seconds", 0.0) for e in epochs)),
+        "seconds": s.get("seconds", sum(e.get("epoch_seconds") or 0.0 for e in epochs)),
+        "train_seconds": s.get("train_seconds", sum(e.get("train_seconds") or 0.0 for e in epochs)),
         "images_per_sec": s.get("images_per_sec") or _mean([e.get("images_per_sec") for e in epochs]),
         "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
-        "world_size": s.get("world_size"), "node": last.get("node"),
-        "per_class_accuracy": json.dumps(s.get("per_class_accuracy", [])),
-        "confusion_matrix": json.dumps(s.get("confusion_matrix", [])),
-        "classes": json.dumps(s.get("classes", [])),
-        "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),
+        "world_size": s.get("world_size"), "node": last.get("node"), "checkpoint": checkpoint,
+        "per_class_accuracy": s.get("per_class_accuracy", []), "confusion_matrix": s.get("confusion_matrix", []),
+        "classes": s.get("classes", []), "overrides": info.get("overrides", {}),
     }
     row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
     return row
@@ -58,12 +59,20 @@ def _mean(values: list[Any]) -> float | None:
 
 
 class Recorder(Callback):
-    """Writes every finished trial — completed, stopped early, diverged or failed — to the store."""
+    """Writes every finished trial — completed, stopped early, diverged or failed — to the store.
 
-    def __init__(self, store: ResultsStore, metric: str, mode: str):
-        self.store, self.metric, self.mode = store, metric, mode
+    ``prior`` holds, per trial id, the epochs an earlier (crashed) run trained before the checkpoint the
+    trial continues from: the row then covers every epoch once."""
+
+    def __init__(self, store: ResultsStore, metric: str, mode: str,
+                 prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = ""):
+        self.store, self.metric, self.mode, self.scheme = store, metric, mode, storage_scheme
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        for tid, history in (prior or {}).items():
+            self.epochs[tid] = {int(e["epoch"]): {k: e[k] for k in EPOCH_KEYS if k in e} for e in history}
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.resumed: dict[str, int] = {}
+        self.checkpoints: dict[str, str] = {}
         self.pgs: dict[str, set[str]] = {}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -72,16 +81,27 @@ class Recorder(Callback):
             self.pgs.setdefault(tid, set()).add(result[PG_KEY])
         if SUMMARY_KEY in result:
             self.summaries[tid] = json.loads(result[SUMMARY_KEY])
+        if result.get("checkpoint_path"):  # Ray Train (data-parallel) trials report their checkpoint here
+            self.checkpoints[tid] = result["checkpoint_path"]
+        self.resumed.setdefault(tid, int(result.get(RESUMED_KEY) or 0))
         row = {k: result[k] for k in EPOCH_KEYS if k in result}
         if "epoch" in row:  # a retried trial repeats epochs after its checkpoint: keep the latest
             self.epochs.setdefault(tid, {})[int(row["epoch"])] = row
+
+    def _checkpoint(self, trial: Any, tid: str) -> str | None:
+        ckpt = getattr(trial, "checkpoint", None)
+        path = getattr(ckpt, "path", None) or self.checkpoints.get(tid)
+        if path and self.scheme and "://" not in path:
+            path = f"{self.scheme}://{path}"
+        return path
 
     def _record(self, trial: Any, status: str, reason: str) -> None:
         info = trial_info(trial)
         tid = info["trial_id"]
         epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
         summary = self.summaries.get(tid)
-        row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode)
+        row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
+                        checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid))
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -1,14 +1,19 @@
-"""Run a sweep on Ray: a Tune function trainable per trial that fits a Ray Train V2 ``TorchTrainer``.
+"""Run a sweep on Ray: Tune schedules rayclf's explicit trial list; each trial trains where Tune puts it.
 
-Tune schedules the explicit trial list (grid over our own trial descriptions), stops poor trials
-(ASHA / median) and retries nothing itself; Ray Train runs the workers, checkpoints every epoch and
-retries a failing worker group from its last checkpoint (``FailureConfig``). The driver records every
-trial as it finishes (``Recorder``) and releases placement groups Ray leaves behind.
+Single-worker trials (a CPU slot, a GPU or a fraction of one) are Tune function trainables that train in the
+trial's own process (``worker.train_trial``), holding the trial's resources; Tune reuses those processes from
+trial to trial and retries a failed trial from its last checkpoint (``tune.FailureConfig``). Only
+data-parallel trials (``num_workers > 1``) start a Ray Train ``TorchTrainer`` worker group, which Ray Train
+retries, and whose placement group a callback releases if Ray leaves it behind after an early stop.
+The driver records every trial as it finishes (``Recorder``, one Parquet part per trial) and continues
+unfinished trials of an earlier run from their checkpoints, found by trial id (``resume``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
+from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
 
@@ -46,8 +52,8 @@ class SweepOutcome:
 
 # --------------------------------------------------------------------------------- Ray side
 def train_driver(config: dict[str, Any]) -> None:
-    """The Tune function trainable: one trial = one Ray Train V2 TorchTrainer run."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    """The Tune function trainable of a data-parallel trial: one Ray Train V2 TorchTrainer run."""
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -55,9 +61,11 @@ def train_driver(config: dict[str, Any]) -> None:
 
     trial = config["trial"]
     res = trial["resources"]
+    resume = trial.get("resume_from")
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=trial,
+        resume_from_checkpoint=Checkpoint(resume) if resume else None,
         scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["gpus"] > 0,
                                      resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]}),
         run_config=RunConfig(name=f"trial-{trial['trial_id']}", storage_path=trial["storage"],
@@ -116,45 +124,72 @@ def storage_path(out: str) -> str:
     return join(out, "_ray") if "://" in out else os.path.abspath(os.path.join(out, "_ray"))
 
 
+def _describe(sweep: Sweep, t: Trial, position: int, storage: str, tracking: TrackingSettings,
+              resume_from: str | None) -> dict[str, Any]:
+    """What a trial process needs, carried through Tune's param space."""
+    res = trial_resources(sweep)
+    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
+            "position": position, "overrides": t.arm.overrides, "config": t.config.to_dict(), "storage": storage,
+            "max_failures": sweep.file.max_failures, "tracking": tracking.to_dict(), "resume_from": resume_from,
+            "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
+
+
+def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
+    """The Tune trainable and whether it trains in-process (single worker) rather than in a worker group."""
+    from ray import tune
+
+    from rayclf.sweep.worker import train_trial
+
+    res = trial_resources(sweep)
+    if res.num_workers == 1:
+        return tune.with_resources(train_trial, {"cpu": res.cpus, "gpu": res.gpus}), True
+    return tune.with_resources(train_driver, driver_resources(cluster)), False
+
+
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
-               echo: Callable[[str], None], tracking: TrackingSettings) -> int:
+               echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool = False) -> int:
     """Run the trials not yet finished; return how many were skipped as already done."""
     import ray
     from ray import tune
 
-    from rayclf.sweep.callbacks import LiveView, PlacementGroupJanitor, Recorder
+    from rayclf.sweep.callbacks import LiveView, PlacementGroupJanitor, Recorder, trial_row
 
-    done = store.completed_ids()
-    todo = [t for t in trials if t.trial_id not in done]
+    done = store.finished_ids(rerun_stopped)
+    todo = [(i, t) for i, t in enumerate(trials) if t.trial_id not in done]
     if not todo:
         return len(trials)
-    _prepare_everywhere(todo)
+    _prepare_everywhere([t for _, t in todo])
     cluster = ray.cluster_resources()
     res = trial_resources(sweep)
-    check_packing(todo, res.gpus if res.num_workers == 1 else 1.0)
+    check_packing([t for _, t in todo], res.gpus if res.num_workers == 1 else 1.0)
     storage = storage_path(out)
-    descriptions = [{
-        "trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
-        "overrides": t.arm.overrides, "config": t.config.to_dict(), "storage": storage,
-        "max_failures": sweep.file.max_failures, "tracking": tracking.to_dict(),
-        "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers},
-    } for t in todo]
-    max_epochs = max(t.config.total_epochs() for t in todo)
-    recorder = Recorder(store, sweep.file.metric, sweep.file.mode or "max")
-    callbacks: list[Any] = [recorder, PlacementGroupJanitor(recorder)]
+    found = find_checkpoints(storage, {t.trial_id for _, t in todo})
+    stage = (trials[0].arm.stage or 0) if trials else 0
+    descriptions = [_describe(sweep, t, stage * 100_000 + i, storage, tracking,
+                              found[t.trial_id].uri if t.trial_id in found else None) for i, t in todo]
+    metric, mode = sweep.file.metric, sweep.file.mode or "max"
+    store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
+    recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
+                        storage_scheme=out.split("://", 1)[0] if "://" in out else "")
+    trainable, in_process = _trainable(sweep, cluster)
+    callbacks: list[Any] = [recorder] if in_process else [recorder, PlacementGroupJanitor(recorder)]
     if live:
-        callbacks.append(LiveView(sweep.file.metric, sweep.file.mode or "max", echo))
+        callbacks.append(LiveView(metric, mode, echo))
+    max_epochs = max(t.config.total_epochs() for _, t in todo)
     tuner = tune.Tuner(
-        tune.with_resources(train_driver, driver_resources(cluster)),
+        trainable,
         param_space={"trial": tune.grid_search(descriptions)},
-        tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode,
-                                    scheduler=_scheduler(sweep, max_epochs),
+        tune_config=tune.TuneConfig(metric=metric, mode=sweep.file.mode, scheduler=_scheduler(sweep, max_epochs),
                                     max_concurrent_trials=min(concurrency(sweep, cluster), len(todo)),
+                                    reuse_actors=in_process,
                                     trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
                                                                   f"{tr.config['trial']['seed']}"[:80],
                                     trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
+                                  callbacks=callbacks, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=sweep.file.max_failures if in_process else 0)),
     )
     tuner.fit()
     return len(trials) - len(todo)
@@ -167,6 +202,11 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials read data.root relative to where rayclf runs
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rayclf records results itself
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's result grid looks for the per-trial result files rayclf does not write: say nothing about it
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     if address:
@@ -176,18 +216,22 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> str:
-    """The sweep directory: never silently overwrite finished results."""
+def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> tuple[str, ResultsStore]:
+    """The sweep directory and its store: never silently overwrite or mix finished results."""
     out = out or str(Path("runs") / sweep.name)
     if exists(join(out, TRIALS)) and not resume:
         raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished trials "
                         "are skipped, new arms or seeds run) or choose another --out.")
+    store = ResultsStore(out)
+    problem = store.check_semantics()
+    if problem:
+        raise UserError(problem)
     write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
-    return out
+    return out, store
 
 
 def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
-               tracking: TrackingSettings) -> tuple[int, Arm]:
+               tracking: TrackingSettings, rerun_stopped: bool = False) -> tuple[int, Arm]:
     """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
     carried: dict[str, Any] = {}
     skipped = 0
@@ -195,7 +239,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
     for i in range(sweep.stage_count()):
         arms = sweep.arms(carried, stage=i)
         trials = sweep.trials(arms)
-        skipped += run_trials(sweep, trials, store, out, live, echo, tracking)
+        skipped += run_trials(sweep, trials, store, out, live, echo, tracking, rerun_stopped)
         # a stage's arm may be a config an earlier stage already trained (same content address): its stored
         # row keeps the first label, so rank this stage's arms by their own labels, mapped through trial ids
         label = {t.trial_id: t.arm.label for t in trials}
@@ -209,21 +253,22 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         echo(f"stage {i + 1} winner: {winner.label} ({sweep.file.metric} {best.mean:.4f})")
     if sweep.file.search.final:
         final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
-        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo, tracking)
+        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo, tracking, rerun_stopped)
     return skipped, winner
 
 
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
-              wandb_mode: str | None = None) -> SweepOutcome:
+              wandb_mode: str | None = None, rerun_stopped: bool = False) -> SweepOutcome:
     """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
     import ray
 
-    out = prepare_out(sweep, out, resume)
-    store = ResultsStore(out)
+    out, store = prepare_out(sweep, out, resume)
     w = sweep.file.wandb
     tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
+    check_previous_driver(out, echo)
     started = _start_ray(address, num_cpus)
+    claim_driver(out, _session_dir() if started else None)
     try:
         unmet = unmet_resources(sweep, ray.cluster_resources())
         if unmet and started:  # a local instance never grows: the sweep would wait forever
@@ -232,15 +277,23 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             echo(f"warning: {unmet} Trials wait until an autoscaler adds such nodes.")
         winner = None
         if sweep.file.search.kind == "stages":
-            skipped, winner = run_staged(sweep, store, out, live, echo, tracking)
+            skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped)
         else:
-            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo, tracking)
+            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo, tracking, rerun_stopped)
     finally:
+        release_driver(out)
         if started:
             ray.shutdown()
     outcome = SweepOutcome(sweep, out, store.trials, skipped, winner)
     _track_sweep(outcome, tracking, echo)
     return outcome
+
+
+def _session_dir() -> str | None:
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_session_dir_path() if node is not None else None
 
 
 def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callable[[str], None]) -> None:

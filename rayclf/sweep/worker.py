@@ -1,9 +1,17 @@
-"""The Ray Train per-worker function: build the trial from its config and run the engine.
+"""The code that runs one trial inside Ray: build it from its description, run the engine, report to Tune.
 
-The engine reports through ``RayTrainReporter``: every epoch becomes a ``ray.train.report`` (with
-a Ray Train checkpoint from rank 0), and the end-of-trial summary goes out as one last report.
-Each report carries the worker group's placement-group id so the Tune driver can release it if
-Ray leaves it behind after an early stop (ray-project/ray#54305).
+Two entry points share everything but the transport:
+
+- ``train_trial`` is the Tune function trainable of single-worker trials. It trains in the Tune trial's own
+  process (which holds the trial's CPUs/GPUs), reports with ``ray.tune.report`` and resumes from
+  ``ray.tune.get_checkpoint()``. Tune reuses the process for the next trial, so imports, CUDA context and the
+  decoded dataset stay warm: a trial costs its training, not Ray's start-up.
+- ``train_worker`` runs on every worker of a data-parallel (DDP) trial's Ray Train worker group; it reports
+  with ``ray.train.report`` and carries the group's placement-group id, so the driver can release a group
+  Ray leaves behind after an early stop (ray-project/ray#54305).
+
+Either way the last epoch is held back and sent together with the trial summary in one report, so a
+scheduler that stops the trial on that result (ASHA at ``max_t``) cannot lose the summary.
 """
 
 from __future__ import annotations
@@ -11,42 +19,39 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ray.train
-import ray.util
-
 from rayclf.config import build_config
+from rayclf.sweep.keys import CHECKPOINT_META, PG_KEY, RESUMED_KEY, SUMMARY_KEY
 from rayclf.train.checkpoint import CHECKPOINT_FILE
-from rayclf.train.engine import fit
 
-PG_KEY = "rayclf_pg"
-SUMMARY_KEY = "rayclf_summary"
-
-
-def current_pg_hex() -> str:
-    pg = ray.util.get_current_placement_group()
-    return pg.id.hex() if pg is not None else ""
+Send = Callable[[dict[str, Any], "Path | None"], None]
+_DATA: dict[str, Any] = {}  # the decoded dataset of the last trial in this (reused) process
 
 
-class RayTrainReporter:
-    """Engine reporter that forwards epochs (and checkpoints) to Ray Train, hence to Tune.
+class SweepReporter:
+    """Engine reporter that forwards epochs and checkpoints through ``send`` (Tune or Ray Train).
 
-    The last epoch is held back and sent together with the trial summary in one report, so a
-    scheduler that stops the trial on that result (ASHA at ``max_t``) cannot lose the summary.
-    """
+    Each checkpoint gets a small ``rayclf.json`` (trial id, epoch, the epochs so far): the driver finds a
+    trial's latest checkpoint by id after a crash and records the epochs trained before it, without
+    loading any weights."""
 
-    def __init__(self) -> None:
-        self.pg = current_pg_hex()
-        self.node = ray.get_runtime_context().get_node_id()
+    def __init__(self, send: Send, trial_id: str, extra: dict[str, Any], history: list[dict[str, Any]]):
+        self.send, self.trial_id, self.extra = send, trial_id, extra
+        self.history = [dict(h) for h in history]
         self.pending: tuple[dict[str, Any], Path | None] | None = None
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report({**metrics, PG_KEY: self.pg, "node": self.node}, checkpoint=ckpt)
+        if checkpoint_dir is not None:
+            meta = {"trial_id": self.trial_id, "epoch": self.history[-1]["epoch"] if self.history else 0,
+                    "history": self.history}
+            (Path(checkpoint_dir) / CHECKPOINT_META).write_text(json.dumps(meta, default=str))
+        self.send({**metrics, **self.extra}, checkpoint_dir)
 
     def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
+        self.history.append(dict(metrics))
         if final:
             self.pending = (dict(metrics), checkpoint_dir)
         else:
@@ -60,35 +65,55 @@ class RayTrainReporter:
         self._send({**metrics, SUMMARY_KEY: json.dumps(summary, default=str)}, ckpt)
 
 
-def _resume_copy() -> Path | None:
-    """Copy Ray Train's latest checkpoint (after a retry) to a local file the engine can load."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
+def _local_copy(checkpoint: Any) -> tuple[Path | None, list[dict[str, Any]]]:
+    """Copy a Ray checkpoint (local or on object storage) to a local temporary folder; also its history."""
+    if checkpoint is None:
+        return None, []
     local = Path(tempfile.mkdtemp(prefix="rayclf-resume-"))
-    with ckpt.as_directory() as folder:
+    with checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / CHECKPOINT_FILE, local / CHECKPOINT_FILE)
-    return local
+        meta = Path(folder) / CHECKPOINT_META
+        if meta.is_file():
+            return local, list(json.loads(meta.read_text()).get("history", []))
+    from rayclf.train.checkpoint import load_checkpoint
+
+    return local, list(load_checkpoint(local)["history"])
 
 
-def train_worker(trial: dict[str, Any]) -> None:
-    """Entry point Ray Train runs on every worker of one trial."""
-    import ray.train.torch
-
+def _dataset(cfg: Any) -> Any:
+    """The trial's dataset, decoded once per process: a reused trial process keeps the last one."""
     from rayclf.data.sources import load_dataset
+
+    key = cfg.data.model_dump_json()
+    if key not in _DATA:
+        _DATA.clear()  # one dataset at a time: a process never holds two copies of CIFAR
+        _DATA[key] = load_dataset(cfg.data)
+    return _DATA[key]
+
+
+def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, device: str | None,
+              extra: dict[str, Any]) -> None:
+    """Build the trial, continue from ``checkpoint`` if any, train it, report every epoch through ``send``."""
     from rayclf.tracking import MultiReporter, TrackingSettings, WandbReporter
+    from rayclf.train.engine import fit
 
     cfg = build_config(dict(trial["config"]))
-    if cfg.train.device == "auto":
-        cfg.train.device = str(ray.train.torch.get_device())
-    data = load_dataset(cfg.data)
+    if cfg.train.device == "auto" and device is not None:
+        cfg.train.device = device
+    data = _dataset(cfg)
     settings = TrackingSettings(**trial.get("tracking", {}))
     wandb_reporter = None
-    if settings.mode != "disabled" and ray.train.get_context().get_world_rank() == 0:  # one run per trial
+    if settings.mode != "disabled" and rank == 0:  # one W&B run per trial
         wandb_reporter = WandbReporter(settings, trial, data.test.x, data.classes)
-    resume = _resume_copy()
+    resume, history = _local_copy(checkpoint)
+    resumed = int(history[-1]["epoch"]) if history else 0
+    reporter = SweepReporter(send, trial["trial_id"], {**extra, RESUMED_KEY: resumed}, history)
     try:
-        fit(cfg, MultiReporter(RayTrainReporter(), wandb_reporter), data=data, resume=resume)
+        fit(cfg, MultiReporter(reporter, wandb_reporter), data=data, resume=resume)
+    except SystemExit:  # Tune stopped the trial (scheduler decision) at a report: not a failure
+        if wandb_reporter is not None:
+            wandb_reporter.end({"status": "stopped_early"})
+        raise
     except BaseException as exc:
         if wandb_reporter is not None:
             wandb_reporter.fail(exc)
@@ -97,6 +122,50 @@ def train_worker(trial: dict[str, Any]) -> None:
         if resume is not None:
             shutil.rmtree(resume, ignore_errors=True)
         _release_gpu_memory()
+
+
+def _resume_from(trial: dict[str, Any]) -> Any:
+    """A checkpoint an earlier run of the sweep left for this trial (found by trial id), if any."""
+    uri = trial.get("resume_from")
+    if not uri:
+        return None
+    from ray.tune import Checkpoint
+
+    return Checkpoint(uri)
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one single-worker trial, trained in this (Tune trial) process."""
+    import ray
+    from ray import tune
+
+    trial = config["trial"]
+    node = ray.get_runtime_context().get_node_id()
+
+    def send(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    checkpoint = tune.get_checkpoint() or _resume_from(trial)
+    run_trial(trial, send, checkpoint, rank=0, device=None, extra={"node": node})
+
+
+def train_worker(trial: dict[str, Any]) -> None:
+    """Entry point Ray Train runs on every worker of one data-parallel trial."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import ray.util
+
+    pg = ray.util.get_current_placement_group()
+    extra = {PG_KEY: pg.id.hex() if pg is not None else "", "node": ray.get_runtime_context().get_node_id()}
+
+    def send(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    rank = ray.train.get_context().get_world_rank()
+    run_trial(trial, send, ray.train.get_checkpoint(), rank, str(ray.train.torch.get_device()), extra)
 
 
 def _release_gpu_memory() -> None:
