@@ -90,7 +90,8 @@ class Recorder(Callback):
 
     def _checkpoint(self, trial: Any, tid: str) -> str | None:
         ckpt = getattr(trial, "checkpoint", None)
-        path = getattr(ckpt, "path", None) or self.checkpoints.get(tid)
+        # a trial resumed from its final checkpoint reports no new one: its result is the one it resumed from
+        path = getattr(ckpt, "path", None) or self.checkpoints.get(tid) or trial_info(trial).get("resume_from")
         if path and self.scheme and "://" not in path:
             path = f"{self.scheme}://{path}"
         return path

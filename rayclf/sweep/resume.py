@@ -49,10 +49,18 @@ def find_checkpoints(storage: str, trial_ids: set[str]) -> dict[str, FoundCheckp
         except (OSError, ValueError):  # a checkpoint being written or half-deleted: not a candidate
             continue
         tid, epoch = meta.get("trial_id"), int(meta.get("epoch") or 0)
-        if tid in trial_ids and epoch > (found[tid].epoch if tid in found else 0):
-            folder = info.path.rsplit("/", 1)[0]
+        folder = info.path.rsplit("/", 1)[0]
+        # a checkpoint whose copy to storage was cut off by the crash has no complete weights file: skip it
+        if tid in trial_ids and epoch > (found[tid].epoch if tid in found else 0) and _complete(fs, folder):
             found[tid] = FoundCheckpoint(scheme + folder, epoch, list(meta.get("history", [])))
     return found
+
+
+def _complete(fs: pafs.FileSystem, folder: str) -> bool:
+    from rayclf.train.checkpoint import CHECKPOINT_FILE
+
+    info = fs.get_file_info(f"{folder}/{CHECKPOINT_FILE}")
+    return info.type == pafs.FileType.File and (info.size or 0) > 0
 
 
 # ------------------------------------------------------------------------------------ the driver

@@ -61,7 +61,10 @@ class SweepReporter:
         return False
 
     def end(self, summary: dict[str, Any]) -> None:
-        metrics, ckpt = self.pending or ({}, None)
+        # a trial resumed from its final checkpoint (the driver died before recording it) trains no epoch:
+        # its summary goes out with the last epoch the checkpoint holds, so the result still has the metric
+        last = dict(self.history[-1]) if self.history else {}
+        metrics, ckpt = self.pending or (last, None)
         self._send({**metrics, SUMMARY_KEY: json.dumps(summary, default=str)}, ckpt)
 
 
