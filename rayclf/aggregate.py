@@ -35,6 +35,7 @@ class ArmRow:
     test_mean: float | None
     test_std: float | None
     delta: float | None = None  # vs baseline, in metric units
+    delta_ci95: float | None = None  # half-width of the 95% t interval of the paired (matched-seed) differences
     p_value: float | None = None  # paired t-test vs baseline on matched seeds
     pairs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -60,6 +61,12 @@ def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[floa
     if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):  # constant differences: t is undefined
         return (1.0 if diffs[0] == 0 else 0.0), len(seeds)
     return float(sps.ttest_rel(x, y).pvalue), len(seeds)
+
+
+def paired_ci95(a: Mapping[int, float], b: Mapping[int, float]) -> float | None:
+    """Half-width of the 95% t interval of the mean of a − b over the seeds both have (None under 2 pairs)."""
+    seeds = sorted(set(a) & set(b))
+    return ci95([a[s] - b[s] for s in seeds])
 
 
 def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -103,6 +110,7 @@ def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "
         if base and arm != base and m is not None and base_vals:
             row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
             row.p_value, row.pairs = paired_p_value(vals, base_vals)
+            row.delta_ci95 = paired_ci95(vals, base_vals)
         rows.append(row)
     best = best_arm(rows, mode)
     if best is not None:

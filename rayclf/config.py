@@ -45,6 +45,9 @@ class SyntheticConfig(Strict):
     num_classes: int = Field(10, ge=2, le=1000)
     image_size: int = Field(32, ge=8, le=512)
     noise: float = Field(2.0, ge=0.0, le=10.0, description="pixel noise relative to the class signal")
+    difficulty: float = Field(
+        0.5, ge=0.0, le=1.0, description="class overlap and nuisance transforms: 0 = clean class patterns (near "
+                                         "100% accuracy), 0.5 = the quickstart's real study, 1 = hard")
     seed: int = Field(0, ge=0)
 
 

@@ -23,10 +23,11 @@ os.environ["WANDB_API_KEY"] = FAKE_WANDB_KEY
 
 
 def tiny(**sections: Any) -> dict[str, Any]:
-    """A raw trial config that trains in about a second on CPU; keyword sections override."""
+    """A raw trial config that trains in about a second on CPU; keyword sections override. Its synthetic data
+    is the easy kind (difficulty 0): these tests check that training works, not what a study finds."""
     cfg: dict[str, Any] = {
         "data": {"name": "synthetic", "synthetic": {"num_train": 400, "num_test": 200, "num_classes": 4,
-                                                     "image_size": 16}},
+                                                     "image_size": 16, "difficulty": 0.0}},
         "model": {"name": "cnn", "widths": [8, 16]},
         "train": {"epochs": 2, "batch_size": 32},
         "optim": {"name": "sgd", "lr": 0.05},

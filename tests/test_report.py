@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ from scipy import stats
 
 from rayclf.aggregate import arm_table, paired_p_value
 from rayclf.cli import main
-from rayclf.results import ResultsStore, write_text
+from rayclf.results import ResultsStore, read_rows, write_text
 from rayclf.sweep.callbacks import trial_row
 
 from .conftest import tiny
@@ -151,3 +152,63 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert img.std() > 20  # not blank: text, tables and plots
     figure_band = img[700:2600]
     assert (figure_band < 200).mean() > 0.02  # plot lines and labels are drawn, not an empty page
+
+
+def _ablation_dir(root: Path) -> Path:
+    store = ResultsStore(str(root))
+    shifts = {"baseline": 0.0, "dropout=0.3": -0.10, "lr=0.05": -0.5, "augmentation=crop+flip": -0.14}
+    for (arm, shift), seed in itertools.product(shifts.items(), range(3)):
+        v = 0.7 + shift + 0.01 * seed + 0.004 * ((seed * len(arm)) % 3)
+        status = "stopped_early" if (arm, seed) == ("lr=0.05", 2) else "completed"
+        ep = [{"epoch": e, "val_accuracy": v * e / 3, "train_accuracy": v, "val_loss": 1.0, "train_loss": 1.0}
+              for e in range(1, (2 if status != "completed" else 3) + 1)]
+        info = {"trial_id": f"{arm}-{seed}", "sweep": "a", "arm": arm, "seed": seed, "config": tiny(seed=seed)}
+        store.add(trial_row(info, status, "asha" if status != "completed" else "", {"test_accuracy": v}, ep,
+                            "val_accuracy", "max"), [{**e, "arm": arm, "seed": seed} for e in ep])
+    write_text(str(root / "sweep.yaml"), "name: a\nmetric: val_accuracy\nsearch:\n  ablation:\n    factors: {}\n")
+    return root
+
+
+def test_ablation_effect_figure_has_one_row_per_arm_with_the_tables_ci(tmp_path):
+    from rayclf.report import build_report
+    from rayclf.report import figures as F
+
+    rep = build_report(str(_ablation_dir(tmp_path / "s")), tmp_path / "r")
+    assert "effects" in rep.figures and "factor_effects" not in rep.figures  # no pooled box plots
+    assert "stopped at epoch" in (tmp_path / "r" / "stopped.md").read_text()
+    assert "| lr=0.05 | 2 | 2 of 2 |" in (tmp_path / "r" / "stopped.md").read_text()
+    table = {r["arm"]: r for r in csv.DictReader((tmp_path / "r" / "results.csv").open())}
+    fig = F.effect_forest(rep.rows, "val_accuracy", {})
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(labels) == sorted(a for a in table if a != "baseline")  # one row per non-baseline arm
+    segments = ax.containers[0].lines[2][0].get_segments()  # the CI bars, in row order
+    for label, seg in zip(labels, segments, strict=True):
+        row = table[label]
+        (lo, y0), (hi, y1) = seg
+        assert y0 == y1 == labels.index(label)
+        assert (lo + hi) / 2 == pytest.approx(100 * float(row["delta"]))
+        assert (hi - lo) / 2 == pytest.approx(100 * float(row["delta_ci95"]))
+    # the CI is the Student-t interval of the matched-seed differences
+    base = {int(r["seed"]): r["metric_best"] for r in read_rows(str(tmp_path / "s" / "trials.parquet"))
+            if r["arm"] == "baseline"}
+    drop = {int(r["seed"]): r["metric_best"] for r in read_rows(str(tmp_path / "s" / "trials.parquet"))
+            if r["arm"] == "dropout=0.3"}
+    d = np.array([drop[s] - base[s] for s in range(3)])
+    expected = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert float(table["dropout=0.3"]["delta_ci95"]) == pytest.approx(expected)
+    assert labels[-1] == "dropout=0.3" and labels[0] == "lr=0.05"  # sorted by Δ, best on top
+
+
+def test_staged_report_has_the_stage_figure_and_running_best(tmp_path):
+    from rayclf.report import build_report
+
+    src = make_sweep_dir(tmp_path / "s", stages=True)
+    write_text(str(src / "sweep.yaml"), "name: st\nmetric: val_accuracy\nsearch:\n  stages:\n  - vary: {}\n")
+    rep = build_report(str(src), tmp_path / "r")
+    assert "stages" in rep.figures and (tmp_path / "r" / "figures" / "stages.png").stat().st_size > 10_000
+    assert "factor_effects" not in rep.figures
+    md = (tmp_path / "r" / "stages.md").read_text()
+    chosen = [ln for ln in md.splitlines() if "★" in ln]
+    assert len(chosen) == 2 and all(ln.split("|")[6].strip() for ln in chosen)  # winner rows carry the running best
+    assert "<h2 id='stages'>" in (tmp_path / "r" / "index.html").read_text()

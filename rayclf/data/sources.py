@@ -255,11 +255,16 @@ def load_imagefolder(cfg: DataConfig) -> Dataset:
 
 # ------------------------------------------------------------------------------------- synthetic
 def load_synthetic(cfg: DataConfig) -> Dataset:
-    """Deterministic and learnable, but not trivially: each class is a faint smooth colour pattern
-    over a shared background, randomly shifted and scaled per image and buried in pixel noise."""
+    """Deterministic and learnable, but not trivially: each class is a faint smooth colour pattern over a
+    shared background, randomly shifted and scaled per image and buried in pixel noise.
+
+    ``difficulty`` (d) makes it a study rather than a formality: every image also carries a random other
+    class's pattern at d × its own strength (class overlap), is shifted by up to (1 + d)·size/8 pixels,
+    mirrored with probability d/2 and has its contrast and brightness jittered by ±d/2 (nuisance
+    transforms an augmentation can teach invariance to)."""
     s = cfg.synthetic
     rng = np.random.default_rng(s.seed)
-    size = s.image_size
+    size, d = s.image_size, s.difficulty
     reps = -(-size // 4)
 
     def smooth(n: int) -> np.ndarray:
@@ -270,12 +275,19 @@ def load_synthetic(cfg: DataConfig) -> Dataset:
     def make(n: int, gen: np.random.Generator) -> Split:
         y = np.arange(n, dtype=np.int64) % s.num_classes
         gen.shuffle(y)
+        other = (y + gen.integers(1, s.num_classes, size=n)) % s.num_classes  # never the image's own class
         amp = gen.uniform(0.5, 1.5, size=(n, 1, 1, 1))
-        x = background + 0.6 * amp * templates[y]
-        shifts = gen.integers(-size // 8, size // 8 + 1, size=(n, 2))
+        x = background + 0.6 * amp * (templates[y] + d * gen.uniform(0.5, 1.0, size=(n, 1, 1, 1)) * templates[other])
+        reach = round((1 + d) * size / 8)
+        shifts = gen.integers(-reach, reach + 1, size=(n, 2))
+        mirror = gen.random(n) < d / 2
         for i, (dy, dx) in enumerate(shifts):  # generation only: happens once per dataset
             x[i] = np.roll(x[i], (int(dy), int(dx)), axis=(1, 2))
-        x = 128 + 32 * x + 32 * s.noise * gen.normal(size=x.shape)
+            if mirror[i]:
+                x[i] = x[i, :, :, ::-1]
+        contrast = 1 + d / 2 * gen.uniform(-1, 1, size=(n, 1, 1, 1))
+        brightness = d / 2 * gen.uniform(-1, 1, size=(n, 3, 1, 1))
+        x = 128 + 32 * (contrast * x + brightness) + 32 * s.noise * gen.normal(size=x.shape)
         return Split(np.clip(x, 0, 255).astype(np.uint8), y)
 
     train = make(s.num_train, np.random.default_rng([s.seed, 1]))

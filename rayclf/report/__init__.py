@@ -46,12 +46,13 @@ def _marks(r: ArmRow) -> str:
 
 def table_cells(rows: Sequence[ArmRow], metric: str) -> tuple[list[str], list[list[str]]]:
     unit = " (%)" if metric.endswith("accuracy") else ""
-    head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "paired p",
+    head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "Δ 95% CI ±", "paired p",
             "test acc (%) mean ± std", "not completed"]
     body = []
     for r in rows:
         body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
-                     _pct(r.delta, metric, signed=True), "–" if r.p_value is None else f"{r.p_value:.3g}",
+                     _pct(r.delta, metric, signed=True), _pct(r.delta_ci95, metric),
+                     "–" if r.p_value is None else f"{r.p_value:.3g}",
                      f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r)])
     return head, body
 
@@ -72,11 +73,11 @@ def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
 def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "p_value", "pairs", "test_mean", "test_std",
-                    "statuses", "best"])
+        w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "pairs",
+                    "test_mean", "test_std", "statuses", "best"])
         for r in rows:
-            w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.p_value, r.pairs, r.test_mean,
-                        r.test_std, json.dumps(r.statuses), r.best])
+            w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.pairs,
+                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best])
 
 
 def _tex(s: str) -> str:
@@ -100,14 +101,47 @@ def to_latex(rows: Sequence[ArmRow], metric: str, caption: str) -> str:
 
 
 def stage_markdown(rows: Sequence[ArmRow], metric: str, mode: str) -> str:
+    """The staged study as the seed-000 report tabulates it: every setting tried per stage, the chosen one
+    (★, carried into the next stage) and the running best after each stage."""
     winners = stage_winners(rows, mode)
-    lines = ["| stage | arm | mean ± std | chosen |", "|---|---|---|---|"]
-    for r in rows:
-        if r.stage is None:
-            continue
-        chosen = "★" if winners.get(r.stage) == r.arm else ""
-        lines.append(f"| {r.stage + 1} | {r.arm} | {_pct(r.mean, metric)} ± {_pct(r.std, metric)} | {chosen} |")
+    lines = ["| stage | arm | n | mean ± std | chosen | running best |", "|---|---|---|---|---|---|"]
+    best: ArmRow | None = None
+    for stage in sorted({r.stage for r in rows if r.stage is not None}):
+        won = next((r for r in rows if r.stage == stage and r.arm == winners.get(stage)), None)
+        if won is not None and won.mean is not None and (
+                best is None or (won.mean > best.mean if mode == "max" else won.mean < best.mean)):  # type: ignore[operator]
+            best = won
+        for r in rows:
+            if r.stage != stage:
+                continue
+            chosen = "★" if r is won else ""
+            running = f"{_pct(best.mean, metric)} ({best.arm})" if r is won and best is not None else ""
+            lines.append(f"| {stage + 1} | {r.arm} | {r.n} | {_pct(r.mean, metric)} ± {_pct(r.std, metric)} | "
+                         f"{chosen} | {running} |")
     return "\n".join(lines) + "\n"
+
+
+def stopped_markdown(trials: Sequence[dict[str, Any]], metric: str) -> str | None:
+    """Early-stopped trials and where each stopped (epoch reached of the configured epochs)."""
+    stopped = [t for t in trials if t.get("status") == "stopped_early"]
+    if not stopped:
+        return None
+    lines = ["| arm | seed | stopped at epoch | best metric so far | reason |", "|---|---|---|---|---|"]
+    for t in stopped:
+        planned = t.get("config.train.epochs")
+        lines.append(f"| {t['arm']} | {t['seed']} | {t['epochs']}{f' of {planned}' if planned else ''} | "
+                     f"{_pct(t.get('metric_best'), metric)} | {t.get('reason') or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
+    """grid, random, ablation or stages: from the sweep file, else stages when rows carry a stage, else grid
+    (whose figures say they pool)."""
+    search = spec.get("search") or {}
+    kind = next((k for k in ("grid", "random", "ablation", "stages") if k in search), None)
+    if kind:
+        return kind
+    return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
 
 
 def _save(fig, name: str, folder: Path) -> str:
@@ -122,15 +156,40 @@ def _save(fig, name: str, folder: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str,
-                 folder: Path) -> list[tuple[str, str, str]]:
-    """(name, title, data URI) of every figure this sweep supports."""
+def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Path,
+                 rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max") -> list[tuple[str, str, str]]:
+    """(name, title, data URI) of every figure this sweep and its search kind support."""
     arms = list(dict.fromkeys(r["arm"] for r in trials))
     colors = F.arm_colors(arms)
-    out = [("learning_curves", "Learning curves", _save(F.learning_curves(epochs, colors), "learning_curves", folder))]
+    stopped = [t for t in trials if t.get("status") == "stopped_early" and t.get("epochs")]
+    out = [("learning_curves", "Learning curves" + (" (× where a trial stopped early)" if stopped else ""),
+            _save(F.learning_curves(epochs, colors, stopped), "learning_curves", folder))]
+    if kind == "ablation" and any(r.delta is not None for r in rows):
+        out.append(("effects", "Effect of each arm against the baseline (Δ, 95% CI over matched seeds)",
+                    _save(F.effect_forest(rows, metric, colors), "effects", folder)))
+    if kind == "stages" and any(r.stage is not None for r in rows):
+        out.append(("stages", "Stage-by-stage progression",
+                    _save(F.stage_progression(rows, stage_winners(rows, mode), metric, mode), "stages", folder)))
     factors = F.swept_factors(F.completed(trials))
-    if factors:
-        out.append(("factor_effects", "Effect of each swept factor",
+    if factors and kind != "ablation":  # an ablation's arms are not a grid: pooling or pivoting them misleads
+        out += _grid_figures(trials, factors, metric, folder, pooled=kind != "stages")
+    if "optim.name" in factors and "optim.lr" in factors and kind != "ablation":
+        out.append(("optimizer_lr", "Optimizer × learning rate",
+                    _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
+    done = [r for r in F.completed(trials) if r.get("confusion_matrix") not in (None, "[]")]
+    if done:
+        best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
+        out.append(("confusion", "Best trial: confusion matrix and per-class accuracy",
+                    _save(F.confusion(best), "confusion", folder)))
+    return out
+
+
+def _grid_figures(trials: list[dict[str, Any]], factors: list[str], metric: str, folder: Path,
+                  pooled: bool = True) -> list[tuple[str, str, str]]:
+    """Marginal (pooled) factor plots (``pooled``) and two-factor heatmaps of a grid, random or staged search."""
+    out = []
+    if pooled:
+        out.append(("factor_effects", "Effect of each swept factor (pooled over the other factors' values)",
                     _save(F.factor_effects(trials, factors, metric), "factor_effects", folder)))
     grid_factors = [f for f in factors if f not in ("optim.name", "optim.lr")] or factors
     if len(factors) == 2 or len(grid_factors) == 2:
@@ -140,14 +199,6 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
         out.append(("heatmap_faceted", f"{factors[0]} × {factors[1]} by {factors[2]}",
                     _save(F.heatmap(trials, factors[0], factors[1], metric, facet=factors[2]), "heatmap_faceted",
                           folder)))
-    if "optim.name" in factors and "optim.lr" in factors:
-        out.append(("optimizer_lr", "Optimizer × learning rate",
-                    _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
-    done = [r for r in F.completed(trials) if r.get("confusion_matrix") not in (None, "[]")]
-    if done:
-        best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
-        out.append(("confusion", "Best trial: confusion matrix and per-class accuracy",
-                    _save(F.confusion(best), "confusion", folder)))
     return out
 
 
@@ -162,8 +213,18 @@ document.body.dataset.brokenImages=String(bad.length);document.body.dataset.imag
 </script></body></html>"""
 
 
+def md_table_html(md: str) -> str:
+    """A pipe table (as stage_markdown / stopped_markdown write it) as an HTML table."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    cells = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>"
+    body = "".join(("<tr class='best'>" if "★" in row else "<tr>") + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in cells[1:])
+    return f"<table>{head}{body}</table>"
+
+
 def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs: list[tuple[str, str, str]],
-            stage_md: str | None) -> str:
+            stage_md: str | None, stopped_md: str | None = None) -> str:
     head, body = table_cells(rows, metric)
     t = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r, cells in zip(rows, body, strict=True):
@@ -173,7 +234,10 @@ def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs
              "t-test against the baseline on matched seeds; 95% CI: Student t over seeds.</p>")
     parts = ["<h2>Results per arm</h2>", "".join(t)]
     if stage_md:
-        parts.append("<h2>Stages</h2><pre>" + html.escape(stage_md) + "</pre>")
+        parts.append("<h2>Stages</h2>" + md_table_html(stage_md) + "<p class='note'>★ the stage's winner (best "
+                     "mean over seeds), carried into the next stage; running best: the best winner so far.</p>")
+    if stopped_md:
+        parts.append("<h2>Trials stopped early</h2>" + md_table_html(stopped_md))
     for name, fig_title, uri in figs:
         parts.append(f"<h2 id='{name}'>{html.escape(fig_title)}</h2><img alt='{html.escape(fig_title)}' src='{uri}'>")
     return PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), body="\n".join(parts))
@@ -199,8 +263,12 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     stage_md = stage_markdown(rows, metric, mode) if any(r.stage is not None for r in rows) else None
     if stage_md:
         (out / "stages.md").write_text(stage_md)
-    figs = make_figures(trials, epochs, metric, figdir)
+    stopped_md = stopped_markdown(trials, metric)
+    if stopped_md:
+        (out / "stopped.md").write_text(stopped_md)
+    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode)
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
-    (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md))
+    (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md,
+                                            stopped_md))
     return Report(out, rows, [n for n, _, _ in figs])

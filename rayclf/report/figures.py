@@ -58,8 +58,10 @@ def completed(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> 
     return [r for r in trials if r.get("status") == "completed" and r.get(key) is not None]
 
 
-def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, Any]) -> Figure:
-    """Train/validation accuracy and loss per epoch: per arm the mean over seeds and a min–max band."""
+def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, Any],
+                    stopped: Sequence[Mapping[str, Any]] = ()) -> Figure:
+    """Train/validation accuracy and loss per epoch: per arm the mean over seeds and a min–max band;
+    ``stopped`` (early-stopped trial rows) are marked × where each one stopped."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     panels = [("train_accuracy", axes[0, 0]), ("val_accuracy", axes[0, 1]), ("train_loss", axes[1, 0]),
               ("val_loss", axes[1, 1])]
@@ -76,6 +78,7 @@ def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, An
             mean = [np.mean(by_epoch[x]) for x in xs]
             ax.plot(xs, mean, color=color, label=arm, lw=1.6)
             ax.fill_between(xs, [min(by_epoch[x]) for x in xs], [max(by_epoch[x]) for x in xs], color=color, alpha=0.18)
+        _mark_stopped(ax, key, epochs, stopped, colors)
         ax.set_title(key.replace("_", " ").capitalize())
         ax.set_ylabel(_label(key) if key.endswith("accuracy") else "cross-entropy loss")
         ax.grid(alpha=0.3)
@@ -89,8 +92,80 @@ def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, An
     return fig
 
 
+def _mark_stopped(ax: Any, key: str, epochs: Sequence[Mapping[str, Any]], stopped: Sequence[Mapping[str, Any]],
+                  colors: Mapping[str, Any]) -> None:
+    """An × at the last epoch of each early-stopped trial (its own value, not the arm's mean)."""
+    for t in stopped:
+        last = [e for e in epochs if e.get("arm") == t["arm"] and e.get("seed") == t["seed"]
+                and int(e["epoch"]) == int(t["epochs"]) and e.get(key) is not None]
+        if last:
+            ax.scatter([int(t["epochs"])], [_scale(key, last[0][key])], marker="x", s=60, lw=2,
+                       color=colors.get(t["arm"], "k"), zorder=4,
+                       label="stopped early" if t is stopped[0] else None)
+
+
+def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any]) -> Figure:
+    """Ablation: each arm's Δ against the baseline with the 95% CI of the matched-seed differences, sorted
+    (best on top). ``rows`` are aggregate.ArmRow; the baseline and arms without a Δ are left out."""
+    base = next((r for r in rows if r.delta is None and r.mean is not None), None)
+    arms = sorted([r for r in rows if r.delta is not None], key=lambda r: r.delta)
+    fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.55 * max(len(arms), 1)))
+    ys = np.arange(len(arms))
+    deltas = [_scale(metric, r.delta) for r in arms]
+    cis = [_scale(metric, r.delta_ci95) if r.delta_ci95 is not None else 0.0 for r in arms]
+    ax.errorbar(deltas, ys, xerr=cis, fmt="none", ecolor="0.35", capsize=4, lw=1.4)
+    ax.scatter(deltas, ys, c=[colors.get(r.arm, "tab:blue") for r in arms], s=60, zorder=3, edgecolors="k")
+    ax.axvline(0, color="k", lw=1, ls="--")
+    ax.set_yticks(ys, [r.arm for r in arms])
+    for y, r, d, c in zip(ys, arms, deltas, cis, strict=True):
+        p = "p n/a" if r.p_value is None else f"p = {r.p_value:.2g}"
+        ci = f"± {c:.2f}" if r.delta_ci95 is not None else "(no CI)"
+        ax.annotate(f"{d:+.2f} {ci}, {p}, n = {r.pairs}", (1.01, y), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8)
+    unit = "percentage points" if metric.endswith("accuracy") else "metric units"
+    ax.set_xlabel(f"Δ best {metric.replace('_', ' ')} vs baseline ({unit}); bar: 95% CI over matched seeds")
+    where = f" (baseline {_scale(metric, base.mean):.2f})" if base is not None else ""
+    ax.set_title(f"Effect of each arm against the baseline{where}")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_ylim(-0.7, len(arms) - 0.3)
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    return fig
+
+
+def stage_progression(rows: Sequence[Any], winners: Mapping[int, str], metric: str, mode: str) -> Figure:
+    """Staged sweep: every arm's mean ± std per stage, each stage's winner (★, carried forward) and the
+    running best over stages."""
+    stages = sorted({r.stage for r in rows if r.stage is not None})
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(stages) + 3), 5))
+    running, best = [], None
+    for k in stages:
+        group = [r for r in rows if r.stage == k and r.mean is not None]
+        xs = k + 1 + np.linspace(-0.15, 0.15, len(group)) if len(group) > 1 else np.full(len(group), k + 1.0)
+        for x, r in zip(xs, group, strict=True):
+            won = winners.get(k) == r.arm
+            ax.errorbar(x, _scale(metric, r.mean), yerr=_scale(metric, r.std or 0.0), fmt="*" if won else "o",
+                        ms=14 if won else 6, color="tab:red" if won else "0.55", capsize=3, zorder=3 if won else 2)
+            if won:
+                ax.annotate(r.arm.split(":", 1)[-1], (x, _scale(metric, r.mean)), textcoords="offset points",
+                            xytext=(8, 6), fontsize=8, color="tab:red")
+                best = r.mean if best is None or (r.mean > best if mode == "max" else r.mean < best) else best
+        running.append(_scale(metric, best) if best is not None else np.nan)
+    ax.step([k + 1 for k in stages], running, where="post", color="tab:green", lw=2, label="running best")
+    ax.plot([], [], "*", color="tab:red", ms=12, ls="none", label="stage winner (carried forward)")
+    ax.plot([], [], "o", color="0.55", ls="none", label="other arms (mean ± std over seeds)")
+    ax.set_xticks([k + 1 for k in stages], [f"stage {k + 1}" for k in stages])
+    ax.set_xlabel("stage (each varies one group of settings around the previous winner)")
+    ax.set_ylabel(f"best {_label(metric)}")
+    ax.set_title("Stage-by-stage progression")
+    ax.grid(alpha=0.3, axis="y")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def factor_effects(trials: Sequence[Mapping[str, Any]], factors: Sequence[str], metric: str) -> Figure:
-    """Distribution of the metric per value of each swept factor (box = interquartile range)."""
+    """Distribution of the metric per value of each swept factor, pooled over every other factor's values
+    (a grid's marginal view; box = interquartile range). Ablations use ``effect_forest`` instead."""
     done = completed(trials)
     n = max(len(factors), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.2), squeeze=False)
@@ -105,7 +180,8 @@ def factor_effects(trials: Sequence[Mapping[str, Any]], factors: Sequence[str], 
         ax.set_ylabel(f"best {_label(metric)}")
         ax.tick_params(axis="x", rotation=30)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Best {metric.replace('_', ' ')} per factor value (box: interquartile range, whiskers: range)")
+    fig.suptitle(f"Best {metric.replace('_', ' ')} per factor value, pooled over all other factors' values "
+                 "(box: interquartile range, whiskers: range)")
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,22 @@ def concurrency(sweep: Sweep, cluster: dict[str, float]) -> int:
     return max(1, min(fits) if fits else 1)
 
 
+def fixing_overrides(sweep: Sweep, cluster: dict[str, float]) -> list[str]:
+    """The ``--set`` options that make one trial fit on ``cluster`` (fewest changes first)."""
+    r = sweep.file.resources
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    fixes = []
+    if r.gpus * r.num_workers > gpus:
+        fixes.append("resources.gpus=0" if gpus < 1 or r.num_workers > gpus
+                     else f"resources.gpus={gpus / r.num_workers:g}")
+    if r.cpus * r.num_workers > cpus:
+        workers = r.num_workers if cpus >= r.num_workers else max(1, int(cpus))
+        if workers != r.num_workers:
+            fixes.append(f"resources.num_workers={workers}")
+        fixes.append(f"resources.cpus={max(1, int(cpus // workers)):g}")
+    return [f"--set {f}" for f in fixes]
+
+
 def unmet_resources(sweep: Sweep, cluster: dict[str, float]) -> str | None:
     """What one trial asks for that the whole cluster does not have (such a trial would wait forever)."""
     need = trial_resources(sweep).per_trial()
@@ -49,22 +66,54 @@ def unmet_resources(sweep: Sweep, cluster: dict[str, float]) -> str | None:
     if not short:
         return None
     have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in need)
+    fixes = " ".join(fixing_overrides(sweep, cluster)) or "--set resources.gpus=0 --set resources.cpus=1"
     return (f"each trial of sweep '{sweep.name}' needs {' and '.join(short)}, but the cluster has {have}. "
-            "Lower the file's resources, e.g. --set resources.gpus=0 --set resources.cpus=1.")
+            f"Lower the file's resources: {fixes}.")
 
 
-def train_images(cfg: TrialConfig) -> int | None:
-    if cfg.data.name == "synthetic":
-        n = cfg.data.synthetic.num_train
-    else:
-        n = TRAIN_SIZES.get(cfg.data.name)
-        if n is None:
+def counted_train_images(cfg: TrialConfig) -> int | None:
+    """Training images actually present under data.root (read cheaply), or None when the data is not there.
+
+    CIFAR: the label lists of the official pickles; CINIC-10 and imagefolder: image files per class folder."""
+    from rayclf.data.sources import IMAGE_EXTS, data_root
+
+    root = data_root(cfg.data)
+    try:
+        if cfg.data.name in ("cifar10", "cifar100"):
+            if cfg.data.name == "cifar10":
+                folder, files, key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels"
+            else:
+                folder, files, key = root / "cifar-100-python", ["train"], "fine_labels"
+            if not all((folder / f).is_file() for f in files):
+                return None
+            total = 0
+            for f in files:
+                with (folder / f).open("rb") as fh:
+                    total += len(pickle.load(fh, encoding="latin1")[key])
+            return total
+        folder = root / "cinic-10" / "train" if cfg.data.name == "cinic10" else root
+        if not folder.is_dir():
             return None
+        return sum(1 for c in folder.iterdir() if c.is_dir() for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError):
+        return None
+
+
+def train_images(cfg: TrialConfig) -> tuple[int | None, str]:
+    """Training images per epoch and where the number comes from: ``counted``, ``synthetic``, ``assumed``
+    (the official full size, the data not being under data.root) or ``unknown``."""
+    if cfg.data.name == "synthetic":
+        n, source = cfg.data.synthetic.num_train, "synthetic"
+    else:
+        counted = counted_train_images(cfg)
+        n, source = (counted, "counted") if counted is not None else (TRAIN_SIZES.get(cfg.data.name), "assumed")
+        if n is None:
+            return None, "unknown"
     if cfg.data.train_subset:
         n = min(n, cfg.data.train_subset)
     if cfg.data.name != "cinic10" or not cfg.data.official_val:
         n = int(n * (1 - cfg.data.val_fraction))
-    return n * (2 if cfg.augment.double else 1)
+    return n * (2 if cfg.augment.double else 1), source
 
 
 def flops_per_image(cfg: TrialConfig) -> float:
@@ -88,10 +137,14 @@ def flops_per_image(cfg: TrialConfig) -> float:
 
 
 def estimate_hours(trials: list[Trial], use_gpu: bool) -> tuple[float | None, str]:
-    """Device-hours for all trials at the assumed throughput; None when the data size is unknown."""
-    total, cache = 0.0, {}
+    """Device-hours for all trials at the assumed throughput; None when the data size is unknown.
+    The basis says the throughput assumed and whether the dataset size was counted or assumed."""
+    total, cache, sizes = 0.0, {}, {}
     for t in trials:
-        n = train_images(t.config)
+        key = t.config.data.model_dump_json()
+        if key not in sizes:
+            sizes[key] = train_images(t.config)
+        n, _ = sizes[key]
         if n is None:
             return None, "unknown dataset size"
         key = t.config.model.model_dump_json()
@@ -100,7 +153,19 @@ def estimate_hours(trials: list[Trial], use_gpu: bool) -> tuple[float | None, st
         total += cache[key] * n * t.config.total_epochs()
     rate = ASSUMED_GPU_FLOPS if use_gpu else ASSUMED_CPU_FLOPS
     basis = ("model FLOPs at 15% of an H100's dense bf16 peak" if use_gpu else "model FLOPs at 50 GFLOP/s on CPU")
-    return total / rate / 3600, basis
+    return total / rate / 3600, f"{basis}; {size_note(trials[0].config, *next(iter(sizes.values())))}"
+
+
+def size_note(cfg: TrialConfig, n: int | None, source: str) -> str:
+    """How the training-set size of the estimate was found, in words."""
+    from rayclf.data.sources import data_root
+
+    if source == "counted":
+        return f"{n:,} training images per epoch, counted in {data_root(cfg.data)}"
+    if source == "assumed":
+        return (f"assumed the full-size {cfg.data.name} training set ({n:,} images per epoch): "
+                f"the data is not in {data_root(cfg.data)} yet")
+    return f"{n:,} training images per epoch"
 
 
 def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
@@ -145,8 +210,14 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
     res = trial_resources(sweep)
     cluster, where = cluster_resources(address)
     lines.append(f"resources per trial: {res.num_workers} worker(s) × {res.cpus:g} CPU, {res.gpus:g} GPU")
-    lines.append(f"concurrency on {where} ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU): "
-                 f"{concurrency(sweep, cluster)} trials at once")
+    have = f"{where} ({cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU)"
+    unmet = unmet_resources(sweep, cluster)
+    if unmet is None:
+        lines.append(f"concurrency on {have}: {concurrency(sweep, cluster)} trials at once")
+    else:
+        grows = ("" if address is None else
+                 " (unless the cluster's autoscaler adds such nodes; a fixed cluster never will)")
+        lines.append(f"CANNOT RUN on {have}{grows}: {unmet}")
     hours, basis = estimate_hours(trials, res.gpus > 0)
     unit = "GPU-hours" if res.gpus > 0 else "CPU trial-hours"
     if hours is None:
