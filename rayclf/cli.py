@@ -117,12 +117,14 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
-@click.option("--quiet", is_flag=True, help="no live trial table")
+@click.option("--quiet", is_flag=True, help="no live progress view")
+@click.option("--verbose", is_flag=True, help="show Ray's own log output (kept in Ray's log files otherwise)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, wandb_mode: str | None) -> None:
+          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool,
+          wandb_mode: str | None) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
 
@@ -135,7 +137,7 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     from rayclf.sweep.runner import run_sweep
 
     outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped)
+                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose)
     click.echo(outcome.summary_text())
 
 

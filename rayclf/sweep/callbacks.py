@@ -1,10 +1,8 @@
-"""Tune callbacks in the sweep driver: record results, release leaked resources, show progress."""
+"""Tune callbacks in the sweep driver: record results, release leaked resources, feed the live view."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +72,7 @@ class Recorder(Callback):
         self.resumed: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}
         self.pgs: dict[str, set[str]] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = trial_info(trial)["trial_id"]
@@ -104,6 +103,7 @@ class Recorder(Callback):
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
                         checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid))
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+        self.rows[tid] = row
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
@@ -166,55 +166,38 @@ class PlacementGroupJanitor(Callback):
                 self.release(pg)
 
 
-class LiveView(Callback):
-    """A compact trial table on the terminal: status, epoch, metric, best so far."""
+class LiveCallback(Callback):
+    """Feeds Tune's trial events to the live view (``rayclf.sweep.live``); statuses come from the recorder,
+    so the view shows exactly what the results table holds. Must come after the ``Recorder``."""
 
-    def __init__(self, metric: str, mode: str, echo: Callable[[str], None], interval: float = 15.0):
-        self.metric, self.mode, self.echo, self.interval = metric, mode, echo, interval
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.last_print = 0.0
+    def __init__(self, view: Any, recorder: Recorder):
+        self.view, self.recorder = view, recorder
 
-    def _row(self, trial: Any) -> dict[str, Any]:
-        info = trial_info(trial)
-        return self.rows.setdefault(info["trial_id"], {"arm": info["arm"], "seed": info["seed"], "status": "PENDING",
-                                                       "epoch": 0, "value": None, "best": None})
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment; a terminal
+        return {"view": None, "recorder": self.recorder}  # display (locks, threads) stays with the driver
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._row(trial)["status"] = "RUNNING"
+        if self.view is None:
+            return
+        t = trial_info(trial)
+        cfg = t["config"]
+        epochs = sum(p["epochs"] for p in cfg["train"].get("phases") or []) or cfg["train"]["epochs"]
+        self.view.started(t["trial_id"], t["arm"], t["seed"], epochs)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        row = self._row(trial)
-        if self.metric in result:
-            value = result[self.metric]
-            row.update(epoch=result.get("epoch", row["epoch"]), value=value)
-            row["best"] = best_value([v for v in (row["best"], value) if v is not None], self.mode)
+        if "epoch" in result and self.view is not None:
+            self.view.result(trial_info(trial)["trial_id"], int(result["epoch"]), result.get(self.recorder.metric),
+                             result.get("epoch_seconds"), result.get("node"))
+
+    def _finished(self, trial: Any) -> None:
+        if self.view is None:
+            return
+        tid = trial_info(trial)["trial_id"]
+        row = self.recorder.rows.get(tid, {})
+        self.view.finished(tid, row.get("status", "failed"), row.get("metric_best"), row.get("reason") or "")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._row(trial)
-        row["status"] = "DONE"
-        self._line(f"done    {row['arm']} seed {row['seed']}: epoch {row['epoch']}, {self.metric} {_f(row['value'])}")
+        self._finished(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._row(trial)
-        row["status"] = "FAILED"
-        self._line(f"failed  {row['arm']} seed {row['seed']}: {failure_reason(trial)}")
-
-    def _line(self, text: str) -> None:
-        self.echo(f"[{time.strftime('%H:%M:%S')}] {text}")
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        now = time.monotonic()
-        if now - self.last_print < self.interval:
-            return
-        self.last_print = now
-        running = [r for r in self.rows.values() if r["status"] == "RUNNING"]
-        done = sum(r["status"] in ("DONE", "FAILED") for r in self.rows.values())
-        best = best_value([r["best"] for r in self.rows.values() if r["best"] is not None], self.mode)
-        lines = [f"{len(trials)} trials: {len(running)} running, {done} finished; best {self.metric} {_f(best)}"]
-        lines += [f"  {r['arm'][:40]:<40} seed {r['seed']:<3} epoch {r['epoch']:<4} {self.metric} {_f(r['value'])} "
-                  f"(best {_f(r['best'])})" for r in running]
-        self._line("\n".join(lines))
-
-
-def _f(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+        self._finished(trial)

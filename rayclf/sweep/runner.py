@@ -134,6 +134,16 @@ def _describe(sweep: Sweep, t: Trial, position: int, storage: str, tracking: Tra
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
 
 
+class _Discard:
+    """A stream that drops everything (``--quiet``)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
     """The Tune trainable and whether it trains in-process (single worker) rather than in a worker group."""
     from ray import tune
@@ -152,7 +162,8 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     import ray
     from ray import tune
 
-    from rayclf.sweep.callbacks import LiveView, PlacementGroupJanitor, Recorder, trial_row
+    from rayclf.sweep.callbacks import LiveCallback, PlacementGroupJanitor, Recorder, trial_row
+    from rayclf.sweep.live import LiveView
 
     done = store.finished_ids(rerun_stopped)
     todo = [(i, t) for i, t in enumerate(trials) if t.trial_id not in done]
@@ -173,14 +184,17 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                         storage_scheme=out.split("://", 1)[0] if "://" in out else "")
     trainable, in_process = _trainable(sweep, cluster)
     callbacks: list[Any] = [recorder] if in_process else [recorder, PlacementGroupJanitor(recorder)]
-    if live:
-        callbacks.append(LiveView(metric, mode, echo))
+    slots = min(concurrency(sweep, cluster), len(todo))
+    view = LiveView(len(trials), metric, mode, terminal=None if live else False, slots=slots,
+                    stream=None if live else _Discard())
+    view.skipped(len(trials) - len(todo))
+    callbacks.append(LiveCallback(view, recorder))
     max_epochs = max(t.config.total_epochs() for _, t in todo)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(descriptions)},
         tune_config=tune.TuneConfig(metric=metric, mode=sweep.file.mode, scheduler=_scheduler(sweep, max_epochs),
-                                    max_concurrent_trials=min(concurrency(sweep, cluster), len(todo)),
+                                    max_concurrent_trials=slots,
                                     reuse_actors=in_process,
                                     trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
                                                                   f"{tr.config['trial']['seed']}"[:80],
@@ -191,14 +205,22 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                                   failure_config=tune.FailureConfig(
                                       max_failures=sweep.file.max_failures if in_process else 0)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        view.close()
     return len(trials) - len(todo)
 
 
 # --------------------------------------------------------------------------------- driver side
-def _start_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to ``address`` or start a local instance; True when we started it (and must stop it)."""
+def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> bool:
+    """Connect to ``address`` or start a local instance; True when we started it (and must stop it).
+
+    Ray's own start-up and scheduling chatter stays in Ray's log files unless ``verbose``."""
     import ray
+
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("ray").setLevel(level)
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -210,9 +232,10 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
         return False
-    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=verbose,
+             logging_level=level)
     return True
 
 
@@ -259,7 +282,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
 
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
-              wandb_mode: str | None = None, rerun_stopped: bool = False) -> SweepOutcome:
+              wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False) -> SweepOutcome:
     """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
     import ray
 
@@ -267,7 +290,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     w = sweep.file.wandb
     tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
     check_previous_driver(out, echo)
-    started = _start_ray(address, num_cpus)
+    started = _start_ray(address, num_cpus, verbose)
     claim_driver(out, _session_dir() if started else None)
     try:
         unmet = unmet_resources(sweep, ray.cluster_resources())
