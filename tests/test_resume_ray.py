@@ -29,7 +29,8 @@ pytestmark = pytest.mark.ray
 
 def slow_base(epochs: int) -> dict:
     """Epochs of about half a second on CPU: long enough to interrupt a trial between two of them."""
-    return tiny(data={"synthetic": {"num_train": 1500, "num_test": 100, "num_classes": 4, "image_size": 16}},
+    return tiny(data={"synthetic": {"num_train": 1500, "num_test": 100, "num_classes": 4, "image_size": 16,
+                                    "difficulty": 0.0}},
                 model={"widths": [16, 32]}, train={"epochs": epochs, "batch_size": 50})
 
 

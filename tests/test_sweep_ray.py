@@ -21,7 +21,8 @@ pytestmark = pytest.mark.ray
 
 
 def quick_base(epochs: int = 2, **kw):
-    return tiny(data={"synthetic": {"num_train": 300, "num_test": 100, "num_classes": 4, "image_size": 16}},
+    return tiny(data={"synthetic": {"num_train": 300, "num_test": 100, "num_classes": 4, "image_size": 16,
+                                    "difficulty": 0.0}},
                 train={"epochs": epochs, "batch_size": 50}, **kw)
 
 
@@ -57,12 +58,16 @@ def test_sweep_records_completed_failed_and_diverged_then_resumes(ray_local, tmp
         run_sweep(s, out=out, live=False)
 
     # resume with one more seed: finished trials are skipped, only the new ones (and the failed one) run
+    before = {r["trial_id"]: r for r in pq.read_table(f"{out}/trials.parquet").to_pylist()}
     spec["seeds"] = [0, 1]
     spec["search"]["ablation"]["factors"] = {"optim.lr": [10.0]}
     again = run_sweep(parse_sweep(spec), out=out, resume=True, live=False)
     assert again.skipped == 2
     rows2 = pq.read_table(f"{out}/trials.parquet").to_pylist()
     assert len(rows2) == 5
+    kept = {r["trial_id"]: r for r in rows2 if r["trial_id"] in before and r["status"] != "failed"}
+    assert len(kept) == 2 and all(kept[t] == before[t] for t in kept)  # list/bool config values included
+    assert kept[rows["baseline"]["trial_id"]]["config.model.widths"] == "[8,16]"
     assert sorted((r["arm"], r["seed"]) for r in rows2 if r["arm"] != "device=cuda") == [
         ("baseline", 0), ("baseline", 1), ("lr=10", 0), ("lr=10", 1)]
 
@@ -123,6 +128,9 @@ def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path, monkeypa
 
     leaked = [pg for pg, info in ray.util.placement_group_table().items() if info["state"] == "CREATED"]
     assert leaked == []
+    # the scheduler's decisions stand: a resume re-runs none of the stopped trials
+    again = run_sweep(parse_sweep(spec), out=str(tmp_path / "asha"), resume=True, live=False)
+    assert again.skipped == 6 and again.rows == outcome.rows
 
 
 def test_sweep_cli_dry_run_trains_nothing(tmp_path):
