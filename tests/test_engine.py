@@ -122,3 +122,40 @@ def test_train_epoch_can_stop_after_a_few_steps():
     out = tr.train_epoch(opt, Schedule(opt, cfg.sched, 1), 0, None, max_steps=2)
     assert len(tr.train_loader) > 2 and seen == [32, 32]  # exactly two steps of the real step ran
     assert out["train_loss"] > 0
+
+
+class CrashAfterEpoch(Collect):
+    """Dies right after epoch ``k``'s checkpoint was written and reported (a lost node)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def epoch(self, metrics, checkpoint_dir, final=False):
+        super().epoch(metrics, checkpoint_dir, final)
+        if metrics["epoch"] == self.k:
+            raise RuntimeError("node lost")
+
+
+def test_resume_after_every_epoch_of_a_phased_run_matches_the_uninterrupted_run(tmp_path):
+    """Head (adam) → all (sgd 1e-3) → all (sgd 1e-2): resuming at a phase boundary starts the next phase's own
+    optimizer and LR; resuming inside a phase carries its optimizer and schedule on."""
+    raw = tiny(train={"phases": [{"epochs": 1, "trainable": "head", "optim": "adam", "lr": 1e-3},
+                                 {"epochs": 2, "trainable": "all", "optim": "sgd", "lr": 1e-3},
+                                 {"epochs": 1, "trainable": "all", "optim": "sgd", "lr": 1e-2}]},
+               sched={"name": "cosine"}, augment={"flip": {"p": 0.5}})
+    full = fit(build_config(raw), checkpoint_dir=tmp_path / "full")
+    assert [h["phase"] for h in full.history] == [0, 1, 1, 2]
+    for k in (1, 2, 3):
+        folder = tmp_path / f"crash{k}"
+        with pytest.raises(RuntimeError, match="node lost"):
+            fit(build_config(raw), CrashAfterEpoch(k), checkpoint_dir=folder)
+        assert load_checkpoint(folder)["epoch"] == k
+        resumed = fit(build_config(raw), checkpoint_dir=folder, resume=folder)
+        assert len(resumed.history) == 4
+        for a, b in zip(full.history, resumed.history, strict=True):
+            assert (a["epoch"], a["phase"]) == (b["epoch"], b["phase"])
+            assert b["lr"] == pytest.approx(a["lr"], rel=1e-6), (k, a["epoch"])
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (k, a["epoch"])
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5), (k, a["epoch"])
+        assert resumed.summary["test_loss"] == pytest.approx(full.summary["test_loss"], rel=1e-5)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rayclf.config import TrialConfig
+from rayclf.config import TrialConfig, UserError
 from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
@@ -38,7 +38,7 @@ from rayclf.train.optim import (
     penalty_coefficients,
     weight_penalty,
 )
-from rayclf.train.phases import phase_plan, set_trainable
+from rayclf.train.phases import PhaseSpec, phase_plan, set_trainable
 
 STATUSES = ("completed", "stopped_early", "diverged", "failed")
 MISCLASSIFIED_KEPT = 16
@@ -341,78 +341,164 @@ def _set_rng_state(trainer: Trainer, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"], trainer.device)
 
 
+# ------------------------------------------------------------------------------------ checkpointed state
+class TrialState:
+    """Everything a checkpoint captures, and the one place that writes and restores it.
+
+    The position is ``epoch`` (epochs finished over the whole run). The optimizer, schedule and
+    grad scaler belong to the phase ``epoch`` falls in; a checkpoint taken at a phase boundary
+    resumes with the next phase's fresh optimizer and schedule, exactly as an uninterrupted run."""
+
+    def __init__(self, cfg: TrialConfig, tr: Trainer, ds: Dataset):
+        self.cfg, self.tr, self.ds = cfg, tr, ds
+        self.plan: list[PhaseSpec] = phase_plan(cfg)
+        self.stopper = EarlyStopper(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.phase_index = 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: Schedule | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self._carried: dict[str, Any] | None = None  # the phase's optimizer/schedule state after a mid-phase resume
+
+    def phase_start(self, index: int) -> int:
+        """Epochs finished before phase ``index`` begins."""
+        return sum(p.epochs for p in self.plan[:index])
+
+    def begin_phase(self) -> PhaseSpec:
+        """Freeze/unfreeze for the current phase and give it its own optimizer, schedule and scaler."""
+        phase, tr = self.plan[self.phase_index], self.tr
+        set_trainable(tr.model, phase.trainable)
+        self.opt = create_optimizer(tr.model, self.cfg.optim, name=phase.optim, lr=phase.lr,
+                                    cuda=tr.device.type == "cuda")
+        self.sched = Schedule(self.opt, self.cfg.sched, phase.epochs)
+        self.scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
+        if self._carried is not None:
+            self.opt.load_state_dict(self._carried["optimizer"])  # also restores the last stepped LR
+            self.sched.load_state_dict(self._carried["schedule"])
+            if self.scaler is not None and self._carried.get("scaler"):
+                self.scaler.load_state_dict(self._carried["scaler"])
+            self._carried = None
+        return phase
+
+    def keep_best(self) -> None:
+        """Early stopping's best weights replace the last ones (before the final checkpoint and the test)."""
+        if self.stopper.best_state is not None:
+            self.tr.model.load_state_dict(self.stopper.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.opt is not None and self.sched is not None
+        inside = self.epoch < self.phase_start(self.phase_index + 1)
+        state = {"model": self.tr.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "schedule": self.sched.state_dict(), "rng": _rng_state(self.tr), "epoch": self.epoch,
+                 "phase": self.phase_index if inside else self.phase_index + 1,
+                 "early_stopping": self.stopper.state_dict(), "history": self.history,
+                 "config": self.cfg.to_dict(), "data": data_info(self.ds)}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def save(self, folder: Path | None, final: bool) -> Path | None:
+        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs and at the end; rank 0)."""
+        every = self.cfg.train.checkpoint_every
+        if world()[0] != 0 or not (final or (every and self.epoch % every == 0)):
+            return None
+        return _write(self.state_dict(), folder)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint: the run then goes on as if it had never stopped."""
+        self.tr.model.load_state_dict(ckpt["model"])
+        _set_rng_state(self.tr, ckpt["rng"])
+        self.stopper.load_state_dict(ckpt["early_stopping"])
+        self.history, self.epoch = list(ckpt["history"]), int(ckpt["epoch"])
+        index = 0
+        while index < len(self.plan) and self.phase_start(index + 1) <= self.epoch:
+            index += 1
+        self.phase_index = index
+        if self.epoch > self.phase_start(index):  # stopped inside a phase: its optimizer and schedule go on
+            self._carried = {k: ckpt.get(k) for k in ("optimizer", "schedule", "scaler")}
+
+
+@dataclass
+class Outcome:
+    """How the epoch loop ended: a status for the summary, and the final checkpoint to clean up."""
+
+    status: str = "completed"
+    reason: str = ""
+    stop: bool = False
+    last_ckpt: Path | None = None
+
+
 # ------------------------------------------------------------------------------------ the loop
+def run_epoch(state: TrialState, local: int) -> dict[str, Any]:
+    """Train one epoch (``local`` counts within the phase) and validate; append and return its metrics."""
+    tr, sched = state.tr, state.sched
+    assert state.opt is not None and sched is not None
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"epoch": state.epoch + 1, "phase": state.phase_index, "lr": sched.lr}
+    metrics.update(tr.train_epoch(state.opt, sched, local, state.scaler, data_epoch=state.epoch))
+    metrics.update(tr.evaluate("val"))
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    state.history.append(metrics)
+    state.epoch += 1
+    return metrics
+
+
+def run_phase(state: TrialState, reporter: Reporter, checkpoint_dir: Path | None, outcome: Outcome) -> None:
+    """Train the current phase from ``state.epoch`` to its end, or until divergence or a stop."""
+    phase = state.begin_phase()
+    assert state.sched is not None
+    for local in range(state.epoch - state.phase_start(state.phase_index), phase.epochs):
+        metrics = run_epoch(state, local)
+        if not math.isfinite(metrics["train_loss"]):
+            outcome.status, outcome.reason = "diverged", f"non-finite training loss at epoch {state.epoch}"
+            outcome.stop = True
+            reporter.epoch(metrics, None, final=True)
+            return
+        state.sched.epoch_end(metrics)
+        stop = state.stopper.update(metrics, state.tr.model) or reporter.should_stop()
+        final = stop or state.epoch == state.cfg.total_epochs()
+        if final:
+            state.keep_best()  # the kept checkpoint holds the weights the test accuracy is measured on
+        ckpt = state.save(checkpoint_dir, final)
+        reporter.epoch(metrics, ckpt, final=final)
+        if final:
+            outcome.stop, outcome.last_ckpt = True, ckpt  # the reporter may still send it with the summary
+            return
+        _cleanup(ckpt, checkpoint_dir)
+    state.phase_index += 1
+
+
+def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
+    """Options that watch a validation metric need a validation split (else they would never fire)."""
+    if ds.val is not None and len(ds.val) > 0:
+        return
+    es, sched = cfg.train.early_stopping, cfg.sched
+    if es.patience and es.metric.startswith("val_"):
+        raise UserError(f"train.early_stopping.metric = '{es.metric}' needs a validation split, but this dataset "
+                        "has none; set data.val_fraction > 0 or use train_loss / train_accuracy.")
+    if sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+        raise UserError(f"sched.plateau_metric = '{sched.plateau_metric}' needs a validation split, but this "
+                        "dataset has none; set data.val_fraction > 0 or use train_loss.")
+
+
 def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: str | Path | None = None) -> TrialResult:
     """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     ds = data if data is not None else load_dataset(cfg.data)
-    tr = build_trainer(cfg, ds)
-    rank, _ = world()
-    plan = phase_plan(cfg)
-    stopper = EarlyStopper(cfg)
-    history: list[dict[str, Any]] = []
-    status, reason = "completed", ""
-    start_epoch = 0
-    state: dict[str, Any] | None = None
+    check_runnable(cfg, ds)
+    state = TrialState(cfg, build_trainer(cfg, ds), ds)
     if resume is not None:
-        state = load_checkpoint(resume, map_location=tr.device)
-        tr.model.load_state_dict(state["model"])
-        _set_rng_state(tr, state["rng"])
-        stopper.load_state_dict(state["early_stopping"])
-        history, start_epoch = list(state["history"]), int(state["epoch"])
-    epoch, stop = 0, False
-    last_ckpt: Path | None = None
-    for p_index, phase in enumerate(plan):
-        if stop:
-            break
-        if epoch + phase.epochs <= start_epoch:
-            epoch += phase.epochs
-            continue
-        set_trainable(tr.model, phase.trainable)
-        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr, cuda=tr.device.type == "cuda")
-        sched = Schedule(opt, cfg.sched, phase.epochs)
-        scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
-        if state is not None and int(state["phase"]) == p_index:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["schedule"])
-        for local in range(phase.epochs):
-            if epoch < start_epoch:
-                epoch += 1
-                continue
-            t0 = time.perf_counter()
-            metrics: dict[str, Any] = {"epoch": epoch + 1, "phase": p_index, "lr": sched.lr}
-            metrics.update(tr.train_epoch(opt, sched, local, scaler, data_epoch=epoch))
-            metrics.update(tr.evaluate("val"))
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            history.append(metrics)
-            epoch += 1
-            if not math.isfinite(metrics["train_loss"]):
-                status, reason, stop = "diverged", f"non-finite training loss at epoch {epoch}", True
-                reporter.epoch(metrics, None, final=True)
-                break
-            sched.epoch_end(metrics)
-            stop = stopper.update(metrics, tr.model) or reporter.should_stop()
-            final = stop or epoch == cfg.total_epochs()
-            ckpt = None
-            every = cfg.train.checkpoint_every
-            if rank == 0 and ((every and epoch % every == 0) or final):
-                state_now = {"model": tr.model.state_dict(), "optimizer": opt.state_dict(),
-                             "schedule": sched.state_dict(), "rng": _rng_state(tr), "epoch": epoch,
-                             "phase": p_index if local + 1 < phase.epochs else p_index + 1,
-                             "early_stopping": stopper.state_dict(), "history": history,
-                             "config": cfg.to_dict(), "data": data_info(ds)}
-                ckpt = _write(state_now, checkpoint_dir)
-            reporter.epoch(metrics, ckpt, final=final)
-            if final:
-                last_ckpt = ckpt  # the reporter may still send it with the summary
-                break
-            _cleanup(ckpt, checkpoint_dir)
-    summary = summarize(cfg, tr, ds, history, status, reason, stopper, started)
+        state.restore(load_checkpoint(resume, map_location=state.tr.device))
+    outcome = Outcome()
+    while not outcome.stop and state.phase_index < len(state.plan):
+        run_phase(state, reporter, checkpoint_dir, outcome)
+    summary = summarize(cfg, state.tr, ds, state.history, outcome.status, outcome.reason, state.stopper, started)
     reporter.end(summary)
-    _cleanup(last_ckpt, checkpoint_dir)
-    return TrialResult(summary, history)
+    _cleanup(outcome.last_ckpt, checkpoint_dir)
+    return TrialResult(summary, state.history)
 
 
 def data_info(ds: Dataset) -> dict[str, Any]:
@@ -436,9 +522,9 @@ def _cleanup(ckpt: Path | None, folder: Path | None) -> None:
 
 def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str, Any]], status: str, reason: str,
               stopper: EarlyStopper, started: float) -> dict[str, Any]:
-    """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix."""
-    if stopper.best_state is not None and status == "completed":
-        tr.model.load_state_dict(stopper.best_state)
+    """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix.
+
+    The model is tested as it is: the loop has already put early stopping's best weights back."""
     t0 = time.perf_counter()
     test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
     test_seconds = time.perf_counter() - t0
