@@ -134,6 +134,14 @@ class ModelOptions(Strict):
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
                   "normal", "zeros"] = "default"
 
+    def loads_weights(self) -> bool:
+        """Whether building the model loads pretrained weights (then ``init`` touches only new layers)."""
+        return False
+
+    def without_weights(self) -> ModelOptions:
+        """The same architecture built without loading pretrained weights (a checkpoint supplies them)."""
+        return self
+
 
 # ------------------------------------------------------------------------------------------- train
 class EarlyStopping(Strict):

@@ -28,6 +28,12 @@ class TimmOptions(ModelOptions):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="timm's own classifier dropout")
     cifar_stem: bool = Field(False, description="ResNets: 3×3 stride-1 stem without max-pool for 32×32 inputs")
 
+    def loads_weights(self) -> bool:
+        return self.pretrained or bool(self.checkpoint)
+
+    def without_weights(self) -> TimmOptions:
+        return self.model_copy(update={"pretrained": False, "checkpoint": None})
+
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:

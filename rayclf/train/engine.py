@@ -93,6 +93,20 @@ def autocast_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p]
 
 
+def uses_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
+def evaluator_for(cfg: TrialConfig, model: nn.Module, mean: Any, std: Any, device: torch.device) -> Evaluator:
+    """The trial's own evaluation path around an already-built model (``predict`` uses this)."""
+    channels_last = uses_channels_last(cfg, device)
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    augmenter = Augmenter(cfg.augment, tuple(mean), tuple(std), device, seed=0)
+    return Evaluator(model, augmenter, cfg.train.tta, device, autocast_dtype(cfg, device), channels_last)
+
+
 def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
@@ -115,6 +129,43 @@ def soft_cross_entropy(logits: torch.Tensor, t: Targets, smoothing: float) -> to
     la = F.cross_entropy(logits, t.y_a, label_smoothing=smoothing, reduction="none")
     lb = F.cross_entropy(logits, t.y_b, label_smoothing=smoothing, reduction="none")
     return (t.lam * la + (1 - t.lam) * lb).mean()
+
+
+@dataclass
+class Evaluator:
+    """Logits for uint8 batches exactly as training evaluates them: normalise, autocast, TTA views.
+
+    Validation, the trial's test and ``rayclf predict`` all go through here, so they cannot drift apart."""
+
+    net: nn.Module
+    augmenter: Augmenter
+    tta: str
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def _forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.contiguous(memory_format=torch.channels_last) if self.channels_last else z
+        return self.net(z).float()
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch, averaged over ``tta``'s views (airbench's weights for shifts)."""
+        def flips(z: torch.Tensor) -> torch.Tensor:
+            out = self._forward(z)
+            return out if self.tta == "none" else 0.5 * (out + self._forward(z.flip(3)))
+
+        logits = flips(x)
+        if self.tta == "flip_translate":
+            h, w = x.shape[2:]
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            logits = 0.5 * logits + 0.25 * (flips(padded[..., :h, :w]) + flips(padded[..., 2:, 2:]))
+        return logits
+
+    @torch.no_grad()
+    def logits(self, xb: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch → float logits."""
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+            return self.views(self.augmenter.eval_batch(xb))
 
 
 @dataclass
@@ -202,18 +253,12 @@ class Trainer:
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a normalised batch, averaged over ``train.tta``'s views (airbench's weights for shifts)."""
-        def views(z: torch.Tensor) -> torch.Tensor:
-            out = self.net(self._prep(z)).float()
-            return out if self.cfg.train.tta == "none" else 0.5 * (out + self.net(self._prep(z.flip(3))).float())
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.net, self.augmenter, self.cfg.train.tta, self.device, self.amp, self.channels_last)
 
-        logits = views(x)
-        if self.cfg.train.tta == "flip_translate":
-            h, w = x.shape[2:]
-            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-            logits = 0.5 * logits + 0.25 * (views(padded[..., :h, :w]) + views(padded[..., 2:, 2:]))
-        return logits
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch, averaged over ``train.tta``'s views."""
+        return self.evaluator().views(x)
 
     @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False) -> dict[str, Any]:
@@ -226,9 +271,9 @@ class Trainer:
         cm = torch.zeros(k * k, device=self.device, dtype=torch.int64)
         wrong: list[dict[str, int]] = []
         order = loader.order()
+        evaluator = self.evaluator()
         for b, (xb, yb) in enumerate(loader):
-            with self._autocast():
-                logits = self.eval_logits(self.augmenter.eval_batch(xb))
+            logits = evaluator.logits(xb)
             pred = logits.argmax(1)
             sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
             cm += torch.bincount(yb * k + pred, minlength=k * k)
@@ -275,7 +320,7 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
     data_init = getattr(model, "init_from_data", None)
     if callable(data_init):  # e.g. airbench's patch whitening, estimated from (un-augmented) training images
         data_init(train_x, augmenter.eval_batch)
-    channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+    channels_last = uses_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
