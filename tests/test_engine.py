@@ -84,13 +84,31 @@ def test_divergence_is_a_status_not_a_crash():
     assert not math.isfinite(result.history[-1]["train_loss"])
 
 
-def test_early_stopping_restores_best_weights():
+def test_early_stopping_restores_best_weights(tmp_path):
+    """The kept checkpoint and the tested model are the best epoch's weights, not the last epoch's."""
+    from rayclf.train.engine import build_trainer
+
     cfg = build_config(tiny(train={"epochs": 30, "early_stopping": {"patience": 2, "metric": "val_accuracy"}},
                             optim={"lr": 0.5}))
-    result = fit(cfg)
+
+    class Snapshots(Collect):
+        def epoch(self, metrics, checkpoint_dir, final=False):
+            super().epoch(metrics, checkpoint_dir, final)
+            self.weights = [*getattr(self, "weights", []), load_checkpoint(checkpoint_dir)["model"]]
+
+    rep = Snapshots()
+    result = fit(cfg, rep, checkpoint_dir=tmp_path)
     s = result.summary
     assert s["early_stopped"] and s["epochs"] < 30
-    assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in result.history)
+    vals = [h["val_accuracy"] for h in result.history]
+    best = vals.index(max(vals))
+    assert best < len(vals) - 1  # the last epoch is not the best: restoring matters
+    kept, best_weights = rep.weights[-1], rep.weights[best]
+    assert all(torch.equal(kept[k], best_weights[k]) for k in best_weights)
+    data = load_dataset(cfg.data)
+    tr = build_trainer(cfg, data)
+    tr.model.load_state_dict(best_weights)
+    assert tr.evaluate("test")["test_accuracy"] == s["test_accuracy"]
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
