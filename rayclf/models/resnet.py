@@ -40,8 +40,8 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def _stem(cin: int, width: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), nn.ReLU())
+def _stem(cin: int, width: int, kernel: int = 3, act: str = "relu") -> nn.Sequential:
+    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), make_act(act))
 
 
 class Classifier(nn.Module):
@@ -90,7 +90,8 @@ def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: i
         parts += [BasicBlock(width, cout, opts.kernel_size, act=opts.activation), nn.Dropout(opts.dropout)]
         stages.append(nn.Sequential(*parts))
         width = cout
-    return Classifier(_stem(in_chans, opts.width, opts.kernel_size), stages, width, num_classes, opts.head_dropout)
+    stem = _stem(in_chans, opts.width, opts.kernel_size, opts.activation)
+    return Classifier(stem, stages, width, num_classes, opts.head_dropout)
 
 
 class ResNetCifarOptions(ModelOptions):
