@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from rayclf.config import ModelOptions
+from rayclf.models.hooks import Hooked
 from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make_pool
 from rayclf.models.registry import register_model
 
@@ -44,7 +45,7 @@ def _stem(cin: int, width: int, kernel: int = 3, act: str = "relu") -> nn.Sequen
     return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), make_act(act))
 
 
-class Classifier(nn.Module):
+class Classifier(Hooked, nn.Module):
     """stem → stages → global average pool → head; ``stages`` is a ModuleList so phases can unfreeze the last K."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], features: int, num_classes: int,

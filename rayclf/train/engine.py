@@ -29,6 +29,7 @@ from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
 from rayclf.models import count_params, create_model
+from rayclf.models.hooks import hooks
 from rayclf.train.checkpoint import load_checkpoint, save_checkpoint
 from rayclf.train.lookahead import Lookahead
 from rayclf.train.optim import (
@@ -203,9 +204,7 @@ class Trainer:
         data_epoch = epoch if data_epoch is None else data_epoch
         if self.flipper is not None:
             self.flipper.apply(self.train_loader.x, data_epoch)
-        hook = getattr(self.model, "on_epoch_start", None)
-        if callable(hook):  # e.g. airbench freezes its whitening bias after a few epochs
-            hook(data_epoch)
+        hooks(self.model).on_epoch_start(data_epoch)  # e.g. airbench freezes its whitening bias
         if self.lookahead is not None:
             self.lookahead.epoch_start(data_epoch)
         c1, c2 = penalty_coefficients(cfg.reg)
@@ -317,9 +316,7 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
                     for name, split in (("val", ds.val), ("test", ds.test)) if split is not None}
     c, h, _ = ds.shape
     model = create_model(cfg.model, num_classes=ds.num_classes, in_chans=c, image_size=h).to(device)
-    data_init = getattr(model, "init_from_data", None)
-    if callable(data_init):  # e.g. airbench's patch whitening, estimated from (un-augmented) training images
-        data_init(train_x, augmenter.eval_batch)
+    hooks(model).init_from_data(train_x, augmenter.eval_batch)  # e.g. airbench's patch whitening
     channels_last = uses_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
