@@ -55,8 +55,11 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.table({n: _column([row.get(n) for row in rows]) for n in names})
 
 
-def _write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
-    """``write`` a temporary file beside ``uri``, then rename it over ``uri``: readers never see half a file."""
+def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
+    """``write`` a temporary file beside ``uri``, then rename it over ``uri``: readers never see half a file.
+
+    The temporary name is unique, so concurrent writers of the same target never collide (results tables,
+    checkpoints, the decoded-dataset cache)."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
@@ -68,7 +71,7 @@ def _write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -
 def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
     """Write rows as Parquet atomically."""
     table = to_table(rows)
-    _write_atomically(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
+    write_atomically(uri, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
 
 
 def read_rows(uri: str) -> list[dict[str, Any]]:
@@ -88,7 +91,7 @@ def write_text(uri: str, text: str) -> None:
         with fs.open_output_stream(tmp) as f:
             f.write(text.encode())
 
-    _write_atomically(uri, write)
+    write_atomically(uri, write)
 
 
 def read_text(uri: str) -> str:

@@ -177,3 +177,30 @@ def test_resume_after_every_epoch_of_a_phased_run_matches_the_uninterrupted_run(
             assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (k, a["epoch"])
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5), (k, a["epoch"])
         assert resumed.summary["test_loss"] == pytest.approx(full.summary["test_loss"], rel=1e-5)
+
+
+def test_concurrent_checkpoint_writers_do_not_collide(tmp_path):
+    """Two writers of one checkpoint folder (e.g. a retried trial racing its predecessor) each use their own
+    temporary file; a fixed temporary name made one writer move the other's half-written file or fail."""
+    import threading
+
+    from rayclf.train.checkpoint import save_checkpoint
+
+    errors = []
+
+    def writer(tag):
+        try:
+            for i in range(40):
+                save_checkpoint({"tag": tag, "i": i, "w": torch.full((20000,), float(i))}, tmp_path)
+        except Exception as exc:  # any failure of a writer is the bug
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    state = load_checkpoint(tmp_path)
+    assert state["i"] == 39 and torch.equal(state["w"], torch.full((20000,), 39.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
