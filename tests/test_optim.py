@@ -116,3 +116,18 @@ def test_phases_train_head_then_everything():
     result = fit(build_config(raw))
     assert [h["phase"] for h in result.history] == [0, 1]
     assert result.history[0]["lr"] == pytest.approx(1e-3) and result.history[1]["lr"] == pytest.approx(1e-5)
+
+
+def test_one_place_decides_which_way_a_metric_improves():
+    from rayclf.metrics import lower_is_better, metric_mode
+
+    assert [metric_mode(m) for m in ("val_loss", "train_loss", "val_accuracy", "train_accuracy")] == \
+        ["min", "min", "max", "max"]
+    assert lower_is_better("seconds") and not lower_is_better("images_per_sec")
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = Schedule(opt, SchedConfig(name="plateau", factor=0.5, patience=0, plateau_metric="val_accuracy"), 10)
+    for acc in (0.5, 0.6, 0.7):  # improving accuracy never reduces the LR
+        sched.epoch_end({"val_accuracy": acc})
+    assert sched.plateau_scale == 1.0
+    sched.epoch_end({"val_accuracy": 0.65})
+    assert sched.plateau_scale == 0.5

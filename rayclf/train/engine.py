@@ -28,6 +28,7 @@ from rayclf.config import TrialConfig, UserError
 from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
+from rayclf.metrics import lower_is_better
 from rayclf.models import count_params, create_model
 from rayclf.models.hooks import hooks
 from rayclf.train.checkpoint import load_checkpoint, save_checkpoint
@@ -342,7 +343,7 @@ class EarlyStopper:
     def __init__(self, cfg: TrialConfig):
         es = cfg.train.early_stopping
         self.es = es
-        self.sign = -1.0 if es.metric.endswith("accuracy") else 1.0
+        self.sign = 1.0 if lower_is_better(es.metric) else -1.0
         self.best = math.inf
         self.bad = 0
         self.best_state: dict[str, torch.Tensor] | None = None
