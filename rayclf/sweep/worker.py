@@ -19,7 +19,7 @@ import ray.util
 
 from rayclf.config import build_config
 from rayclf.train.checkpoint import CHECKPOINT_FILE
-from rayclf.train.engine import fit
+from rayclf.train.engine import MultiReporter, fit
 
 PG_KEY = "rayclf_pg"
 SUMMARY_KEY = "rayclf_summary"
@@ -76,7 +76,7 @@ def train_worker(trial: dict[str, Any]) -> None:
     import ray.train.torch
 
     from rayclf.data.sources import load_dataset
-    from rayclf.tracking import MultiReporter, TrackingSettings, WandbReporter
+    from rayclf.tracking import TrackingSettings, WandbReporter
 
     cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto":

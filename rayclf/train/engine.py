@@ -68,6 +68,24 @@ class NullReporter:
         pass
 
 
+class MultiReporter:
+    """Fan an engine's reports out to several reporters (e.g. Ray Train and W&B)."""
+
+    def __init__(self, *reporters: Reporter | None):
+        self.reporters = [r for r in reporters if r is not None]
+
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None, final: bool = False) -> None:
+        for r in self.reporters:
+            r.epoch(metrics, checkpoint_dir, final)
+
+    def should_stop(self) -> bool:
+        return any(r.should_stop() for r in self.reporters)
+
+    def end(self, summary: dict[str, Any]) -> None:
+        for r in self.reporters:
+            r.end(summary)
+
+
 @dataclass
 class TrialResult:
     summary: dict[str, Any]
