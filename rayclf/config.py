@@ -137,6 +137,14 @@ class ModelOptions(Strict):
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
                   "normal", "zeros"] = "default"
 
+    def loads_weights(self) -> bool:
+        """Whether building the model loads pretrained weights (then ``init`` touches only new layers)."""
+        return False
+
+    def without_weights(self) -> ModelOptions:
+        """The same architecture built without loading pretrained weights (a checkpoint supplies them)."""
+        return self
+
 
 # ------------------------------------------------------------------------------------------- train
 class EarlyStopping(Strict):
@@ -146,12 +154,16 @@ class EarlyStopping(Strict):
     restore_best: bool = True
 
 
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"]
+OPTIMIZERS = get_args(OptimizerName)
+
+
 class Phase(Strict):
     """One transfer-learning phase: its own epochs, trainable scope, optimizer and LR."""
 
     epochs: int = Field(..., ge=1, le=10000)
     trainable: str = Field("all", description="all | head | last:K (the last K stages and the head)")
-    optim: str | None = None
+    optim: OptimizerName | None = Field(None, description="default: optim.name")
     lr: float | None = Field(None, gt=0, le=10)
 
     @model_validator(mode="after")
@@ -189,10 +201,6 @@ class TrainConfig(Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints; 0 = only at the end")
     phases: list[Phase] = Field(default_factory=list)
-
-
-OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"]
-OPTIMIZERS = get_args(OptimizerName)
 
 
 class OptimConfig(Strict):
@@ -386,7 +394,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist (looked in {p.resolve().parent}).")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{p}' is not a text (UTF-8) file: byte {exc.start} cannot be decoded. "
+                          "Pass a YAML config or sweep file.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{p}' cannot be read: {exc.strerror or exc}.") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -419,7 +434,43 @@ def build_config(raw: Mapping[str, Any], prefix: str = "") -> TrialConfig:
     if messages:
         raise ConfigError("Invalid config: " + " ".join(messages))
     cfg.model = model_opts  # type: ignore[assignment]
+    ignored = ignored_options(cfg, prefix)
+    if ignored:
+        raise ConfigError("Invalid config: " + " ".join(ignored))
     return cfg
+
+
+OFFICIAL_VAL = ("cinic10", "imagefolder")  # datasets that may ship their own validation split
+FLOORED = ("linear", "cosine", "cosine_restarts")  # schedules that decay towards sched.min_lr
+
+
+def ignored_options(cfg: TrialConfig, prefix: str = "") -> list[str]:
+    """Values that would be accepted and then silently have no effect: each is an error, with the fix."""
+    out: list[str] = []
+    d, sched, es = cfg.data, cfg.sched, cfg.train.early_stopping
+    if d.image_size is not None and d.name != "imagefolder":
+        out.append(f"'{prefix}data.image_size' = {d.image_size} only resizes imagefolder datasets, not "
+                   f"'{d.name}'; remove it (models that need another size have model.resize).")
+    phases = cfg.train.phases
+    optimizers = {p.optim or cfg.optim.name for p in phases} or {cfg.optim.name}
+    if "adadelta" in optimizers and cfg.optim.eps != OptimConfig.model_fields["eps"].default:
+        out.append(f"'{prefix}optim.eps' = {cfg.optim.eps} has no effect on adadelta (it keeps torch's 1e-6); "
+                   "remove it, or choose an optimizer that uses it (adam, adamw, rmsprop, ...).")
+    if sched.name == "onecycle" and sched.warmup_epochs > 0:
+        out.append(f"'{prefix}sched.warmup_epochs' = {sched.warmup_epochs} has no effect with sched.name = "
+                   "onecycle, which warms up by itself over sched.pct_start; remove it or choose another schedule.")
+    no_val = d.val_fraction == 0 and not (d.official_val and d.name in OFFICIAL_VAL)
+    if no_val and es.patience and es.metric.startswith("val_"):
+        out.append(f"'{prefix}train.early_stopping.metric' = '{es.metric}' would never fire: there is no "
+                   "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
+    if no_val and sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+        out.append(f"'{prefix}sched.plateau_metric' = '{sched.plateau_metric}' would never fire: there is no "
+                   "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
+    lrs = [p.lr or cfg.optim.lr for p in phases] or [cfg.optim.lr]
+    if sched.name in FLOORED and sched.min_lr > min(lrs):
+        out.append(f"'{prefix}sched.min_lr' = {sched.min_lr} is above the learning rate {min(lrs)}, so the "
+                   f"{sched.name} schedule would raise the LR instead of decaying it; choose a min_lr below it.")
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrialConfig:

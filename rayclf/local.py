@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from rayclf.config import TrialConfig, UserError, build_config
+from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import SOURCES, Split, decode_tree, list_classes
 from rayclf.models import create_model
 from rayclf.results import EPOCHS, clean, write_table
 from rayclf.train.checkpoint import load_checkpoint
-from rayclf.train.engine import TrialResult, fit, resolve_device
+from rayclf.train.engine import TrialResult, evaluator_for, fit, resolve_device
 
 
 class ConsoleReporter:
@@ -81,9 +82,13 @@ def load_predict_split(cfg: TrialConfig, data_root: Path, split: str, classes: l
     return chosen
 
 
-def predict(checkpoint: Path, data_root: Path, split: str = "test", batch_size: int = 1000,
+def predict(checkpoint: Path, data_root: Path, split: str = "test", batch_size: int | None = None,
             device: str = "auto") -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Predicted classes (and softmax probabilities) for a split; accuracy when labels exist."""
+    """Predicted classes (and softmax probabilities) for a split; accuracy when labels exist.
+
+    The model is rebuilt from the checkpoint alone (no pretrained download) and evaluated through the
+    trial's own path (normalisation, precision, ``train.tta``), so on the test split it reproduces the
+    trial's test accuracy."""
     state = load_checkpoint(checkpoint)
     cfg = build_config(state["config"])
     info = state["data"]
@@ -92,16 +97,11 @@ def predict(checkpoint: Path, data_root: Path, split: str = "test", batch_size: 
         raise UserError(f"--data-root {data_root} does not exist.")
     data = load_predict_split(cfg, data_root, split, info["classes"], h)
     dev = resolve_device(device)
-    model = create_model(cfg.model, num_classes=len(info["classes"]), in_chans=c, image_size=h)
+    model = create_model(cfg.model.without_weights(), num_classes=len(info["classes"]), in_chans=c, image_size=h)
     model.load_state_dict(state["model"])
-    model.to(dev).eval()
-    mean = torch.tensor(info["mean"], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(info["std"], device=dev).view(1, -1, 1, 1)
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            x = torch.from_numpy(data.x[i:i + batch_size]).to(dev).float().div(255)
-            probs.append(torch.softmax(model((x - mean) / std).float(), 1).cpu())
+    evaluator = evaluator_for(cfg, model, info["mean"], info["std"], dev)
+    loader = DeviceLoader(data, batch_size or cfg.train.eval_batch_size, dev, shuffle=False)
+    probs = [torch.softmax(evaluator.logits(xb), 1).cpu() for xb, _ in loader]
     p = torch.cat(probs).numpy()
     preds = p.argmax(1)
     labelled = data.y >= 0

@@ -69,8 +69,9 @@ def join(base: str, name: str) -> str:
 
 def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
     """``write`` a hidden temporary file beside ``uri``, then rename it over ``uri``: readers never see half a
-    file, and two writers never share a temporary name. The name ends neither in ``.parquet`` nor starts
-    with a letter, so table readers (pyarrow, pandas, DuckDB globs) skip it."""
+    file, and two writers never share a temporary name (results tables, checkpoints, the decoded-dataset
+    cache). The name starts with a dot and does not end in ``.parquet``, so table readers (pyarrow, pandas,
+    DuckDB globs) skip it."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)

@@ -159,24 +159,6 @@ class WandbReporter(_Guarded):
             run.summary["misclassified"] = table
 
 
-class MultiReporter:
-    """Fan an engine's reports out to several reporters (e.g. Ray Train and W&B)."""
-
-    def __init__(self, *reporters: Any):
-        self.reporters = [r for r in reporters if r is not None]
-
-    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Any = None, final: bool = False) -> None:
-        for r in self.reporters:
-            r.epoch(metrics, checkpoint_dir, final)
-
-    def should_stop(self) -> bool:
-        return any(r.should_stop() for r in self.reporters)
-
-    def end(self, summary: dict[str, Any]) -> None:
-        for r in self.reporters:
-            r.end(summary)
-
-
 def log_sweep_summary(settings: TrackingSettings, sweep: str, table_rows: Sequence[Mapping[str, Any]],
                       figures: Sequence[Path] = ()) -> str | None:
     """One sweep-level run: the arm × metric table (mean ± std over seeds) and any report figures."""

@@ -132,3 +132,19 @@ def test_eval_batch_is_normalised_only():
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
     assert torch.allclose(aug.eval_batch(x), torch.full((2, 3, 4, 4), 2.0))
     assert math.isclose(float(aug.eval_batch(torch.zeros(1, 3, 1, 1, dtype=torch.uint8)).mean()), -2.0)
+
+
+def test_cutout_holes_are_the_mean_online_and_in_the_offline_doubled_copy():
+    """Both modes fill holes with the dataset mean: 0 once normalised (it used to be black offline)."""
+    mean, std = (0.2, 0.5, 0.8), (0.25,) * 3  # uint8-exact means: 51, 127.5→128, 204
+    cfg = {"cutout": {"size": 4, "count": 1}}
+    x = torch.full((16, 3, 8, 8), 255, dtype=torch.uint8)  # white images: a hole cannot look like the image
+    online = A.Augmenter(AugmentConfig.model_validate(cfg), mean, std, CPU, seed=0)
+    y, _ = online.train_batch(x, torch.zeros(16, dtype=torch.long))
+    offline = A.Augmenter(AugmentConfig.model_validate({**cfg, "double": True}), mean, std, CPU, seed=0,
+                          online=True)
+    copied = offline.eval_batch(offline.doubled(x))
+    for batch in (y, copied):
+        holes = batch.abs() < 0.01  # within uint8 rounding of the mean
+        assert holes.any() and holes.all(1).sum() == holes.any(1).sum()  # every channel of a hole pixel
+        assert torch.equal(holes.all(1), (batch != batch.amax()).all(1))  # everything else is still white

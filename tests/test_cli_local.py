@@ -76,3 +76,43 @@ def test_train_cli_on_real_cifar10_mini(tmp_path):
                                     "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"] > 0.15
+
+
+def _resnet18_weights(path):
+    """A stand-in for downloaded ImageNet weights: a seeded resnet18's state_dict in a local file."""
+    import timm
+    import torch
+
+    torch.manual_seed(123)
+    torch.save(timm.create_model("resnet18").state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tta", "early_stopped", "timm_pretrained"])
+def test_predict_on_the_test_split_reproduces_the_trials_test_accuracy(tmp_path, kind):
+    """The kept checkpoint holds the tested weights, and predict evaluates them exactly as the trial did."""
+    from rayclf.config import build_config
+    from rayclf.local import predict, train_local
+
+    sections = {"train": {"precision": "fp32", "epochs": 2}}
+    if kind == "tta":
+        sections["train"]["tta"] = "flip_translate"
+    elif kind == "early_stopped":
+        sections["train"] = {"precision": "fp32", "epochs": 30,
+                             "early_stopping": {"patience": 1, "metric": "val_accuracy"}}
+        sections["optim"] = {"lr": 0.3}
+    else:
+        weights = _resnet18_weights(tmp_path / "resnet18.pth")
+        sections["train"] = {"precision": "fp32", "epochs": 1, "tta": "flip"}
+    raw = tiny(**sections)
+    if kind == "timm_pretrained":
+        raw["model"] = {"name": "resnet18", "pretrained": True, "checkpoint": str(weights)}
+    cfg = build_config(raw)
+    result = train_local(cfg, tmp_path / "run")
+    if kind == "early_stopped":
+        assert result.summary["early_stopped"] and result.summary["epochs"] < 30
+    if kind == "timm_pretrained":
+        weights.unlink()  # predict must not need the pretrained weights again (nor a download)
+    (tmp_path / "empty").mkdir()
+    _, _, acc = predict(tmp_path / "run" / "checkpoint", tmp_path / "empty", "test", device="cpu")
+    assert acc == result.summary["test_accuracy"]

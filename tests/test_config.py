@@ -74,3 +74,74 @@ def test_fingerprint_is_content_address():
     assert a.fingerprint() == b.fingerprint()
     assert build_config(tiny(seed=1)).fingerprint() != a.fingerprint()
     assert build_config(tiny(optim={"lr": 0.1})).fingerprint() != a.fingerprint()
+
+
+def test_misspelt_phase_optimizer_is_caught_when_the_config_loads(tmp_path):
+    raw = tiny(train={"phases": [{"epochs": 1, "trainable": "head", "optim": "adamm"}]})
+    with pytest.raises(ConfigError, match=r"'train.phases.0.optim' = 'adamm'.*Did you mean 'adam'"):
+        build_config(raw)
+    import yaml
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(main, ["validate", str(f)])
+    assert res.exit_code == 2 and "adamm" in res.output
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_unreadable_config_file_is_one_paragraph_and_exit_2(tmp_path, command):
+    f = tmp_path / "weights.yaml"
+    f.write_bytes(bytes(range(128, 256)) * 4)  # not text at all
+    res = CliRunner().invoke(main, [command, str(f), *(["--out", str(tmp_path / "o")] if command == "train" else [])])
+    assert res.exit_code == 2, res.output
+    assert "is not a text (UTF-8) file" in res.output and "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    res = CliRunner().invoke(main, [command, str(tmp_path)])  # a folder, not a file
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("sections", "key"), [
+    ({"data": {"image_size": 24}}, "data.image_size"),
+    ({"optim": {"name": "adadelta", "lr": 1.0, "eps": 1e-4}}, "optim.eps"),
+    ({"train": {"phases": [{"epochs": 1, "optim": "adadelta"}]}, "optim": {"eps": 1e-4}}, "optim.eps"),
+    ({"sched": {"name": "onecycle", "warmup_epochs": 1}}, "sched.warmup_epochs"),
+    ({"data": {"val_fraction": 0.0}, "train": {"early_stopping": {"patience": 2, "metric": "val_loss"}}},
+     "train.early_stopping.metric"),
+    ({"data": {"val_fraction": 0.0}, "sched": {"name": "plateau", "plateau_metric": "val_accuracy"}},
+     "sched.plateau_metric"),
+    ({"sched": {"name": "cosine", "min_lr": 0.01}, "train": {"phases": [{"epochs": 1, "lr": 0.001}]}},
+     "sched.min_lr"),
+])
+def test_options_that_would_be_silently_ignored_are_rejected(sections, key):
+    with pytest.raises(ConfigError, match=rf"'{key}' = "):
+        build_config(tiny(**sections))
+
+
+def test_the_same_options_where_they_do_take_effect_are_accepted():
+    build_config(tiny(optim={"name": "adam", "eps": 1e-4}, sched={"name": "cosine", "warmup_epochs": 1,
+                                                                  "min_lr": 0.001}))
+    build_config(tiny(data={"val_fraction": 0.0}, train={"early_stopping": {"patience": 2, "metric": "train_loss"}}))
+    build_config(tiny(data={"name": "imagefolder", "root": "/nowhere", "image_size": 24}))
+
+
+def test_val_metric_without_a_validation_split_fails_before_training():
+    """Datasets whose validation split is only known at load time (imagefolder) are checked by fit."""
+    from rayclf.config import UserError
+    from rayclf.data.sources import load_dataset
+    from rayclf.train.engine import fit
+
+    cfg = build_config(tiny(train={"early_stopping": {"patience": 2, "metric": "val_accuracy"}}))
+    data = load_dataset(cfg.data)
+    data.val = None
+    with pytest.raises(UserError, match="needs a validation split"):
+        fit(cfg, data=data)
+
+
+def test_resnet_custom_stem_uses_the_configured_activation():
+    from torch import nn
+
+    from rayclf.models import create_model
+
+    model = create_model(build_config({"model": {"name": "resnet_custom", "activation": "gelu"}}).model, 10)
+    assert any(isinstance(m, nn.GELU) for m in model.stem.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())

@@ -84,13 +84,31 @@ def test_divergence_is_a_status_not_a_crash():
     assert not math.isfinite(result.history[-1]["train_loss"])
 
 
-def test_early_stopping_restores_best_weights():
+def test_early_stopping_restores_best_weights(tmp_path):
+    """The kept checkpoint and the tested model are the best epoch's weights, not the last epoch's."""
+    from rayclf.train.engine import build_trainer
+
     cfg = build_config(tiny(train={"epochs": 30, "early_stopping": {"patience": 2, "metric": "val_accuracy"}},
                             optim={"lr": 0.5}))
-    result = fit(cfg)
+
+    class Snapshots(Collect):
+        def epoch(self, metrics, checkpoint_dir, final=False):
+            super().epoch(metrics, checkpoint_dir, final)
+            self.weights = [*getattr(self, "weights", []), load_checkpoint(checkpoint_dir)["model"]]
+
+    rep = Snapshots()
+    result = fit(cfg, rep, checkpoint_dir=tmp_path)
     s = result.summary
     assert s["early_stopped"] and s["epochs"] < 30
-    assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in result.history)
+    vals = [h["val_accuracy"] for h in result.history]
+    best = vals.index(max(vals))
+    assert best < len(vals) - 1  # the last epoch is not the best: restoring matters
+    kept, best_weights = rep.weights[-1], rep.weights[best]
+    assert all(torch.equal(kept[k], best_weights[k]) for k in best_weights)
+    data = load_dataset(cfg.data)
+    tr = build_trainer(cfg, data)
+    tr.model.load_state_dict(best_weights)
+    assert tr.evaluate("test")["test_accuracy"] == s["test_accuracy"]
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
@@ -122,3 +140,67 @@ def test_train_epoch_can_stop_after_a_few_steps():
     out = tr.train_epoch(opt, Schedule(opt, cfg.sched, 1), 0, None, max_steps=2)
     assert len(tr.train_loader) > 2 and seen == [32, 32]  # exactly two steps of the real step ran
     assert out["train_loss"] > 0
+
+
+class CrashAfterEpoch(Collect):
+    """Dies right after epoch ``k``'s checkpoint was written and reported (a lost node)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def epoch(self, metrics, checkpoint_dir, final=False):
+        super().epoch(metrics, checkpoint_dir, final)
+        if metrics["epoch"] == self.k:
+            raise RuntimeError("node lost")
+
+
+def test_resume_after_every_epoch_of_a_phased_run_matches_the_uninterrupted_run(tmp_path):
+    """Head (adam) → all (sgd 1e-3) → all (sgd 1e-2): resuming at a phase boundary starts the next phase's own
+    optimizer and LR; resuming inside a phase carries its optimizer and schedule on."""
+    raw = tiny(train={"phases": [{"epochs": 1, "trainable": "head", "optim": "adam", "lr": 1e-3},
+                                 {"epochs": 2, "trainable": "all", "optim": "sgd", "lr": 1e-3},
+                                 {"epochs": 1, "trainable": "all", "optim": "sgd", "lr": 1e-2}]},
+               sched={"name": "cosine"}, augment={"flip": {"p": 0.5}})
+    full = fit(build_config(raw), checkpoint_dir=tmp_path / "full")
+    assert [h["phase"] for h in full.history] == [0, 1, 1, 2]
+    for k in (1, 2, 3):
+        folder = tmp_path / f"crash{k}"
+        with pytest.raises(RuntimeError, match="node lost"):
+            fit(build_config(raw), CrashAfterEpoch(k), checkpoint_dir=folder)
+        assert load_checkpoint(folder)["epoch"] == k
+        resumed = fit(build_config(raw), checkpoint_dir=folder, resume=folder)
+        assert len(resumed.history) == 4
+        for a, b in zip(full.history, resumed.history, strict=True):
+            assert (a["epoch"], a["phase"]) == (b["epoch"], b["phase"])
+            assert b["lr"] == pytest.approx(a["lr"], rel=1e-6), (k, a["epoch"])
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (k, a["epoch"])
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5), (k, a["epoch"])
+        assert resumed.summary["test_loss"] == pytest.approx(full.summary["test_loss"], rel=1e-5)
+
+
+def test_concurrent_checkpoint_writers_do_not_collide(tmp_path):
+    """Two writers of one checkpoint folder (e.g. a retried trial racing its predecessor) each use their own
+    temporary file; a fixed temporary name made one writer move the other's half-written file or fail."""
+    import threading
+
+    from rayclf.train.checkpoint import save_checkpoint
+
+    errors = []
+
+    def writer(tag):
+        try:
+            for i in range(40):
+                save_checkpoint({"tag": tag, "i": i, "w": torch.full((20000,), float(i))}, tmp_path)
+        except Exception as exc:  # any failure of a writer is the bug
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    state = load_checkpoint(tmp_path)
+    assert state["i"] == 39 and torch.equal(state["w"], torch.full((20000,), 39.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

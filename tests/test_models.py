@@ -123,3 +123,32 @@ def test_pretrained_from_local_checkpoint_file(tmp_path):
     cfg = build_config({"model": {"name": "resnet18", "checkpoint": str(tmp_path / "resnet18.pth")}})
     model = create_model(cfg.model, 10)  # classifier is re-initialised for 10 classes, the rest loaded
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_init_touches_only_new_layers_when_weights_are_pretrained(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    for head in ([], [16]):
+        cfg = build_config({"model": {"name": "resnet18", "checkpoint": str(tmp_path / "resnet18.pth"),
+                                      "init": "zeros", "head": head}})
+        model = create_model(cfg.model, 10)
+        assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)  # pretrained weights kept
+        assert torch.equal(model.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+        new = model.head if head else model.backbone.fc
+        assert all(not p.any() for p in new.parameters())  # the new head got the configured init
+    scratch = create_model(build_config({"model": {"name": "resnet18", "init": "zeros"}}).model, 10)
+    assert not scratch.backbone.conv1.weight.any()  # without pretrained weights init applies everywhere
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "vit_tiny_patch16_224"])
+def test_replacement_head_uses_timms_own_pooling_at_32px(name):
+    """NCHW maps, ConvNeXt's head norm and ViT tokens all reach the dense head as timm pools them."""
+    model = create_model(build_config({"model": {"name": name, "head": [16]}}).model, 10, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        pooled = model.backbone(x)  # num_classes=0: timm's full forward ends in its pre-logits features
+    assert out.shape == (2, 10) and pooled.shape == (2, model.backbone.num_features)
+    assert torch.allclose(out, model.head(pooled), atol=1e-5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -71,11 +69,24 @@ def test_reduce_on_plateau_scales_after_patience():
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-def test_every_schedule_runs_in_training(name):
-    result = fit(build_config(tiny(sched={"name": name, "warmup_epochs": 0.5}, train={"epochs": 2})))
+def test_every_schedule_drives_the_lr_in_training(name):
+    """Each epoch's reported LR is the schedule's value where that epoch starts (the last step of the previous
+    epoch; the first step of the run for epoch 1), so a schedule that is not applied shows up here."""
+    from rayclf.data.sources import load_dataset
+    from rayclf.train.engine import build_trainer
+
+    sched = {"name": name, "step_size": 1, "gamma": 0.5, "t0": 1.0, "min_lr": 0.005}
+    if name != "onecycle":
+        sched["warmup_epochs"] = 0.5
+    cfg = build_config(tiny(sched=sched, train={"epochs": 3}))
+    result = fit(cfg)
     assert result.status == "completed"
-    lrs = [h["lr"] for h in result.history]
-    assert all(math.isfinite(x) and x > 0 for x in lrs)
+    steps = len(build_trainer(cfg, load_dataset(cfg.data)).train_loader)
+    total = cfg.total_epochs()
+    want = [cfg.optim.lr * lr_factor(cfg.sched, max(e - 1 / steps, 0.0), total, cfg.optim.lr) for e in range(total)]
+    assert [h["lr"] for h in result.history] == pytest.approx(want, rel=1e-9)
+    if name not in ("constant", "plateau"):
+        assert len(set(want)) > 1  # the schedule really moves the LR over these epochs
 
 
 def test_elastic_net_penalty_equals_formula_and_skips_biases_and_norms():
@@ -105,3 +116,18 @@ def test_phases_train_head_then_everything():
     result = fit(build_config(raw))
     assert [h["phase"] for h in result.history] == [0, 1]
     assert result.history[0]["lr"] == pytest.approx(1e-3) and result.history[1]["lr"] == pytest.approx(1e-5)
+
+
+def test_one_place_decides_which_way_a_metric_improves():
+    from rayclf.metrics import lower_is_better, metric_mode
+
+    assert [metric_mode(m) for m in ("val_loss", "train_loss", "val_accuracy", "train_accuracy")] == \
+        ["min", "min", "max", "max"]
+    assert lower_is_better("seconds") and not lower_is_better("images_per_sec")
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = Schedule(opt, SchedConfig(name="plateau", factor=0.5, patience=0, plateau_metric="val_accuracy"), 10)
+    for acc in (0.5, 0.6, 0.7):  # improving accuracy never reduces the LR
+        sched.epoch_end({"val_accuracy": acc})
+    assert sched.plateau_scale == 1.0
+    sched.epoch_end({"val_accuracy": 0.65})
+    assert sched.plateau_scale == 0.5

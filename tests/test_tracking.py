@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from rayclf.tracking import MultiReporter, TrackingSettings, WandbReporter, resolve_settings, run_id
+from rayclf.tracking import TrackingSettings, WandbReporter, resolve_settings, run_id
+from rayclf.train.engine import MultiReporter
 
 from .conftest import FAKE_WANDB_KEY, files_containing, inspect_wandb_run
 

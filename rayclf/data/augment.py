@@ -117,15 +117,17 @@ def box_masks(n: int, h: int, w: int, size_h: torch.Tensor, size_w: torch.Tensor
     return (in_y[:, :, None] & in_x[:, None, :])[:, None]
 
 
-def cutout(x: torch.Tensor, size: int, count: int, p: float, g: torch.Generator) -> torch.Tensor:
-    """Zero ``count`` squares of side ``size`` per chosen sample (0 = the mean after normalising)."""
+def cutout(x: torch.Tensor, size: int, count: int, p: float, g: torch.Generator,
+           fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Fill ``count`` squares of side ``size`` per chosen sample with ``fill``: the dataset mean, i.e. 0 after
+    normalising (online), or the per-channel mean itself on [0, 1] pixels (the offline doubled copy)."""
     n, _, h, w = x.shape
     side = torch.full((n,), size, device=x.device)
     mask = torch.zeros(n, 1, h, w, dtype=torch.bool, device=x.device)
     for _ in range(count):
         mask |= box_masks(n, h, w, side, side, g, x.device)
     mask &= _chosen(n, p, g, x.device)[:, None, None, None]
-    return x.masked_fill(mask, 0.0)
+    return torch.where(mask, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, g: torch.Generator) -> tuple[torch.Tensor, Targets]:
@@ -223,7 +225,8 @@ class Augmenter:
         out = [self.pixel_ops(self.to_float(x[i:i + batch])) for i in range(0, len(x), batch)]
         copy = torch.cat(out)
         if self.cfg.cutout.size > 0:
-            copy = cutout(copy, self.cfg.cutout.size, self.cfg.cutout.count, self.cfg.cutout.p, self.gen)
+            copy = cutout(copy, self.cfg.cutout.size, self.cfg.cutout.count, self.cfg.cutout.p, self.gen,
+                          fill=self.mean)  # holes are the mean, as online cutout's zeros after normalising
         return copy.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from filelock import FileLock
 
 from rayclf.config import DataConfig, UserError
+from rayclf.results import write_atomically
 
 
 class DataError(UserError):
@@ -206,9 +207,12 @@ def decode_tree(folder: Path, classes: list[str], size: int | None, cache: Path)
             raise DataError(f"images under {folder} have different sizes {sorted(shapes)[:3]}…; "
                             "set data.image_size to resize them.")
         split = Split(np.stack(xs), np.asarray(ys, dtype=np.int64))
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=split.x, y=split.y)
-        tmp.replace(cache)
+
+        def write(fs: object, tmp: str) -> None:
+            with open(tmp, "wb") as f:  # the cache is always local: a plain file object numpy can seek
+                np.savez(f, x=split.x, y=split.y)
+
+        write_atomically(str(cache), write)
         return split
 
 

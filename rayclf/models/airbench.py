@@ -18,6 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from rayclf.config import ModelOptions
+from rayclf.models.hooks import Hooked
 from rayclf.models.registry import register_model
 
 
@@ -58,7 +59,7 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
-class Airbench(nn.Module):
+class Airbench(Hooked, nn.Module):
     def __init__(self, opts: AirbenchOptions, num_classes: int, in_chans: int):
         super().__init__()
         k = opts.whiten_kernel

@@ -62,13 +62,19 @@ def model_options_class(name: Any, key: str = "model.name") -> type[ModelOptions
 
 
 def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
-    """Build the model an options object describes, then apply its weight init."""
+    """Build the model an options object describes, then apply its weight init.
+
+    With pretrained weights loaded, ``init`` applies only to the layers they do not cover (the model's
+    ``new_modules``, e.g. a replacement head), never to the pretrained ones."""
+    from rayclf.models.hooks import hooks
     from rayclf.models.layers import init_weights
 
     entry = _REGISTRY.get(opts.name) or _REGISTRY[TIMM_FALLBACK]
     model = entry.build(opts, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
     if opts.init != "default":
-        init_weights(model, opts.init)
+        targets = hooks(model).new_modules() if opts.loads_weights() else [model]
+        for module in targets:
+            init_weights(module, opts.init)
     return model
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from rayclf.config import ModelOptions
+from rayclf.models.hooks import Hooked
 from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make_pool
 from rayclf.models.registry import register_model
 
@@ -40,11 +41,11 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def _stem(cin: int, width: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), nn.ReLU())
+def _stem(cin: int, width: int, kernel: int = 3, act: str = "relu") -> nn.Sequential:
+    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), make_act(act))
 
 
-class Classifier(nn.Module):
+class Classifier(Hooked, nn.Module):
     """stem → stages → global average pool → head; ``stages`` is a ModuleList so phases can unfreeze the last K."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], features: int, num_classes: int,
@@ -90,7 +91,8 @@ def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: i
         parts += [BasicBlock(width, cout, opts.kernel_size, act=opts.activation), nn.Dropout(opts.dropout)]
         stages.append(nn.Sequential(*parts))
         width = cout
-    return Classifier(_stem(in_chans, opts.width, opts.kernel_size), stages, width, num_classes, opts.head_dropout)
+    stem = _stem(in_chans, opts.width, opts.kernel_size, opts.activation)
+    return Classifier(stem, stages, width, num_classes, opts.head_dropout)
 
 
 class ResNetCifarOptions(ModelOptions):

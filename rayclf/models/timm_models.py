@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from rayclf.config import ModelOptions, UserError
+from rayclf.models.hooks import Hooked
 from rayclf.models.layers import Activation, dense_head
 from rayclf.models.registry import TIMM_FALLBACK, register_model
 
@@ -28,6 +29,12 @@ class TimmOptions(ModelOptions):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="timm's own classifier dropout")
     cifar_stem: bool = Field(False, description="ResNets: 3×3 stride-1 stem without max-pool for 32×32 inputs")
 
+    def loads_weights(self) -> bool:
+        return self.pretrained or bool(self.checkpoint)
+
+    def without_weights(self) -> TimmOptions:
+        return self.model_copy(update={"pretrained": False, "checkpoint": None})
+
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
@@ -38,20 +45,28 @@ class TimmOptions(ModelOptions):
         return v
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(Hooked, nn.Module):
     """A timm backbone with an optional resize in front and an optional dense head behind."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None, resize: int | None):
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, resize: int | None,
+                 new_stem: nn.Module | None = None):
         super().__init__()
         self.backbone, self.head, self.resize = backbone, head, resize
+        self._new_stem = [new_stem] if new_stem is not None else []  # a list: not registered twice
+
+    def new_modules(self) -> list[nn.Module]:
+        """Layers that pretrained weights do not cover: the classifier (timm's, or our head) and a CIFAR stem."""
+        head = self.head if self.head is not None else self.backbone.get_classifier()
+        return [head, *self._new_stem]
 
     def forward(self, x):
         if self.resize and x.shape[-1] != self.resize:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if self.head is None:
             return self.backbone(x)
-        feats = self.backbone.forward_features(x)  # conv features, pooled like Keras' include_top=False
-        return self.head(feats.mean((2, 3)) if feats.ndim == 4 else feats)
+        feats = self.backbone.forward_features(x)
+        # timm's own pooling (avg over NCHW or NHWC maps, class token or mean over ViT tokens, head norm)
+        return self.head(self.backbone.forward_head(feats, pre_logits=True))
 
     def param_groups_ordered(self) -> list[list[str]]:
         """timm's own stem/stage groups, then the head (ours, or timm's classifier as its last group)."""
@@ -64,10 +79,12 @@ class TimmClassifier(nn.Module):
         return [g for g in groups if g]
 
 
-def _create(name: str, opts: TimmOptions, num_classes: int, in_chans: int) -> nn.Module:
+def _create(name: str, opts: TimmOptions, num_classes: int, in_chans: int, image_size: int = 224) -> nn.Module:
     import timm
 
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": opts.drop_rate}
+    if timm.get_pretrained_cfg(name) and timm.get_pretrained_cfg(name).fixed_input_size:
+        kwargs["img_size"] = opts.resize or image_size  # ViT/Swin-style: position embeddings sized for the input
     if opts.checkpoint:
         path = Path(opts.checkpoint).expanduser()
         if not path.is_file():
@@ -92,16 +109,17 @@ def _create(name: str, opts: TimmOptions, num_classes: int, in_chans: int) -> nn
 def build_timm(opts: TimmOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
     head = None
     if opts.head:
-        backbone = _create(opts.name, opts, 0, in_chans)  # features only; our head replaces the classifier
+        backbone = _create(opts.name, opts, 0, in_chans, image_size)  # features only; our head replaces the classifier
         if hasattr(backbone, "pre_logits"):  # e.g. VGG's fc6/fc7 block: unused on the pooled-features path
             backbone.pre_logits = nn.Identity()
         head = dense_head(backbone.num_features, opts.head, num_classes, opts.head_dropout, opts.head_activation)
     else:
-        backbone = _create(opts.name, opts, num_classes, in_chans)
+        backbone = _create(opts.name, opts, num_classes, in_chans, image_size)
     if opts.cifar_stem and hasattr(backbone, "conv1") and hasattr(backbone, "maxpool"):
         out = backbone.conv1.out_channels
         backbone.conv1 = nn.Conv2d(in_chans, out, 3, 1, 1, bias=False)
         backbone.maxpool = nn.Identity()
+        return TimmClassifier(backbone, head, opts.resize, new_stem=backbone.conv1)
     return TimmClassifier(backbone, head, opts.resize)
 
 

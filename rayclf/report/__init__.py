@@ -18,6 +18,7 @@ import yaml
 
 from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, status_counts
 from rayclf.config import UserError
+from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
 from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
 
@@ -251,7 +252,7 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     epochs = read_rows(join(sweep_dir, EPOCHS))
     spec = yaml.safe_load(read_text(join(sweep_dir, "sweep.yaml"))) if exists(join(sweep_dir, "sweep.yaml")) else {}
     metric = trials[0].get("metric") or spec.get("metric", "val_accuracy")
-    mode = spec.get("mode") or ("min" if metric.endswith("loss") else "max")
+    mode = spec.get("mode") or metric_mode(metric)
     out = Path(out) if out else Path(sweep_dir if "://" not in sweep_dir else ".") / "report"
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from rayclf.config import (
     read_yaml,
     validation_message,
 )
+from rayclf.metrics import metric_mode
 
 
 # ------------------------------------------------------------------------------------- the file
@@ -134,7 +135,7 @@ class SweepFile(Strict):
     @model_validator(mode="after")
     def _mode(self) -> SweepFile:
         if self.mode is None:
-            self.mode = "min" if self.metric.endswith("loss") else "max"
+            self.mode = metric_mode(self.metric)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
         return self

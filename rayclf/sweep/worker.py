@@ -97,8 +97,8 @@ def _dataset(cfg: Any) -> Any:
 def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, device: str | None,
               extra: dict[str, Any]) -> None:
     """Build the trial, continue from ``checkpoint`` if any, train it, report every epoch through ``send``."""
-    from rayclf.tracking import MultiReporter, TrackingSettings, WandbReporter
-    from rayclf.train.engine import fit
+    from rayclf.tracking import TrackingSettings, WandbReporter
+    from rayclf.train.engine import MultiReporter, fit
 
     cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto" and device is not None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rayclf.results import write_atomically
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+
+    def write(fs: Any, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            torch.save(state, f)
+
+    write_atomically(str(path), write)
     return path
 
 

@@ -24,11 +24,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rayclf.config import TrialConfig
+from rayclf.config import TrialConfig, UserError
 from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
+from rayclf.metrics import lower_is_better
 from rayclf.models import count_params, create_model
+from rayclf.models.hooks import hooks
 from rayclf.train.checkpoint import load_checkpoint, save_checkpoint
 from rayclf.train.lookahead import Lookahead
 from rayclf.train.optim import (
@@ -38,7 +40,7 @@ from rayclf.train.optim import (
     penalty_coefficients,
     weight_penalty,
 )
-from rayclf.train.phases import phase_plan, set_trainable
+from rayclf.train.phases import PhaseSpec, phase_plan, set_trainable
 
 STATUSES = ("completed", "stopped_early", "diverged", "failed")
 MISCLASSIFIED_KEPT = 16
@@ -64,6 +66,24 @@ class NullReporter:
 
     def end(self, summary: dict[str, Any]) -> None:
         pass
+
+
+class MultiReporter:
+    """Fan an engine's reports out to several reporters (e.g. Ray Train and W&B)."""
+
+    def __init__(self, *reporters: Reporter | None):
+        self.reporters = [r for r in reporters if r is not None]
+
+    def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None, final: bool = False) -> None:
+        for r in self.reporters:
+            r.epoch(metrics, checkpoint_dir, final)
+
+    def should_stop(self) -> bool:
+        return any(r.should_stop() for r in self.reporters)
+
+    def end(self, summary: dict[str, Any]) -> None:
+        for r in self.reporters:
+            r.end(summary)
 
 
 @dataclass
@@ -93,6 +113,20 @@ def autocast_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p]
 
 
+def uses_channels_last(cfg: TrialConfig, device: torch.device) -> bool:
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
+def evaluator_for(cfg: TrialConfig, model: nn.Module, mean: Any, std: Any, device: torch.device) -> Evaluator:
+    """The trial's own evaluation path around an already-built model (``predict`` uses this)."""
+    channels_last = uses_channels_last(cfg, device)
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    augmenter = Augmenter(cfg.augment, tuple(mean), tuple(std), device, seed=0)
+    return Evaluator(model, augmenter, cfg.train.tta, device, autocast_dtype(cfg, device), channels_last)
+
+
 def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
@@ -115,6 +149,43 @@ def soft_cross_entropy(logits: torch.Tensor, t: Targets, smoothing: float) -> to
     la = F.cross_entropy(logits, t.y_a, label_smoothing=smoothing, reduction="none")
     lb = F.cross_entropy(logits, t.y_b, label_smoothing=smoothing, reduction="none")
     return (t.lam * la + (1 - t.lam) * lb).mean()
+
+
+@dataclass
+class Evaluator:
+    """Logits for uint8 batches exactly as training evaluates them: normalise, autocast, TTA views.
+
+    Validation, the trial's test and ``rayclf predict`` all go through here, so they cannot drift apart."""
+
+    net: nn.Module
+    augmenter: Augmenter
+    tta: str
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def _forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.contiguous(memory_format=torch.channels_last) if self.channels_last else z
+        return self.net(z).float()
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch, averaged over ``tta``'s views (airbench's weights for shifts)."""
+        def flips(z: torch.Tensor) -> torch.Tensor:
+            out = self._forward(z)
+            return out if self.tta == "none" else 0.5 * (out + self._forward(z.flip(3)))
+
+        logits = flips(x)
+        if self.tta == "flip_translate":
+            h, w = x.shape[2:]
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            logits = 0.5 * logits + 0.25 * (flips(padded[..., :h, :w]) + flips(padded[..., 2:, 2:]))
+        return logits
+
+    @torch.no_grad()
+    def logits(self, xb: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch → float logits."""
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+            return self.views(self.augmenter.eval_batch(xb))
 
 
 @dataclass
@@ -152,9 +223,7 @@ class Trainer:
         data_epoch = epoch if data_epoch is None else data_epoch
         if self.flipper is not None:
             self.flipper.apply(self.train_loader.x, data_epoch)
-        hook = getattr(self.model, "on_epoch_start", None)
-        if callable(hook):  # e.g. airbench freezes its whitening bias after a few epochs
-            hook(data_epoch)
+        hooks(self.model).on_epoch_start(data_epoch)  # e.g. airbench freezes its whitening bias
         if self.lookahead is not None:
             self.lookahead.epoch_start(data_epoch)
         c1, c2 = penalty_coefficients(cfg.reg)
@@ -202,18 +271,12 @@ class Trainer:
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a normalised batch, averaged over ``train.tta``'s views (airbench's weights for shifts)."""
-        def views(z: torch.Tensor) -> torch.Tensor:
-            out = self.net(self._prep(z)).float()
-            return out if self.cfg.train.tta == "none" else 0.5 * (out + self.net(self._prep(z.flip(3))).float())
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.net, self.augmenter, self.cfg.train.tta, self.device, self.amp, self.channels_last)
 
-        logits = views(x)
-        if self.cfg.train.tta == "flip_translate":
-            h, w = x.shape[2:]
-            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-            logits = 0.5 * logits + 0.25 * (views(padded[..., :h, :w]) + views(padded[..., 2:, 2:]))
-        return logits
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised batch, averaged over ``train.tta``'s views."""
+        return self.evaluator().views(x)
 
     @torch.no_grad()
     def evaluate(self, split: str, confusion: bool = False) -> dict[str, Any]:
@@ -226,9 +289,9 @@ class Trainer:
         cm = torch.zeros(k * k, device=self.device, dtype=torch.int64)
         wrong: list[dict[str, int]] = []
         order = loader.order()
+        evaluator = self.evaluator()
         for b, (xb, yb) in enumerate(loader):
-            with self._autocast():
-                logits = self.eval_logits(self.augmenter.eval_batch(xb))
+            logits = evaluator.logits(xb)
             pred = logits.argmax(1)
             sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
             cm += torch.bincount(yb * k + pred, minlength=k * k)
@@ -272,10 +335,8 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
                     for name, split in (("val", ds.val), ("test", ds.test)) if split is not None}
     c, h, _ = ds.shape
     model = create_model(cfg.model, num_classes=ds.num_classes, in_chans=c, image_size=h).to(device)
-    data_init = getattr(model, "init_from_data", None)
-    if callable(data_init):  # e.g. airbench's patch whitening, estimated from (un-augmented) training images
-        data_init(train_x, augmenter.eval_batch)
-    channels_last = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+    hooks(model).init_from_data(train_x, augmenter.eval_batch)  # e.g. airbench's patch whitening
+    channels_last = uses_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -300,7 +361,7 @@ class EarlyStopper:
     def __init__(self, cfg: TrialConfig):
         es = cfg.train.early_stopping
         self.es = es
-        self.sign = -1.0 if es.metric.endswith("accuracy") else 1.0
+        self.sign = 1.0 if lower_is_better(es.metric) else -1.0
         self.best = math.inf
         self.bad = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -341,78 +402,164 @@ def _set_rng_state(trainer: Trainer, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"], trainer.device)
 
 
+# ------------------------------------------------------------------------------------ checkpointed state
+class TrialState:
+    """Everything a checkpoint captures, and the one place that writes and restores it.
+
+    The position is ``epoch`` (epochs finished over the whole run). The optimizer, schedule and
+    grad scaler belong to the phase ``epoch`` falls in; a checkpoint taken at a phase boundary
+    resumes with the next phase's fresh optimizer and schedule, exactly as an uninterrupted run."""
+
+    def __init__(self, cfg: TrialConfig, tr: Trainer, ds: Dataset):
+        self.cfg, self.tr, self.ds = cfg, tr, ds
+        self.plan: list[PhaseSpec] = phase_plan(cfg)
+        self.stopper = EarlyStopper(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.phase_index = 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: Schedule | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self._carried: dict[str, Any] | None = None  # the phase's optimizer/schedule state after a mid-phase resume
+
+    def phase_start(self, index: int) -> int:
+        """Epochs finished before phase ``index`` begins."""
+        return sum(p.epochs for p in self.plan[:index])
+
+    def begin_phase(self) -> PhaseSpec:
+        """Freeze/unfreeze for the current phase and give it its own optimizer, schedule and scaler."""
+        phase, tr = self.plan[self.phase_index], self.tr
+        set_trainable(tr.model, phase.trainable)
+        self.opt = create_optimizer(tr.model, self.cfg.optim, name=phase.optim, lr=phase.lr,
+                                    cuda=tr.device.type == "cuda")
+        self.sched = Schedule(self.opt, self.cfg.sched, phase.epochs)
+        self.scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
+        if self._carried is not None:
+            self.opt.load_state_dict(self._carried["optimizer"])  # also restores the last stepped LR
+            self.sched.load_state_dict(self._carried["schedule"])
+            if self.scaler is not None and self._carried.get("scaler"):
+                self.scaler.load_state_dict(self._carried["scaler"])
+            self._carried = None
+        return phase
+
+    def keep_best(self) -> None:
+        """Early stopping's best weights replace the last ones (before the final checkpoint and the test)."""
+        if self.stopper.best_state is not None:
+            self.tr.model.load_state_dict(self.stopper.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.opt is not None and self.sched is not None
+        inside = self.epoch < self.phase_start(self.phase_index + 1)
+        state = {"model": self.tr.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "schedule": self.sched.state_dict(), "rng": _rng_state(self.tr), "epoch": self.epoch,
+                 "phase": self.phase_index if inside else self.phase_index + 1,
+                 "early_stopping": self.stopper.state_dict(), "history": self.history,
+                 "config": self.cfg.to_dict(), "data": data_info(self.ds)}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def save(self, folder: Path | None, final: bool) -> Path | None:
+        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs and at the end; rank 0)."""
+        every = self.cfg.train.checkpoint_every
+        if world()[0] != 0 or not (final or (every and self.epoch % every == 0)):
+            return None
+        return _write(self.state_dict(), folder)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint: the run then goes on as if it had never stopped."""
+        self.tr.model.load_state_dict(ckpt["model"])
+        _set_rng_state(self.tr, ckpt["rng"])
+        self.stopper.load_state_dict(ckpt["early_stopping"])
+        self.history, self.epoch = list(ckpt["history"]), int(ckpt["epoch"])
+        index = 0
+        while index < len(self.plan) and self.phase_start(index + 1) <= self.epoch:
+            index += 1
+        self.phase_index = index
+        if self.epoch > self.phase_start(index):  # stopped inside a phase: its optimizer and schedule go on
+            self._carried = {k: ckpt.get(k) for k in ("optimizer", "schedule", "scaler")}
+
+
+@dataclass
+class Outcome:
+    """How the epoch loop ended: a status for the summary, and the final checkpoint to clean up."""
+
+    status: str = "completed"
+    reason: str = ""
+    stop: bool = False
+    last_ckpt: Path | None = None
+
+
 # ------------------------------------------------------------------------------------ the loop
+def run_epoch(state: TrialState, local: int) -> dict[str, Any]:
+    """Train one epoch (``local`` counts within the phase) and validate; append and return its metrics."""
+    tr, sched = state.tr, state.sched
+    assert state.opt is not None and sched is not None
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"epoch": state.epoch + 1, "phase": state.phase_index, "lr": sched.lr}
+    metrics.update(tr.train_epoch(state.opt, sched, local, state.scaler, data_epoch=state.epoch))
+    metrics.update(tr.evaluate("val"))
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    state.history.append(metrics)
+    state.epoch += 1
+    return metrics
+
+
+def run_phase(state: TrialState, reporter: Reporter, checkpoint_dir: Path | None, outcome: Outcome) -> None:
+    """Train the current phase from ``state.epoch`` to its end, or until divergence or a stop."""
+    phase = state.begin_phase()
+    assert state.sched is not None
+    for local in range(state.epoch - state.phase_start(state.phase_index), phase.epochs):
+        metrics = run_epoch(state, local)
+        if not math.isfinite(metrics["train_loss"]):
+            outcome.status, outcome.reason = "diverged", f"non-finite training loss at epoch {state.epoch}"
+            outcome.stop = True
+            reporter.epoch(metrics, None, final=True)
+            return
+        state.sched.epoch_end(metrics)
+        stop = state.stopper.update(metrics, state.tr.model) or reporter.should_stop()
+        final = stop or state.epoch == state.cfg.total_epochs()
+        if final:
+            state.keep_best()  # the kept checkpoint holds the weights the test accuracy is measured on
+        ckpt = state.save(checkpoint_dir, final)
+        reporter.epoch(metrics, ckpt, final=final)
+        if final:
+            outcome.stop, outcome.last_ckpt = True, ckpt  # the reporter may still send it with the summary
+            return
+        _cleanup(ckpt, checkpoint_dir)
+    state.phase_index += 1
+
+
+def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
+    """Options that watch a validation metric need a validation split (else they would never fire)."""
+    if ds.val is not None and len(ds.val) > 0:
+        return
+    es, sched = cfg.train.early_stopping, cfg.sched
+    if es.patience and es.metric.startswith("val_"):
+        raise UserError(f"train.early_stopping.metric = '{es.metric}' needs a validation split, but this dataset "
+                        "has none; set data.val_fraction > 0 or use train_loss / train_accuracy.")
+    if sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+        raise UserError(f"sched.plateau_metric = '{sched.plateau_metric}' needs a validation split, but this "
+                        "dataset has none; set data.val_fraction > 0 or use train_loss.")
+
+
 def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: str | Path | None = None) -> TrialResult:
     """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     ds = data if data is not None else load_dataset(cfg.data)
-    tr = build_trainer(cfg, ds)
-    rank, _ = world()
-    plan = phase_plan(cfg)
-    stopper = EarlyStopper(cfg)
-    history: list[dict[str, Any]] = []
-    status, reason = "completed", ""
-    start_epoch = 0
-    state: dict[str, Any] | None = None
+    check_runnable(cfg, ds)
+    state = TrialState(cfg, build_trainer(cfg, ds), ds)
     if resume is not None:
-        state = load_checkpoint(resume, map_location=tr.device)
-        tr.model.load_state_dict(state["model"])
-        _set_rng_state(tr, state["rng"])
-        stopper.load_state_dict(state["early_stopping"])
-        history, start_epoch = list(state["history"]), int(state["epoch"])
-    epoch, stop = 0, False
-    last_ckpt: Path | None = None
-    for p_index, phase in enumerate(plan):
-        if stop:
-            break
-        if epoch + phase.epochs <= start_epoch:
-            epoch += phase.epochs
-            continue
-        set_trainable(tr.model, phase.trainable)
-        opt = create_optimizer(tr.model, cfg.optim, name=phase.optim, lr=phase.lr, cuda=tr.device.type == "cuda")
-        sched = Schedule(opt, cfg.sched, phase.epochs)
-        scaler = torch.amp.GradScaler(tr.device.type) if tr.amp == torch.float16 else None
-        if state is not None and int(state["phase"]) == p_index:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["schedule"])
-        for local in range(phase.epochs):
-            if epoch < start_epoch:
-                epoch += 1
-                continue
-            t0 = time.perf_counter()
-            metrics: dict[str, Any] = {"epoch": epoch + 1, "phase": p_index, "lr": sched.lr}
-            metrics.update(tr.train_epoch(opt, sched, local, scaler, data_epoch=epoch))
-            metrics.update(tr.evaluate("val"))
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            history.append(metrics)
-            epoch += 1
-            if not math.isfinite(metrics["train_loss"]):
-                status, reason, stop = "diverged", f"non-finite training loss at epoch {epoch}", True
-                reporter.epoch(metrics, None, final=True)
-                break
-            sched.epoch_end(metrics)
-            stop = stopper.update(metrics, tr.model) or reporter.should_stop()
-            final = stop or epoch == cfg.total_epochs()
-            ckpt = None
-            every = cfg.train.checkpoint_every
-            if rank == 0 and ((every and epoch % every == 0) or final):
-                state_now = {"model": tr.model.state_dict(), "optimizer": opt.state_dict(),
-                             "schedule": sched.state_dict(), "rng": _rng_state(tr), "epoch": epoch,
-                             "phase": p_index if local + 1 < phase.epochs else p_index + 1,
-                             "early_stopping": stopper.state_dict(), "history": history,
-                             "config": cfg.to_dict(), "data": data_info(ds)}
-                ckpt = _write(state_now, checkpoint_dir)
-            reporter.epoch(metrics, ckpt, final=final)
-            if final:
-                last_ckpt = ckpt  # the reporter may still send it with the summary
-                break
-            _cleanup(ckpt, checkpoint_dir)
-    summary = summarize(cfg, tr, ds, history, status, reason, stopper, started)
+        state.restore(load_checkpoint(resume, map_location=state.tr.device))
+    outcome = Outcome()
+    while not outcome.stop and state.phase_index < len(state.plan):
+        run_phase(state, reporter, checkpoint_dir, outcome)
+    summary = summarize(cfg, state.tr, ds, state.history, outcome.status, outcome.reason, state.stopper, started)
     reporter.end(summary)
-    _cleanup(last_ckpt, checkpoint_dir)
-    return TrialResult(summary, history)
+    _cleanup(outcome.last_ckpt, checkpoint_dir)
+    return TrialResult(summary, state.history)
 
 
 def data_info(ds: Dataset) -> dict[str, Any]:
@@ -436,9 +583,9 @@ def _cleanup(ckpt: Path | None, folder: Path | None) -> None:
 
 def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str, Any]], status: str, reason: str,
               stopper: EarlyStopper, started: float) -> dict[str, Any]:
-    """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix."""
-    if stopper.best_state is not None and status == "completed":
-        tr.model.load_state_dict(stopper.best_state)
+    """The end-of-trial record: final/best metrics, test accuracy, per-class accuracy, confusion matrix.
+
+    The model is tested as it is: the loop has already put early stopping's best weights back."""
     t0 = time.perf_counter()
     test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
     test_seconds = time.perf_counter() - t0

@@ -14,6 +14,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from rayclf.config import OptimConfig, RegConfig, SchedConfig
+from rayclf.metrics import lower_is_better
 
 FUSABLE = ("sgd", "adam", "adamw")
 
@@ -135,7 +136,7 @@ class Schedule:
         value = metrics.get(self.cfg.plateau_metric)
         if value is None or not math.isfinite(value):
             return
-        value = -value if self.cfg.plateau_metric.endswith("accuracy") else value
+        value = value if lower_is_better(self.cfg.plateau_metric) else -value
         if value < self.best - 1e-12:
             self.best, self.bad_epochs = value, 0
         else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from rayclf.config import TrialConfig
+from rayclf.models.hooks import hooks
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ def phase_plan(cfg: TrialConfig) -> list[PhaseSpec]:
 
 def parameter_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names grouped stem → stages → head, in order."""
-    own = getattr(model, "param_groups_ordered", None)
-    if callable(own):
-        return own()
+    own = hooks(model).param_groups_ordered()
+    if own is not None:
+        return own
     matcher = getattr(model, "group_matcher", None)
     if callable(matcher):
         from timm.models import group_parameters
@@ -57,7 +58,6 @@ def set_trainable(model: nn.Module, scope: str) -> None:
     else:
         keep = int(scope.split(":")[1]) + 1
     trainable = {n for g in groups[-keep:] for n in g}
-    fixed = getattr(model, "fixed_parameter_names", None)
-    trainable -= fixed() if callable(fixed) else set()  # the model's own frozen weights stay frozen
+    trainable -= hooks(model).fixed_parameter_names()  # the model's own frozen weights stay frozen
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
