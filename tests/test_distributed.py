@@ -25,8 +25,8 @@ def _base(epochs: int) -> dict:
 
 
 def _checkpointed_trials(out) -> set[str]:
-    """Trials (Train run folders) that have at least one checkpoint in the sweep's storage."""
-    return {p.parts[-3] for p in (out / "_ray").glob("trial-*/checkpoint_*/checkpoint.pt")}
+    """Trials (their storage folders) that have at least one checkpoint in the sweep's storage."""
+    return {p.parts[-3] for p in (out / "_ray").rglob("checkpoint_*/checkpoint.pt") if p.parts[-3].startswith("trial-")}
 
 
 def test_two_node_sweep_survives_losing_a_node(tmp_path):

@@ -150,7 +150,8 @@ def test_trial_identity_hashes_only_what_differs_from_the_defaults():
     cfg = build_config(tiny(seed=3))
     assert cfg.identity() == {
         "seed": 3, "data.synthetic.num_train": 400, "data.synthetic.num_test": 200, "data.synthetic.num_classes": 4,
-        "data.synthetic.image_size": 16, "data.synthetic.difficulty": 0.0, "model.widths": [8, 16], "train.epochs": 2, "train.batch_size": 32,
+        "data.synthetic.image_size": 16, "data.synthetic.difficulty": 0.0, "model.widths": [8, 16],
+        "train.epochs": 2, "train.batch_size": 32,
         "sched.name": "constant"}
     # golden value: this id must survive releases that add options (change it only with SEMANTICS_VERSION)
     assert cfg.fingerprint() == "a3ef94393529144b"
