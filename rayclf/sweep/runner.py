@@ -93,9 +93,13 @@ def _prepare_everywhere(trials: list[Trial]) -> None:
         if isinstance(cfg.model, TimmOptions):
             prepare_weights(cfg.model)
 
-    # one representative config per distinct (dataset, pretrained weights) pair
+    # one representative config per distinct (dataset, pretrained weights) pair; synthetic data is generated
+    # in the trial's process and needs no preparation (a task per node would only cost a worker start-up)
     todo = {(t.config.data.model_dump_json(), getattr(t.config.model, "pretrained", False) and t.config.model.name):
-            t.config.to_dict() for t in trials}
+            t.config.to_dict() for t in trials
+            if t.config.data.name != "synthetic" or getattr(t.config.model, "pretrained", False)}
+    if not todo:
+        return
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(c)
             for node in nodes for c in todo.values()]
