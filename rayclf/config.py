@@ -8,7 +8,6 @@ the key path, the value, what is allowed and the closest valid spelling.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import re
@@ -17,21 +16,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from rayclf.model_options import ModelOptions, model_options_class
+from rayclf.schema import ConfigError, Strict, UserError, closest
 
-class UserError(Exception):
-    """A problem the user can fix (bad config, missing data); the CLI prints it and exits with code 2."""
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value or file is wrong."""
-
-
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on construction."""
-
-    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+__all__ = ["ConfigError", "ModelOptions", "Strict", "TrialConfig", "UserError", "build_config", "closest"]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -130,22 +120,6 @@ class AugmentConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------- model
-class ModelOptions(Strict):
-    """Base of every model family's options; the registry picks the subclass by ``name``."""
-
-    name: str = "cnn"
-    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
-                  "normal", "zeros"] = "default"
-
-    def loads_weights(self) -> bool:
-        """Whether building the model loads pretrained weights (then ``init`` touches only new layers)."""
-        return False
-
-    def without_weights(self) -> ModelOptions:
-        """The same architecture built without loading pretrained weights (a checkpoint supplies them)."""
-        return self
-
-
 # ------------------------------------------------------------------------------------------- train
 class EarlyStopping(Strict):
     patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 = off")
@@ -261,6 +235,16 @@ class TrialConfig(Strict):
     sched: SchedConfig = Field(default_factory=SchedConfig)
     reg: RegConfig = Field(default_factory=RegConfig)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _family_options(cls, value: Any) -> Any:
+        """A plain mapping becomes its family's own options class (picked by ``name``), so a config
+        round-trips through ``model_validate(cfg.to_dict())``."""
+        if isinstance(value, Mapping):
+            name = value.get("name", ModelOptions.model_fields["name"].default)
+            return model_options_class(name).model_validate(dict(value))
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every resolved value (defaults included)."""
         return self.model_dump(mode="json")
@@ -297,12 +281,6 @@ def _default_values(model_name: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- loading, errors
-def closest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest valid spelling, or None when nothing is close."""
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
-    return match[0] if match else None
-
-
 def _section_class(loc: tuple[Any, ...], root: type[BaseModel], model_cls: type[BaseModel]) -> type[BaseModel] | None:
     """The config class that owns the key at ``loc`` (for listing valid sibling keys)."""
     cls: type[BaseModel] | None = root
@@ -411,8 +389,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(raw: Mapping[str, Any], prefix: str = "") -> TrialConfig:
     """Validate a raw dict into a TrialConfig, resolving the model family's own option class."""
-    from rayclf.models.registry import model_options_class
-
     raw = dict(raw)
     model_raw = raw.pop("model", None) or {}
     if not isinstance(model_raw, dict):

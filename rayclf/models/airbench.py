@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rayclf.config import ModelOptions
+from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
 from rayclf.models.registry import register_model
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from rayclf.config import ModelOptions
+from rayclf.model_options import ModelOptions
 from rayclf.models.layers import Activation, NormPlace, Pool, check_dropout, conv_act, dense_head, make_pool
 from rayclf.models.registry import register_model
 

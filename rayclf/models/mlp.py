@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from rayclf.config import ModelOptions
+from rayclf.model_options import ModelOptions
 from rayclf.models.layers import Activation, make_act
 from rayclf.models.registry import register_model
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
-from rayclf.config import ConfigError, ModelOptions, closest
+from rayclf.model_options import TIMM_FALLBACK, ModelOptions, model_options_class, register_options
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-TIMM_FALLBACK = "timm"
+__all__ = ["create_model", "list_models", "model_options_class", "register_model"]
 
 
 def register_model(name: str, options: type[ModelOptions]) -> Callable[[Callable[..., nn.Module]], Callable]:
@@ -26,6 +25,7 @@ def register_model(name: str, options: type[ModelOptions]) -> Callable[[Callable
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = ModelEntry(options, fn)
+        register_options(name, options)
         return fn
 
     return wrap
@@ -38,27 +38,6 @@ def list_models() -> list[str]:
 
 def _load_families() -> None:
     import rayclf.models  # noqa: F401  (registers every family)
-
-
-def model_options_class(name: Any, key: str = "model.name") -> type[ModelOptions]:
-    """Options class for a model name: ours first, then any timm model name."""
-    _load_families()
-    if isinstance(name, str) and name in _REGISTRY and name != TIMM_FALLBACK:
-        return _REGISTRY[name].options
-    if isinstance(name, str):
-        import timm
-
-        if timm.is_model(name):
-            return _REGISTRY[TIMM_FALLBACK].options
-    candidates = [n for n in _REGISTRY if n != TIMM_FALLBACK]
-    hint = closest(str(name), candidates)
-    if hint is None and isinstance(name, str):
-        import timm
-
-        hint = closest(name, timm.list_models())
-    msg = (f"Invalid config: '{key}' = {name!r} is not a known model; choose one of: {', '.join(candidates)}, "
-           "or any timm model name (e.g. resnet18, vgg19_bn).")
-    raise ConfigError(msg + (f" Did you mean '{hint}'?" if hint else ""))
 
 
 def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from torch import nn
 
-from rayclf.config import ModelOptions
+from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
 from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make_pool
 from rayclf.models.registry import register_model

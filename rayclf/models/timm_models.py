@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from rayclf.config import ModelOptions, UserError
+from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
 from rayclf.models.layers import Activation, dense_head
 from rayclf.models.registry import TIMM_FALLBACK, register_model
+from rayclf.schema import UserError
 
 
 class TimmOptions(ModelOptions):

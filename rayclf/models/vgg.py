@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from rayclf.config import ModelOptions
+from rayclf.model_options import ModelOptions
 from rayclf.models.cnn import CNNOptions, build_cnn
 from rayclf.models.layers import Activation, NormPlace, check_dropout
 from rayclf.models.registry import register_model

@@ -1,0 +1,87 @@
+"""The house rules that can be checked by reading the code: no import cycles between rayclf's modules, the
+engine imports neither Ray nor W&B, and a trial config round-trips through its own dict."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from rayclf.config import TrialConfig, build_config
+
+ROOT = Path(__file__).resolve().parents[1] / "rayclf"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path, modules: set[str]) -> set[str]:
+    """rayclf modules this file imports when it is imported (module level; function-level imports are lazy)."""
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rayclf"):
+            for alias in node.names:  # `from rayclf.models import cnn` imports the submodule
+                sub = f"{node.module}.{alias.name}"
+                out.add(sub if sub in modules else node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("rayclf")}
+    return out & modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    return {m: top_level_imports(p, set(files)) for m, p in files.items()}
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1 and not m.startswith(n + "."):  # a package importing its own parts is fine
+                cycles.append([*stack[stack.index(n):], n] if n in stack else [m, n])
+            elif n not in state:
+                visit(n, [*stack, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_engine_imports_no_ray_or_wandb():
+    tree = ast.parse((ROOT / "train" / "engine.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not [n for n in names if n.split(".")[0] in ("ray", "wandb")]
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet_cifar", "resnet_custom", "vgg_baseline", "mlp", "airbench",
+                                  "resnet18"])
+def test_trial_config_round_trips_through_its_own_dict(name):
+    cfg = build_config({"model": {"name": name}, "seed": 3})
+    again = TrialConfig.model_validate(cfg.to_dict())
+    assert again == cfg and type(again.model) is type(cfg.model)
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every rayclf module a file imports, lazy (function-level) imports included."""
+    tree = ast.parse(path.read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return {n for n in names if n.startswith("rayclf")}
+
+
+def test_config_and_model_families_do_not_import_each_other():
+    """config → model_options ← models: the trial config never reaches into the model zoo, nor the zoo
+    into the trial config (they meet in the options registry), even through lazy imports."""
+    assert not [m for m in all_imports(ROOT / "config.py") if m.startswith("rayclf.models")]
+    for family in (ROOT / "models").glob("*.py"):
+        assert "rayclf.config" not in all_imports(family), family.name
