@@ -21,7 +21,7 @@ from rayclf.config import UserError
 from rayclf.report import figures as F
 from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
 
-STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗"}
+STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
 
 
 @dataclass
@@ -47,14 +47,20 @@ def _marks(r: ArmRow) -> str:
 def table_cells(rows: Sequence[ArmRow], metric: str) -> tuple[list[str], list[list[str]]]:
     unit = " (%)" if metric.endswith("accuracy") else ""
     head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "Δ 95% CI ±", "paired p",
-            "test acc (%) mean ± std", "not completed"]
+            "test acc (%) mean ± std", "not completed", "rank", "early stop / racing"]
     body = []
     for r in rows:
         body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
                      _pct(r.delta, metric, signed=True), _pct(r.delta_ci95, metric),
                      "–" if r.p_value is None else f"{r.p_value:.3g}",
-                     f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r)])
+                     f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r),
+                     "–" if r.rank is None else str(r.rank), r.note or "–"])
     return head, body
+
+
+RANK_NOTE = ("Rank: arms that trained to the last epoch first, then arms racing eliminated, then arms stopped "
+             "early (later epoch first); within each, by mean. A stopped arm's value is taken at the epoch it "
+             "was stopped.")
 
 
 def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
@@ -65,8 +71,9 @@ def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
             cells = [f"**{c}**" if i == 2 else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed (counts). "
-                 "p: two-sided paired t-test against the baseline on matched seeds.")
+    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by racing "
+                 "(never started) (counts). p: two-sided paired t-test against the baseline on matched seeds. "
+                 + RANK_NOTE)
     return "\n".join(lines) + "\n"
 
 
@@ -74,15 +81,16 @@ def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "pairs",
-                    "test_mean", "test_std", "statuses", "best"])
+                    "test_mean", "test_std", "statuses", "best", "rank", "stopped_at", "eliminated"])
         for r in rows:
             w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.pairs,
-                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best])
+                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated])
 
 
 def _tex(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$\dagger$"), ("‡", r"$\ddagger$"), ("✗", r"$\times$")):
+                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$\dagger$"), ("‡", r"$\ddagger$"), ("✗", r"$\times$"),
+                 ("⊘", r"$\oslash$"), ("<", r"$<$")):
         s = s.replace(a, b)
     return s
 
@@ -230,8 +238,9 @@ def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs
     for r, cells in zip(rows, body, strict=True):
         t.append(f"<tr class='{'best' if r.best else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                  + "</tr>")
-    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed. p: two-sided paired "
-             "t-test against the baseline on matched seeds; 95% CI: Student t over seeds.</p>")
+    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by "
+             "racing. p: two-sided paired t-test against the baseline on matched seeds; 95% CI: Student t over "
+             f"seeds. {html.escape(RANK_NOTE)}</p>")
     parts = ["<h2>Results per arm</h2>", "".join(t)]
     if stage_md:
         parts.append("<h2>Stages</h2>" + md_table_html(stage_md) + "<p class='note'>★ the stage's winner (best "
