@@ -125,3 +125,147 @@ def test_asha_by_arm_stops_every_seed_of_an_arm_together_and_keeps_it_in_the_rep
     # resume: the stopped arm's seeds (the unstarted one included) never run again
     again = run_sweep(parse_sweep(spec), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 9
+
+
+# ----------------------------------------------------------------------------- bayes and racing, without Ray
+def _fake_rows(sweep, trials, value_of):
+    """Stored rows for ``trials`` as a run would leave them, each value a function of (overrides, seed)."""
+    return [{"trial_id": t.trial_id, "arm": t.arm.label, "seed": t.seed, "status": "completed", "epochs": 2,
+             "metric_best": value_of(t.arm.overrides, t.seed), "test_accuracy": None, "stage": None}
+            for t in trials]
+
+
+BAYES = {"num_samples": 6, "seed": 3, "batch": 2, "startup": 2,
+         "params": {"optim.lr": {"loguniform": [1e-4, 1.0]}, "model.dropout": {"uniform": [0.0, 0.5]},
+                    "model.widths": {"choice": [[4, 8], [8, 16]]}}}
+
+
+def _bayes_run(spec, fail_after=None, flip=False):
+    """run_bayes with a fake trainer (value peaks at lr 0.1); returns the proposals and the stored rows."""
+    import math
+
+    from rayclf.sweep.bayes import run_bayes
+
+    sweep = parse_sweep({"name": "b", "base": tiny(), "search": {"bayes": spec}, "seeds": [0, 1]})
+    stored, seen = [], []
+
+    def run_arms(batch, every):
+        if fail_after is not None and len(seen) >= fail_after:
+            raise RuntimeError("driver killed")
+        seen.extend(batch)
+        done = {r["trial_id"] for r in stored}
+        todo = [t for t in sweep.trials(batch) if t.trial_id not in done]
+        peak = -3 if flip else -1
+        stored.extend(_fake_rows(sweep, todo, lambda o, s: 1 - abs(math.log10(o["optim.lr"]) - peak) / 4 + 0.01 * s))
+        return len(sweep.trials(batch)) - len(todo)
+
+    return sweep, run_bayes, run_arms, stored, seen
+
+
+def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
+    sweep, run_bayes, run_arms, stored, seen = _bayes_run(BAYES)
+    run_bayes(sweep, run_arms, lambda: stored, lambda _: None)
+    first = [a.overrides for a in seen]
+    assert len(first) == 6 and len({a["optim.lr"] for a in first}) == 6
+    assert all(a["model.widths"] in ([4, 8], [8, 16]) and 0 <= a["model.dropout"] <= 0.5 for a in first)
+    assert [a.label for a in seen] == [f"bayes-{i}" for i in range(6)]
+
+    sweep2, _, run2, stored2, seen2 = _bayes_run(BAYES)
+    run_bayes(sweep2, run2, lambda: stored2, lambda _: None)
+    assert [a.overrides for a in seen2] == first  # same search seed, same sequence
+
+    # a driver killed after the first batch; --resume tells the stored results back and continues
+    sweep3, _, run3, stored3, _ = _bayes_run(BAYES, fail_after=2)
+    with pytest.raises(RuntimeError):
+        run_bayes(sweep3, run3, lambda: stored3, lambda _: None)
+    assert len(stored3) == 4
+    seen4 = []
+    stored4 = list(stored3)
+
+    def resumed(batch, every):  # the same store as the killed run
+        seen4.extend(batch)
+        done = {r["trial_id"] for r in stored4}
+        stored4.extend(r for r in _bayes_rows(sweep3, batch, stored) if r["trial_id"] not in done)
+        return sum(t.trial_id in done for t in sweep3.trials(batch))
+
+    skipped = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None)
+    assert skipped == 4 and [a.overrides for a in seen4] == first
+
+    # the results are told: other results, same first (random) batch, different later proposals
+    flipped = _bayes_run(BAYES, flip=True)
+    flipped[1](flipped[0], flipped[2], lambda: flipped[3], lambda _: None)
+    got = [a.overrides for a in flipped[4]]
+    assert got[:2] == first[:2] and got[2:] != first[2:]
+
+    other = _bayes_run({**BAYES, "seed": 4})
+    other[1](other[0], other[2], lambda: other[3], lambda _: None)
+    assert [a.overrides for a in other[4]] != first
+
+
+def _bayes_rows(sweep, batch, reference):
+    by_id = {r["trial_id"]: r for r in reference}
+    return [by_id[t.trial_id] for t in sweep.trials(batch)]
+
+
+def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
+    from rayclf.sweep.racing import run_racing
+
+    sweep = parse_sweep({"name": "r", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, 0.11, 0.001]}},
+                         "seeds": [0, 1, 2, 3], "scheduler": {"name": "racing", "level": 0.05}})
+    value = {0.1: [0.90, 0.80, 0.85, 0.83], 0.11: [0.89, 0.82, 0.84, 0.84], 0.001: [0.40, 0.32, 0.35, 0.37]}
+    stored, ran, eliminated = [], [], []
+
+    def run(trials):  # as run_trials: finished trials are skipped
+        todo = [t for t in trials if t.trial_id not in {r["trial_id"] for r in stored}]
+        ran.extend(todo)
+        stored.extend(_fake_rows(sweep, todo, lambda o, s: value[o["optim.lr"]][s]))
+        return len(trials) - len(todo)
+
+    def record(trials, reason):
+        eliminated.extend(trials)
+        stored.extend({"trial_id": t.trial_id, "arm": t.arm.label, "seed": t.seed, "status": "eliminated",
+                       "reason": reason, "epochs": 0, "metric_best": None, "stage": None} for t in trials)
+
+    run_racing(sweep, sweep.arms(), run, record, lambda: stored, lambda _: None)
+    assert sorted(t.seed for t in ran if t.arm.label == "lr=0.001") == [0, 1]  # no seed after round 1
+    assert sorted(t.seed for t in eliminated) == [2, 3] and {t.arm.label for t in eliminated} == {"lr=0.001"}
+    assert sorted(t.seed for t in ran if t.arm.label == "lr=0.11") == [0, 1, 2, 3]  # the tied arm races on
+    reason = next(r["reason"] for r in stored if r["status"] == "eliminated")
+    assert "after round 1 (2 seeds): one-sided paired t-test vs lr=0.1" in reason
+    stats = {s.arm: s for s in arm_table(stored, "max")}
+    assert stats["lr=0.001"].eliminated and stats["lr=0.001"].n == 2 and stats["lr=0.001"].rank == 3
+    assert len(stored) == 12  # one row per trial
+
+
+# ----------------------------------------------------------------------------- on Ray: racing and bayes
+@pytest.mark.ray
+def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
+    from rayclf.report import build_report
+    from rayclf.sweep.runner import run_sweep
+
+    racing = {"name": "race", "base": quick_base(epochs=1), "search": {"grid": {"optim.lr": [0.1, 0.000001]}},
+              "seeds": [0, 1, 2], "scheduler": {"name": "racing", "level": 0.2}}
+    racing["base"]["data"]["synthetic"]["noise"] = 0.0
+    out = str(tmp_path / "race")
+    outcome = run_sweep(parse_sweep(racing), out=out, live=False, wandb_mode="disabled")
+    rows = {(r["arm"], r["seed"]): r for r in outcome.rows}
+    assert len(rows) == 6
+    assert rows[("lr=1e-06", 2)]["status"] == "eliminated" and rows[("lr=1e-06", 2)]["epochs"] == 0
+    assert "after round 1 (2 seeds)" in rows[("lr=1e-06", 2)]["reason"]
+    assert rows[("lr=0.1", 2)]["status"] == "completed"
+    assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
+    again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")
+    assert again.skipped == 5  # the 5 trained trials; the eliminated seed is neither run nor re-recorded
+    assert {(r["arm"], r["seed"]): r["status"] for r in again.rows} == {k: r["status"] for k, r in rows.items()}
+
+    bayes = {"name": "bo", "base": quick_base(epochs=1), "seeds": [0, 1],
+             "search": {"bayes": {"num_samples": 3, "batch": 2, "startup": 2, "seed": 0,
+                                  "params": {"optim.lr": {"loguniform": [0.001, 0.3]},
+                                             "model.dropout": {"uniform": [0.0, 0.3]}}}}}
+    out = str(tmp_path / "bo")
+    outcome = run_sweep(parse_sweep(bayes), out=out, live=False, wandb_mode="disabled")
+    assert len(outcome.rows) == 6 and {r["arm"] for r in outcome.rows} == {"bayes-0", "bayes-1", "bayes-2"}
+    assert [r["position"] for r in outcome.rows] == list(range(6))
+    rep = build_report(out)
+    assert "history" in rep.figures and "importance" in rep.figures
+    assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6

@@ -146,7 +146,7 @@ def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
     """grid, random, ablation or stages: from the sweep file, else stages when rows carry a stage, else grid
     (whose figures say they pool)."""
     search = spec.get("search") or {}
-    kind = next((k for k in ("grid", "random", "ablation", "stages") if k in search), None)
+    kind = next((k for k in ("grid", "random", "bayes", "ablation", "stages") if k in search), None)
     if kind:
         return kind
     return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
@@ -165,7 +165,8 @@ def _save(fig, name: str, folder: Path) -> str:
 
 
 def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Path,
-                 rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max") -> list[tuple[str, str, str]]:
+                 rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max",
+                 bayes_params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     """(name, title, data URI) of every figure this sweep and its search kind support."""
     arms = list(dict.fromkeys(r["arm"] for r in trials))
     colors = F.arm_colors(arms)
@@ -175,6 +176,8 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
     if kind == "ablation" and any(r.delta is not None for r in rows):
         out.append(("effects", "Effect of each arm against the baseline (Δ, 95% CI over matched seeds)",
                     _save(F.effect_forest(rows, metric, colors), "effects", folder)))
+    if kind == "bayes":
+        out += bayes_figures(trials, rows, metric, folder, mode, bayes_params)
     if kind == "stages" and any(r.stage is not None for r in rows):
         out.append(("stages", "Stage-by-stage progression",
                     _save(F.stage_progression(rows, stage_winners(rows, mode), metric, mode), "stages", folder)))
@@ -189,6 +192,41 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
         best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
         out.append(("confusion", "Best trial: confusion matrix and per-class accuracy",
                     _save(F.confusion(best), "confusion", folder)))
+    return out
+
+
+def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: str,
+                params: dict[str, Any]) -> dict[str, float]:
+    """Optuna's parameter importances over the proposals that trained to the end (empty when too few)."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from rayclf.sweep.bayes import _encode, distributions
+
+    dists = distributions(params)
+    overrides = {t["arm"]: t.get("overrides") for t in trials}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for r in rows:
+        o = overrides.get(r.arm)
+        o = json.loads(o) if isinstance(o, str) else o
+        if r.mean is None or r.stopped_at is not None or not o or set(dists) - set(o):
+            continue
+        study.add_trial(create_trial(params=_encode(o, dists), distributions=dists, value=r.mean))
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError):  # fewer than two finished proposals, or no variation
+        return {}
+
+
+def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Path, mode: str,
+                  params: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The optimisation history and (when Optuna can compute it) the parameter importance."""
+    out = [("history", "Optimisation history (each proposal's mean over seeds, best so far)",
+            _save(F.optimisation_history(list(rows), metric, mode), "history", folder))]
+    imp = importances(trials, rows, mode, params) if params else {}
+    if imp:
+        out.append(("importance", "Parameter importance (Optuna fANOVA over the proposals' means)",
+                    _save(F.param_importance(imp), "importance", folder)))
     return out
 
 
@@ -275,7 +313,8 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     stopped_md = stopped_markdown(trials, metric)
     if stopped_md:
         (out / "stopped.md").write_text(stopped_md)
-    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode)
+    bayes = (spec.get("search") or {}).get("bayes") or {}
+    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
     (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md,

@@ -285,3 +285,49 @@ def confusion(trial: Mapping[str, Any]) -> Figure:
     a2.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def optimisation_history(rows: Sequence[Any], metric: str, mode: str) -> Figure:
+    """Bayesian search: each proposal's mean over seeds in the order it was asked, marked when it was stopped
+    early (value at the epoch reached) or had no value, and the running best (ranking rule's top tier)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = np.arange(len(rows))
+    full = [(x, _scale(metric, r.mean)) for x, r in zip(xs, rows, strict=True) if r.mean is not None
+            and r.stopped_at is None]
+    halted = [(x, _scale(metric, r.mean)) for x, r in zip(xs, rows, strict=True) if r.stopped_at is not None
+              and r.mean is not None]
+    if full:
+        ax.scatter(*zip(*full, strict=True), color="tab:blue", zorder=3, label="proposal (mean over seeds)")
+    if halted:
+        ax.scatter(*zip(*halted, strict=True), color="0.6", marker="x", zorder=3,
+                   label="stopped early (value at the epoch reached)")
+    running, best = [], None
+    for r in rows:
+        if r.mean is not None and r.stopped_at is None:
+            best = r.mean if best is None or (r.mean > best if mode == "max" else r.mean < best) else best
+        running.append(_scale(metric, best) if best is not None else np.nan)
+    ax.step(xs, running, where="post", color="tab:red", lw=2, label="best so far")
+    ax.set_xlabel("proposal (order asked)")
+    ax.set_ylabel(f"best {_label(metric)}, mean over seeds")
+    ax.set_title("Optimisation history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def param_importance(importances: Mapping[str, float]) -> Figure:
+    """Bayesian search: each parameter's importance (Optuna's fANOVA, share of the value's variance)."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(items), 1)))
+    ax.barh([k for k, _ in items], [100 * v for _, v in items], color="tab:blue")
+    for y, (_, v) in enumerate(items):
+        ax.annotate(f"{100 * v:.0f}%", (100 * v, y), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)
+    ax.set_xlabel("importance (% of the variance of the mean value explained, fANOVA)")
+    ax.set_xlim(0, 110)
+    ax.set_title("Parameter importance")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

@@ -83,9 +83,10 @@ def run_racing(sweep: Sweep, arms: list[Arm], run: RunTrials, record: Record,
     ``run`` trains a list of trials, ``record`` writes rows for trials that will never start (with the reason),
     ``stored`` reads the store's trial rows."""
     s, seeds = sweep.file.scheduler, sweep.file.seeds
-    alive, given, round_no, skipped = list(arms), min(s.first_round, len(seeds)), 1, 0
+    alive, given, round_no, skipped, before = list(arms), min(s.first_round, len(seeds)), 1, 0, 0
     while True:
-        skipped += run([t for t in sweep.trials(alive) if t.seed in seeds[:given]])
+        skipped += run([t for t in sweep.trials(alive) if t.seed in seeds[before:given]])
+        before = given
         if given >= len(seeds):
             return skipped
         for arm, reason in eliminate(sweep, alive, stored(), round_no):

@@ -301,7 +301,7 @@ def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live:
         return run_trials(sweep, trials, store, out, live, echo, tracking, rerun_stopped, order=order)
 
     if sweep.file.scheduler.name != "racing":
-        return run(order)
+        return run(sweep.trials(arms))
     from rayclf.sweep.racing import run_racing
 
     def record(trials: list[Trial], reason: str) -> None:
