@@ -269,3 +269,19 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     rep = build_report(out)
     assert "history" in rep.figures and "importance" in rep.figures
     assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6
+
+
+def test_heatmap_keeps_a_stopped_arm_at_its_rung_and_marks_it():
+    from rayclf.report.figures import _pivot
+
+    def row(lr, wd, seed, status, value, epochs=4, stopped=None):
+        return {**_row(f"lr={lr},wd={wd}", seed, status, value, epochs, stopped),
+                "config.optim.lr": lr, "config.optim.weight_decay": wd}
+
+    rows = [row(lr, wd, s, "completed", 0.8) for lr in (0.1, 0.01) for wd in (0.0, 0.001) for s in (0, 1)
+            if (lr, wd) != (0.01, 0.001)]
+    rows += [row(0.01, 0.001, s, "stopped_early", 0.3, epochs=1, stopped=1) for s in (0, 1)]
+    r, c, grid, stopped = _pivot(rows, "optim.lr", "optim.weight_decay", "val_accuracy")
+    assert not any(v != v for v in grid.ravel())  # no holes
+    assert stopped == {(r.index(0.01), c.index(0.001)): 1}
+    assert grid[r.index(0.01), c.index(0.001)] == pytest.approx(30.0)
