@@ -1,6 +1,18 @@
 """Per-arm aggregation over seeds: mean ± std, 95% CI, Δ vs baseline and a paired t-test on matched seeds.
 
 One module serves the sweep summary, staged winners, W&B and reports, so every place shows the same numbers.
+
+**The ranking rule** (the one place it is decided; tables, winners, stage winners and figures all use it):
+
+- A trial's value is its best ``metric`` over the epochs it trained (``metric_best``). A trial stopped early
+  by an arm-level scheduler carries its best up to the rung at which its arm was stopped.
+- An arm's value is the mean of its seeds' values. If any seed completed, only completed seeds count (the
+  arm reached the top rung); otherwise its seeds stopped early count, at the rung the arm reached. Diverged,
+  failed and eliminated (never started) seeds have no value; their counts are shown beside the arm.
+- Arms rank in tiers: arms that reached the last epoch and were not eliminated; then arms racing eliminated
+  (ranked by the seeds they ran); then arms stopped early, later rung first, each tier by value. So "best"
+  under early stopping is the best arm among those that trained to the end, never an arm that looked good
+  only because it stopped early.
 """
 
 from __future__ import annotations
@@ -40,6 +52,18 @@ class ArmRow:
     pairs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     best: bool = False
+    stopped_at: int | None = None  # the arm was stopped early at this epoch (its value is taken there)
+    eliminated: str | None = None  # racing eliminated the arm: when and by what test
+    rank: int | None = None  # 1 = best, by ``rank_key``
+
+    @property
+    def note(self) -> str:
+        """What happened to the arm, for every table: stopped at epoch k, eliminated (when, by what)."""
+        if self.eliminated:
+            return f"eliminated {self.eliminated}"
+        if self.stopped_at is not None:
+            return f"stopped at epoch {self.stopped_at}"
+        return ""
 
 
 def ci95(values: Sequence[float]) -> float | None:
@@ -79,9 +103,42 @@ def counts_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
+def _finite(r: Mapping[str, Any], key: str) -> bool:
+    return r.get(key) is not None and math.isfinite(float(r[key]))
+
+
+def value_rows(rows: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
+    """The seeds of one arm that carry its value (see the ranking rule): the completed ones, or, when none
+    completed, those stopped early at the arm's rung."""
+    done = [r for r in rows if r.get("status") == "completed" and _finite(r, key)]
+    if done:
+        return done
+    return [r for r in rows if r.get("status") == "stopped_early" and r.get("epochs") and _finite(r, key)]
+
+
+def scored_trials(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
+    """Every trial that carries its arm's value under the ranking rule (what figures plot)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in trials:
+        groups.setdefault(r["arm"], []).append(r)
+    keep = {id(r) for g in groups.values() for r in value_rows(g, key)}
+    return [r for r in trials if id(r) in keep]
+
+
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
-    return {int(r["seed"]): float(r[key]) for r in rows
-            if r.get("status") == "completed" and r.get(key) is not None and math.isfinite(float(r[key]))}
+    return {int(r["seed"]): float(r[key]) for r in value_rows(rows, key)}
+
+
+def _stopped_at(rows: Sequence[Mapping[str, Any]]) -> int | None:
+    """The rung an arm was stopped at, when none of its seeds completed."""
+    if any(r.get("status") == "completed" for r in rows):
+        return None
+    rungs = [int(r.get("stopped_at_epoch") or r.get("epochs") or 0) for r in rows if r.get("status") == "stopped_early"]
+    return max(rungs) if rungs else None
+
+
+def _eliminated(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    return next((r.get("reason") or "by racing" for r in rows if r.get("status") == "eliminated"), None)
 
 
 def baseline_arm(arms: Sequence[str]) -> str | None:
@@ -106,16 +163,27 @@ def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "
         m, sd = mean_std(vals.values())
         tm, tsd = mean_std(_values(groups[arm], "test_accuracy").values())
         row = ArmRow(arm, groups[arm][0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
-                     statuses=status_counts(groups[arm]))
+                     statuses=status_counts(groups[arm]), stopped_at=_stopped_at(groups[arm]),
+                     eliminated=_eliminated(groups[arm]))
         if base and arm != base and m is not None and base_vals:
             row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
             row.p_value, row.pairs = paired_p_value(vals, base_vals)
             row.delta_ci95 = paired_ci95(vals, base_vals)
         rows.append(row)
+    for i, r in enumerate(sorted((r for r in rows if r.mean is not None), key=lambda r: rank_key(r, mode))):
+        r.rank = i + 1
     best = best_arm(rows, mode)
     if best is not None:
         best.best = True
     return rows
+
+
+def rank_key(row: ArmRow, mode: str) -> tuple[int, float, float]:
+    """Sort key of the ranking rule (smaller ranks first): tier, then rung reached, then value."""
+    tier = 2 if row.stopped_at is not None else (1 if row.eliminated else 0)
+    rung = -float(row.stopped_at or 0)
+    value = row.mean if row.mean is not None else (-math.inf if mode == "max" else math.inf)
+    return tier, rung, (-value if mode == "max" else value)
 
 
 def stage_winners(rows: Sequence[ArmRow], mode: str) -> dict[int, str]:
@@ -135,11 +203,12 @@ def best_value(values: Sequence[float], mode: str) -> float | None:
     return max(values) if mode == "max" else min(values)
 
 
-def best_arm(stats: list[ArmRow], mode: str) -> ArmRow | None:
+def best_arm(stats: Sequence[ArmRow], mode: str) -> ArmRow | None:
+    """The first arm under the ranking rule (``rank_key``); None when no arm has a value."""
     scored = [s for s in stats if s.mean is not None]
     if not scored:
         return None
-    return max(scored, key=lambda s: s.mean if mode == "max" else -s.mean)  # type: ignore[operator]
+    return min(scored, key=lambda s: rank_key(s, mode))
 
 
 def pm(mean: float | None, std: float | None, pct: bool = True) -> str:
@@ -155,6 +224,7 @@ def format_table(stats: list[ArmRow], metric: str) -> str:
     head = f"{'arm':<44} {'n':>3}  {metric + (' %' if pct else ''):>18}  {'test acc %':>16}  status"
     lines = [head, "-" * len(head)]
     for s in stats:
+        note = f"; {s.note}" if s.note else ""
         lines.append(f"{s.arm[:44]:<44} {s.n:>3}  {pm(s.mean, s.std, pct):>18}  {pm(s.test_mean, s.test_std):>16}  "
-                     f"{counts_text(s.statuses)}")
+                     f"{counts_text(s.statuses)}{note}")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ EPOCH_COLUMNS: dict[str, str] = {
     "train_loss": "float", "train_accuracy": "float", "train_seconds": "float", "images_per_sec": "float",
     "val_loss": "float", "val_accuracy": "float", "epoch_seconds": "float", "node": "string",
 }
-FINISHED = ("completed", "diverged", "stopped_early")
+FINISHED = ("completed", "diverged", "stopped_early", "eliminated")  # eliminated: racing gave it no seed
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -224,7 +224,8 @@ class ResultsStore:
         return None
 
     def finished_ids(self, rerun_stopped: bool = False) -> set[str]:
-        """Trials that never run again: completed, diverged and (unless asked) stopped early."""
+        """Trials that never run again: completed, diverged, eliminated by racing and (unless asked) stopped
+        early."""
         keep = [s for s in FINISHED if not (rerun_stopped and s == "stopped_early")]
         return {r["trial_id"] for r in self.trials if r.get("status") in keep}
 

@@ -22,7 +22,7 @@ from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
 from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
 
-STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗"}
+STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
 
 
 @dataclass
@@ -48,14 +48,20 @@ def _marks(r: ArmRow) -> str:
 def table_cells(rows: Sequence[ArmRow], metric: str) -> tuple[list[str], list[list[str]]]:
     unit = " (%)" if metric.endswith("accuracy") else ""
     head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "Δ 95% CI ±", "paired p",
-            "test acc (%) mean ± std", "not completed"]
+            "test acc (%) mean ± std", "not completed", "rank", "early stop / racing"]
     body = []
     for r in rows:
         body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
                      _pct(r.delta, metric, signed=True), _pct(r.delta_ci95, metric),
                      "–" if r.p_value is None else f"{r.p_value:.3g}",
-                     f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r)])
+                     f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r),
+                     "–" if r.rank is None else str(r.rank), r.note or "–"])
     return head, body
+
+
+RANK_NOTE = ("Rank: arms that trained to the last epoch first, then arms racing eliminated, then arms stopped "
+             "early (later epoch first); within each, by mean. A stopped arm's value is taken at the epoch it "
+             "was stopped.")
 
 
 def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
@@ -66,8 +72,9 @@ def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
             cells = [f"**{c}**" if i == 2 else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed (counts). "
-                 "p: two-sided paired t-test against the baseline on matched seeds.")
+    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by racing "
+                 "(never started) (counts). p: two-sided paired t-test against the baseline on matched seeds. "
+                 + RANK_NOTE)
     return "\n".join(lines) + "\n"
 
 
@@ -75,15 +82,16 @@ def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "pairs",
-                    "test_mean", "test_std", "statuses", "best"])
+                    "test_mean", "test_std", "statuses", "best", "rank", "stopped_at", "eliminated"])
         for r in rows:
             w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.pairs,
-                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best])
+                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated])
 
 
 def _tex(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$\dagger$"), ("‡", r"$\ddagger$"), ("✗", r"$\times$")):
+                 ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("†", r"$\dagger$"), ("‡", r"$\ddagger$"), ("✗", r"$\times$"),
+                 ("⊘", r"$\oslash$"), ("<", r"$<$")):
         s = s.replace(a, b)
     return s
 
@@ -139,7 +147,7 @@ def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
     """grid, random, ablation or stages: from the sweep file, else stages when rows carry a stage, else grid
     (whose figures say they pool)."""
     search = spec.get("search") or {}
-    kind = next((k for k in ("grid", "random", "ablation", "stages") if k in search), None)
+    kind = next((k for k in ("grid", "random", "bayes", "ablation", "stages") if k in search), None)
     if kind:
         return kind
     return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
@@ -158,7 +166,8 @@ def _save(fig, name: str, folder: Path) -> str:
 
 
 def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Path,
-                 rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max") -> list[tuple[str, str, str]]:
+                 rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max",
+                 bayes_params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     """(name, title, data URI) of every figure this sweep and its search kind support."""
     arms = list(dict.fromkeys(r["arm"] for r in trials))
     colors = F.arm_colors(arms)
@@ -168,6 +177,8 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
     if kind == "ablation" and any(r.delta is not None for r in rows):
         out.append(("effects", "Effect of each arm against the baseline (Δ, 95% CI over matched seeds)",
                     _save(F.effect_forest(rows, metric, colors), "effects", folder)))
+    if kind == "bayes":
+        out += bayes_figures(trials, rows, metric, folder, mode, bayes_params)
     if kind == "stages" and any(r.stage is not None for r in rows):
         out.append(("stages", "Stage-by-stage progression",
                     _save(F.stage_progression(rows, stage_winners(rows, mode), metric, mode), "stages", folder)))
@@ -182,6 +193,41 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
         best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
         out.append(("confusion", "Best trial: confusion matrix and per-class accuracy",
                     _save(F.confusion(best), "confusion", folder)))
+    return out
+
+
+def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: str,
+                params: dict[str, Any]) -> dict[str, float]:
+    """Optuna's parameter importances over the proposals that trained to the end (empty when too few)."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from rayclf.sweep.bayes import _encode, distributions
+
+    dists = distributions(params)
+    overrides = {t["arm"]: t.get("overrides") for t in trials}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for r in rows:
+        o = overrides.get(r.arm)
+        o = json.loads(o) if isinstance(o, str) else o
+        if r.mean is None or r.stopped_at is not None or not o or set(dists) - set(o):
+            continue
+        study.add_trial(create_trial(params=_encode(o, dists), distributions=dists, value=r.mean))
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError):  # fewer than two finished proposals, or no variation
+        return {}
+
+
+def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Path, mode: str,
+                  params: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The optimisation history and (when Optuna can compute it) the parameter importance."""
+    out = [("history", "Optimisation history (each proposal's mean over seeds, best so far)",
+            _save(F.optimisation_history(list(rows), metric, mode), "history", folder))]
+    imp = importances(trials, rows, mode, params) if params else {}
+    if imp:
+        out.append(("importance", "Parameter importance (Optuna fANOVA over the proposals' means)",
+                    _save(F.param_importance(imp), "importance", folder)))
     return out
 
 
@@ -231,8 +277,9 @@ def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs
     for r, cells in zip(rows, body, strict=True):
         t.append(f"<tr class='{'best' if r.best else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                  + "</tr>")
-    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed. p: two-sided paired "
-             "t-test against the baseline on matched seeds; 95% CI: Student t over seeds.</p>")
+    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by "
+             "racing. p: two-sided paired t-test against the baseline on matched seeds; 95% CI: Student t over "
+             f"seeds. {html.escape(RANK_NOTE)}</p>")
     parts = ["<h2>Results per arm</h2>", "".join(t)]
     if stage_md:
         parts.append("<h2>Stages</h2>" + md_table_html(stage_md) + "<p class='note'>★ the stage's winner (best "
@@ -267,7 +314,8 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     stopped_md = stopped_markdown(trials, metric)
     if stopped_md:
         (out / "stopped.md").write_text(stopped_md)
-    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode)
+    bayes = (spec.get("search") or {}).get("bayes") or {}
+    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
     (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md,

@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from rayclf.aggregate import scored_trials
+
 BOOKKEEPING = {"seed"}
 
 
@@ -55,7 +57,9 @@ def swept_factors(trials: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def completed(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
-    return [r for r in trials if r.get("status") == "completed" and r.get(key) is not None]
+    """The trials that carry their arm's value under aggregate's ranking rule: completed seeds, or an arm's
+    early-stopped seeds at the rung it reached (so stopped arms keep their place in every figure)."""
+    return scored_trials(trials, key)
 
 
 def learning_curves(epochs: Sequence[Mapping[str, Any]], colors: Mapping[str, Any],
@@ -187,17 +191,23 @@ def factor_effects(trials: Sequence[Mapping[str, Any]], factors: Sequence[str], 
 
 
 def _pivot(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str):
+    """Rows, columns, the mean value of each cell and, per cell, the epoch its trials were stopped at (or
+    None when they trained to the end)."""
     done = completed(trials)
     rows = sorted({_value(r.get(f"config.{f1}")) for r in done}, key=str)
     cols = sorted({_value(r.get(f"config.{f2}")) for r in done}, key=str)
     grid = np.full((len(rows), len(cols)), np.nan)
+    stopped: dict[tuple[int, int], int] = {}
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):
-            vals = [_scale(metric, r["metric_best"]) for r in done
-                    if _value(r.get(f"config.{f1}")) == a and _value(r.get(f"config.{f2}")) == b]
-            if vals:
-                grid[i, j] = float(np.mean(vals))
-    return rows, cols, grid
+            cell = [r for r in done if _value(r.get(f"config.{f1}")) == a and _value(r.get(f"config.{f2}")) == b]
+            if cell:
+                grid[i, j] = float(np.mean([_scale(metric, r["metric_best"]) for r in cell]))
+            halted = [int(r.get("stopped_at_epoch") or r.get("epochs") or 0) for r in cell
+                      if r.get("status") == "stopped_early"]
+            if halted:
+                stopped[(i, j)] = max(halted)
+    return rows, cols, grid, stopped
 
 
 def heatmap(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str, facet: str | None = None) -> Figure:
@@ -206,7 +216,7 @@ def heatmap(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str, 
     fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 4.8), squeeze=False)
     for ax, fv in zip(axes[0], facets, strict=True):
         subset = [r for r in trials if facet is None or _value(r.get(f"config.{facet}")) == fv]
-        rows, cols, grid = _pivot(subset, f1, f2, metric)
+        rows, cols, grid, stopped = _pivot(subset, f1, f2, metric)
         im = ax.imshow(grid, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=30)
         ax.set_yticks(range(len(rows)), [str(r) for r in rows])
@@ -215,10 +225,14 @@ def heatmap(trials: Sequence[Mapping[str, Any]], f1: str, f2: str, metric: str, 
         for i in range(len(rows)):
             for j in range(len(cols)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+                    mark = f"\n†{stopped[(i, j)]}" if (i, j) in stopped else ""
+                    ax.text(j, i, f"{grid[i, j]:.1f}{mark}", ha="center", va="center", color="white", fontsize=8)
         ax.set_title(f"{facet} = {fv}" if facet else f"{f1} × {f2}")
         fig.colorbar(im, ax=ax, label=f"mean best {_label(metric)}")
-    fig.suptitle(f"Mean best {metric.replace('_', ' ')} over seeds" + (f", faceted by {facet}" if facet else ""))
+    note = "; †k: stopped early at epoch k (value there)" if any(
+        r.get("status") == "stopped_early" for r in completed(trials)) else ""
+    fig.suptitle(f"Mean best {metric.replace('_', ' ')} over seeds" + (f", faceted by {facet}" if facet else "")
+                 + note)
     fig.tight_layout()
     return fig
 
@@ -269,5 +283,51 @@ def confusion(trial: Mapping[str, Any]) -> Figure:
     a2.set_xlabel("test accuracy (%)")
     a2.set_title("Per-class accuracy")
     a2.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def optimisation_history(rows: Sequence[Any], metric: str, mode: str) -> Figure:
+    """Bayesian search: each proposal's mean over seeds in the order it was asked, marked when it was stopped
+    early (value at the epoch reached) or had no value, and the running best (ranking rule's top tier)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = np.arange(len(rows))
+    full = [(x, _scale(metric, r.mean)) for x, r in zip(xs, rows, strict=True) if r.mean is not None
+            and r.stopped_at is None]
+    halted = [(x, _scale(metric, r.mean)) for x, r in zip(xs, rows, strict=True) if r.stopped_at is not None
+              and r.mean is not None]
+    if full:
+        ax.scatter(*zip(*full, strict=True), color="tab:blue", zorder=3, label="proposal (mean over seeds)")
+    if halted:
+        ax.scatter(*zip(*halted, strict=True), color="0.6", marker="x", zorder=3,
+                   label="stopped early (value at the epoch reached)")
+    running, best = [], None
+    for r in rows:
+        if r.mean is not None and r.stopped_at is None:
+            best = r.mean if best is None or (r.mean > best if mode == "max" else r.mean < best) else best
+        running.append(_scale(metric, best) if best is not None else np.nan)
+    ax.step(xs, running, where="post", color="tab:red", lw=2, label="best so far")
+    ax.set_xlabel("proposal (order asked)")
+    ax.set_ylabel(f"best {_label(metric)}, mean over seeds")
+    ax.set_title("Optimisation history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def param_importance(importances: Mapping[str, float]) -> Figure:
+    """Bayesian search: each parameter's importance (Optuna's fANOVA, share of the value's variance)."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(items), 1)))
+    ax.barh([k for k, _ in items], [100 * v for _, v in items], color="tab:blue")
+    for y, (_, v) in enumerate(items):
+        ax.annotate(f"{100 * v:.0f}%", (100 * v, y), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)
+    ax.set_xlabel("importance (% of the variance of the mean value explained, fANOVA)")
+    ax.set_xlim(0, 110)
+    ax.set_title("Parameter importance")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

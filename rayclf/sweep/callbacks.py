@@ -21,17 +21,21 @@ def trial_info(trial: Any) -> dict[str, Any]:
 
 def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
-              resumed_from: int | None = None) -> dict[str, Any]:
+              resumed_from: int | None = None, rung: int | None = None) -> dict[str, Any]:
     """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
 
+    A trial whose arm was stopped at epoch ``rung`` carries that epoch as ``stopped_at_epoch`` and its best up
+    to it as ``metric_best`` (the arm's value there; epochs it trained past the rung stay in epochs.parquet).
     Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
     s = summary or {}
-    best = best_value([e[metric] for e in epochs if e.get(metric) is not None], mode)
+    judged = [e for e in epochs if rung is None or int(e.get("epoch") or 0) <= rung]
+    best = best_value([e[metric] for e in judged if e.get(metric) is not None], mode)
     last = epochs[-1] if epochs else {}
+    stopped_at = (rung if rung is not None else last.get("epoch")) if status == "stopped_early" else None
     row: dict[str, Any] = {
         "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
         "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
-        "epochs": len(epochs), "stopped_at_epoch": last.get("epoch") if status == "stopped_early" else None,
+        "epochs": len(epochs), "stopped_at_epoch": stopped_at,
         "resumed_from_epoch": resumed_from,
         "metric": metric, "metric_best": best, "metric_final": last.get(metric),
         "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e.get("val_accuracy") is not None),
@@ -63,8 +67,10 @@ class Recorder(Callback):
     trial continues from: the row then covers every epoch once."""
 
     def __init__(self, store: ResultsStore, metric: str, mode: str,
-                 prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = ""):
+                 prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = "",
+                 board: Any = None):
         self.store, self.metric, self.mode, self.scheme = store, metric, mode, storage_scheme
+        self.board = board  # schedulers.ArmBoard when arms stop together: why and where a trial stopped
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         for tid, history in (prior or {}).items():
             self.epochs[tid] = {int(e["epoch"]): {k: e[k] for k in EPOCH_KEYS if k in e} for e in history}
@@ -95,22 +101,31 @@ class Recorder(Callback):
             path = f"{self.scheme}://{path}"
         return path
 
-    def _record(self, trial: Any, status: str, reason: str) -> None:
+    def _record(self, trial: Any, status: str, reason: str, rung: int | None = None) -> None:
         info = trial_info(trial)
         tid = info["trial_id"]
         epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
         summary = self.summaries.get(tid)
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
-                        checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid))
+                        checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid), rung=rung)
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
         self.rows[tid] = row
 
+    def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
+        """A trial that never trains (its arm was stopped or eliminated first): still exactly one row."""
+        row = trial_row(info, status, reason, None, [], self.metric, self.mode, rung=rung)
+        self.store.add(row, [])
+        self.rows[info["trial_id"]] = row
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
-        if summary is None:
-            self._record(trial, "stopped_early", "stopped by the scheduler")
-        else:
+        if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
+        elif self.board is not None:
+            rung, why = self.board.why_stopped(trial_info(trial)["arm"])
+            self._record(trial, "stopped_early", why, rung)
+        else:
+            self._record(trial, "stopped_early", "stopped by the scheduler")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "failed", failure_reason(trial))

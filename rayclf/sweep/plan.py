@@ -188,22 +188,55 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}, "this machine (local Ray)"
 
 
-def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
-    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate."""
+def _planned(sweep: Sweep) -> tuple[list[Trial], list[str], float]:
+    """The trials the dry run lists, notes on how the search unfolds, and the factor from the listed trials
+    to the whole search's cost (bayes lists its first batch only)."""
     file = sweep.file
     if file.search.kind == "stages":
         trials: list[Trial] = []
         for i in range(sweep.stage_count()):
             trials += sweep.trials(sweep.arms({}, stage=i))
-        note = ("staged sweep: each stage's arms are varied around the previous stage's winner; the table shows "
-                "them around the base config")
-    else:
-        trials = sweep.trials(sweep.arms())
-        note = ""
-    lines = [f"sweep '{sweep.name}' ({file.search.kind}): {len(trials) // len(file.seeds)} arms × "
-             f"{len(file.seeds)} seeds = {len(trials)} trials" + (" (+1 final run)" if file.search.final else "")]
-    if note:
-        lines.append(note)
+        return trials, ["staged sweep: each stage's arms are varied around the previous stage's winner; the "
+                        "table shows them around the base config"], 1.0
+    if file.search.kind == "bayes":
+        from rayclf.sweep.bayes import propose
+
+        b = file.search.bayes
+        assert b is not None
+        first = sweep.trials(propose(sweep, [], min(b.batch, b.num_samples)))
+        return first, [f"bayes search (Optuna TPE, search seed {b.seed}): {b.num_samples} proposals asked in "
+                       f"batches of {b.batch} (the first {b.startup} random), each run with all {len(file.seeds)} "
+                       f"seeds and scored by the mean over them: up to {b.num_samples * len(file.seeds)} trials. "
+                       "The table lists the first batch; later proposals depend on the results."], \
+            b.num_samples / min(b.batch, b.num_samples)
+    return sweep.trials(sweep.arms()), [], 1.0
+
+
+def scheduler_text(sweep: Sweep, n_arms: int) -> str:
+    """What the scheduler will do, in one line."""
+    s, n_seeds = sweep.file.scheduler, len(sweep.file.seeds)
+    if s.name == "racing":
+        test = "paired t-test" if s.test == "ttest" else "Wilcoxon signed-rank test"
+        first = min(s.first_round, n_seeds)
+        return (f"scheduler: racing over seeds — every arm gets seeds {sweep.file.seeds[:first]} first, then "
+                f"{s.seeds_per_round} more per round while it survives; after each round an arm a one-sided {test} "
+                f"over matched seeds shows worse than the current best (p < {s.level:g}) gets no more seeds: "
+                f"between {n_arms * first} and {n_arms * n_seeds} trials")
+    if s.name in ("asha", "median"):
+        return (f"scheduler: {s.name} by arm — decided on the mean over each arm's seeds (from epoch "
+                f"{s.grace_period}), every seed of a stopped arm stops together, seeds not yet started never start")
+    return "scheduler: fifo (every trial trains to the end)"
+
+
+def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
+    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate."""
+    file = sweep.file
+    trials, notes, scale = _planned(sweep)
+    n_arms = len(trials) // len(file.seeds)
+    lines = [f"sweep '{sweep.name}' ({file.search.kind}): {n_arms} arms × "
+             f"{len(file.seeds)} seeds = {len(trials)} trials" + (" (+1 final run)" if file.search.final else "")
+             + (" in the first batch" if file.search.kind == "bayes" else "")]
+    lines += notes
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")
     for t in trials:
         lines.append(f"{t.trial_id:<17} {t.arm.label[:48]:<48} {t.seed:<5} {t.config.total_epochs()}")
@@ -219,12 +252,13 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
                  " (unless the cluster's autoscaler adds such nodes; a fixed cluster never will)")
         lines.append(f"CANNOT RUN on {have}{grows}: {unmet}")
     hours, basis = estimate_hours(trials, res.gpus > 0)
+    hours = hours * scale if hours is not None else None
     unit = "GPU-hours" if res.gpus > 0 else "CPU trial-hours"
     if hours is None:
         lines.append(f"estimate: not available ({basis})")
     else:  # FLOPs over one device's throughput is device time, however trials share or span devices
         lines.append(f"estimate: {hours:.2f} {unit} ({basis}; a rough guide, not a measurement)")
-    lines.append(f"scheduler: {file.scheduler.name}; metric: {file.metric} ({file.mode})")
+    lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
     return "\n".join(lines)
 
 

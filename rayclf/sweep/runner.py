@@ -112,16 +112,29 @@ def _prepare_everywhere(trials: list[Trial]) -> None:
         raise
 
 
-def _scheduler(sweep: Sweep, max_epochs: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+def _arm_board(sweep: Sweep, max_epochs: int) -> Any:
+    """The shared state of arm-level early stopping (asha / median over an arm's seeds), or None."""
+    from rayclf.sweep.schedulers import ArmBoard, rung_rule
 
     s = sweep.file.scheduler
-    if s.name == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=s.max_epochs or max_epochs, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor)
-    if s.name == "median":
-        return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=2)
-    return FIFOScheduler()
+    if s.name not in ("asha", "median"):
+        return None
+    rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
+    return ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
+
+
+def _search(board: Any, descriptions: list[dict[str, Any]], recorder: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(scheduler, search algorithm, param space) for Tune: the trial list as a grid, or, with arm-level
+    early stopping, rayclf's queue that never starts a seed of a stopped arm."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from rayclf.sweep.schedulers import ArmScheduler, TrialQueue
+
+    if board is None:
+        return FIFOScheduler(), None, {"trial": tune.grid_search(descriptions)}
+    skip = lambda d, rung, why: recorder.record_unstarted(d, "stopped_early", why, rung)  # noqa: E731
+    return ArmScheduler(board), TrialQueue(descriptions, board, skip), {}
 
 
 def storage_path(out: str) -> str:
@@ -161,8 +174,10 @@ def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
 
 
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
-               echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool = False) -> int:
-    """Run the trials not yet finished; return how many were skipped as already done."""
+               echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool = False,
+               order: list[Trial] | None = None) -> int:
+    """Run the trials not yet finished; return how many were skipped as already done. ``order`` (a superset of
+    ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the results table."""
     import ray
     from ray import tune
 
@@ -180,12 +195,16 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     storage = storage_path(out)
     found = find_checkpoints(storage, {t.trial_id for _, t in todo})
     stage = (trials[0].arm.stage or 0) if trials else 0
-    descriptions = [_describe(sweep, t, stage * 100_000 + i, storage, tracking,
-                              found[t.trial_id].uri if t.trial_id in found else None) for i, t in todo]
+    pos = {t.trial_id: i for i, t in enumerate(order or trials)}
+    descriptions = [_describe(sweep, t, stage * 100_000 + pos[t.trial_id], storage, tracking,
+                              found[t.trial_id].uri if t.trial_id in found else None) for _, t in todo]
     metric, mode = sweep.file.metric, sweep.file.mode or "max"
     store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
+    max_epochs = max(t.config.total_epochs() for _, t in todo)
+    board = _arm_board(sweep, max_epochs)
     recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
-                        storage_scheme=out.split("://", 1)[0] if "://" in out else "")
+                        storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board)
+    scheduler, search_alg, space = _search(board, descriptions, recorder)
     trainable, in_process = _trainable(sweep, cluster)
     callbacks: list[Any] = [recorder] if in_process else [recorder, PlacementGroupJanitor(recorder)]
     slots = min(concurrency(sweep, cluster), len(todo))
@@ -193,11 +212,11 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                     stream=None if live else _Discard())
     view.skipped(len(trials) - len(todo))
     callbacks.append(LiveCallback(view, recorder))
-    max_epochs = max(t.config.total_epochs() for _, t in todo)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(descriptions)},
-        tune_config=tune.TuneConfig(metric=metric, mode=sweep.file.mode, scheduler=_scheduler(sweep, max_epochs),
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode=sweep.file.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=1 if search_alg is None else len(descriptions),
                                     max_concurrent_trials=slots,
                                     reuse_actors=in_process,
                                     trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
@@ -257,6 +276,44 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> tuple[str, Resul
     return out, store
 
 
+def record_unstarted(sweep: Sweep, trials: list[Trial], order: list[Trial], store: ResultsStore, status: str,
+                     reason: str) -> None:
+    """Rows for trials that will never train (racing eliminated their arm): status, reason, no metrics."""
+    from rayclf.sweep.callbacks import trial_row
+
+    pos = {t.trial_id: i for i, t in enumerate(order)}
+    done = store.finished_ids()
+    metric, mode = sweep.file.metric, sweep.file.mode or "max"
+    rows = [trial_row({"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed,
+                       "stage": t.arm.stage, "position": (t.arm.stage or 0) * 100_000 + pos[t.trial_id],
+                       "overrides": t.arm.overrides, "config": t.config.to_dict()}, status, reason, None, [],
+                      metric, mode) for t in trials if t.trial_id not in done]
+    if rows:
+        store.prepare(rows)
+    for row in rows:
+        store.add(row, [])
+
+
+def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
+             tracking: TrackingSettings, rerun_stopped: bool = False, all_arms: list[Arm] | None = None) -> int:
+    """Run a set of arms (all seeds) under the sweep's scheduler: racing gives seeds in rounds, everything
+    else is one Tune run (asha / median decide per arm inside it). Returns trials skipped as already done.
+    ``all_arms`` (a superset, in order) fixes table positions when arms come in batches (bayes)."""
+    order = sweep.trials(all_arms or arms)
+
+    def run(trials: list[Trial]) -> int:
+        return run_trials(sweep, trials, store, out, live, echo, tracking, rerun_stopped, order=order)
+
+    if sweep.file.scheduler.name != "racing":
+        return run(sweep.trials(arms))
+    from rayclf.sweep.racing import run_racing
+
+    def record(trials: list[Trial], reason: str) -> None:
+        record_unstarted(sweep, trials, order, store, "eliminated", reason)
+
+    return run_racing(sweep, arms, run, record, lambda: store.trials, echo)
+
+
 def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
                tracking: TrackingSettings, rerun_stopped: bool = False) -> tuple[int, Arm]:
     """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
@@ -266,7 +323,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
     for i in range(sweep.stage_count()):
         arms = sweep.arms(carried, stage=i)
         trials = sweep.trials(arms)
-        skipped += run_trials(sweep, trials, store, out, live, echo, tracking, rerun_stopped)
+        skipped += run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped)
         # a stage's arm may be a config an earlier stage already trained (same content address): its stored
         # row keeps the first label, so rank this stage's arms by their own labels, mapped through trial ids
         label = {t.trial_id: t.arm.label for t in trials}
@@ -305,8 +362,13 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         winner = None
         if sweep.file.search.kind == "stages":
             skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped)
+        elif sweep.file.search.kind == "bayes":
+            from rayclf.sweep.bayes import run_bayes
+
+            skipped = run_bayes(sweep, lambda arms, seen: run_arms(sweep, arms, store, out, live, echo, tracking,
+                                                                   rerun_stopped, seen), lambda: store.trials, echo)
         else:
-            skipped = run_trials(sweep, sweep.trials(sweep.arms()), store, out, live, echo, tracking, rerun_stopped)
+            skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
     finally:
         release_driver(out)
         if started:

@@ -35,6 +35,25 @@ from rayclf.metrics import metric_mode
 
 
 # ------------------------------------------------------------------------------------- the file
+def check_distributions(params: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """``key: {kind: arg}`` with a known kind and a usable argument (random and bayes take the same)."""
+    for key, dist in params.items():
+        if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+            kind = next(iter(dist), None)
+            hint = closest(str(kind), DISTRIBUTIONS)
+            raise ValueError(f"{where}.params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}"
+                             + (f"; did you mean '{hint}'?" if hint else ""))
+        kind, arg = next(iter(dist.items()))
+        if kind == "choice" and (not isinstance(arg, list) or not arg):
+            raise ValueError(f"{where}.params.{key}.choice must be a non-empty list")
+        if kind != "choice" and (not isinstance(arg, list) or len(arg) != 2 or not arg[0] < arg[1]):
+            raise ValueError(f"{where}.params.{key}.{kind} must be [low, high] with low < high")
+        if kind == "loguniform" and arg[0] <= 0:
+            raise ValueError(f"{where}.params.{key}.loguniform needs low > 0")
+        if kind == "randint" and not all(isinstance(a, int) for a in arg):
+            raise ValueError(f"{where}.params.{key}.randint needs integer bounds")
+
+
 class RandomSearch(Strict):
     num_samples: int = Field(..., ge=1, le=100_000)
     seed: int = Field(0, ge=0)
@@ -42,19 +61,24 @@ class RandomSearch(Strict):
 
     @model_validator(mode="after")
     def _dists(self) -> RandomSearch:
-        for key, dist in self.params.items():
-            if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-                kind = next(iter(dist), None)
-                hint = closest(str(kind), DISTRIBUTIONS)
-                raise ValueError(f"search.random.params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}"
-                                 + (f"; did you mean '{hint}'?" if hint else ""))
-            kind, arg = next(iter(dist.items()))
-            if kind == "choice" and (not isinstance(arg, list) or not arg):
-                raise ValueError(f"search.random.params.{key}.choice must be a non-empty list")
-            if kind != "choice" and (not isinstance(arg, list) or len(arg) != 2 or not arg[0] < arg[1]):
-                raise ValueError(f"search.random.params.{key}.{kind} must be [low, high] with low < high")
-            if kind == "loguniform" and arg[0] <= 0:
-                raise ValueError(f"search.random.params.{key}.loguniform needs low > 0")
+        check_distributions(self.params, "search.random")
+        return self
+
+
+class BayesSearch(Strict):
+    """TPE (Optuna ask/tell) driven by rayclf: proposals in seeded batches, each run with every sweep seed."""
+
+    num_samples: int = Field(..., ge=1, le=10_000, description="proposals in all")
+    seed: int = Field(0, ge=0, description="search seed: the same seed and results give the same proposals")
+    batch: int = Field(1, ge=1, le=1_000, description="proposals asked at once (run in parallel)")
+    startup: int = Field(4, ge=0, le=10_000, description="random proposals before TPE models the results")
+    params: dict[str, dict[str, Any]] = Field(..., description="as search.random.params")
+
+    @model_validator(mode="after")
+    def _dists(self) -> BayesSearch:
+        if not self.params:
+            raise ValueError("search.bayes.params needs at least one parameter")
+        check_distributions(self.params, "search.bayes")
         return self
 
 
@@ -74,29 +98,55 @@ class Stage(Strict):
 class SearchSpec(Strict):
     grid: dict[str, Any] | None = None
     random: RandomSearch | None = None
+    bayes: BayesSearch | None = None
     ablation: Ablation | None = None
     stages: list[Stage] | None = None
     final: dict[str, Any] | None = Field(None, description="stages: re-run the winner with these overrides")
 
     @model_validator(mode="after")
     def _one(self) -> SearchSpec:
-        kinds = [k for k in ("grid", "random", "ablation", "stages") if getattr(self, k) is not None]
+        kinds = [k for k in SEARCH_KINDS if getattr(self, k) is not None]
         if len(kinds) > 1:
-            raise ValueError(f"search takes one of grid, random, ablation or stages, not {' and '.join(kinds)}")
+            raise ValueError(f"search takes one of grid, random, bayes, ablation or stages, "
+                             f"not {' and '.join(kinds)}")
         if self.final is not None and self.stages is None:
             raise ValueError("search.final only applies to stages")
         return self
 
     @property
     def kind(self) -> str:
-        return next((k for k in ("grid", "random", "ablation", "stages") if getattr(self, k) is not None), "single")
+        return next((k for k in SEARCH_KINDS if getattr(self, k) is not None), "single")
+
+
+SEARCH_KINDS = ("grid", "random", "bayes", "ablation", "stages")
 
 
 class SchedulerSpec(Strict):
-    name: Literal["fifo", "asha", "median"] = "fifo"
+    """How trials stop early. asha / median decide per arm on the mean over its seeds (every seed of a stopped
+    arm stops); racing gives arms their seeds in rounds and stops giving seeds to arms a paired test shows
+    worse than the current best."""
+
+    name: Literal["fifo", "asha", "median", "racing"] = "fifo"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_epochs: int | None = Field(None, ge=1, description="default: the base config's epochs")
+    min_arms: int = Field(2, ge=1, description="median: arms that must have reached an epoch before any stops")
+    level: float = Field(0.05, gt=0.0, lt=0.5, description="racing: one-sided significance level of the test")
+    test: Literal["ttest", "wilcoxon"] = Field("ttest", description="racing: paired test over matched seeds")
+    seeds_per_round: int = Field(1, ge=1, description="racing: seeds each surviving arm gets per round")
+    first_round: int = Field(2, ge=1, description="racing: seeds every arm gets before any test (≥ 2 for a test)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> SchedulerSpec:
+        fields = type(self).model_fields
+        given = {k for k in self.model_fields_set if getattr(self, k) != fields[k].default}  # a dumped file re-loads
+        racing_only = {"level", "test", "seeds_per_round", "first_round"} & given
+        if racing_only and self.name != "racing":
+            raise ValueError(f"scheduler.{sorted(racing_only)[0]} only applies to scheduler name: racing")
+        rung_only = {"grace_period", "reduction_factor", "max_epochs"} & given
+        if rung_only and self.name in ("racing", "fifo"):
+            raise ValueError(f"scheduler.{sorted(rung_only)[0]} only applies to asha and median, not {self.name}")
+        return self
 
 
 class ResourcesSpec(Strict):
@@ -138,6 +188,11 @@ class SweepFile(Strict):
             self.mode = metric_mode(self.metric)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
+        if self.scheduler.name == "racing" and len(self.seeds) < 2:
+            raise ValueError("scheduler racing needs at least 2 seeds to compare arms (seeds: [0, 1, ...])")
+        if self.search.bayes is not None and self.scheduler.name == "racing":
+            raise ValueError("search.bayes scores every proposal on all seeds; use scheduler asha or median "
+                             "with it, not racing")
         return self
 
 
@@ -178,6 +233,8 @@ class Sweep:
             return grid_arms(s.grid or {})
         if s.kind == "random":
             return random_arms(s.random)  # type: ignore[arg-type]
+        if s.kind == "bayes":
+            raise ValueError("bayes arms are proposed as results come in: use rayclf.sweep.bayes")
         if s.kind == "ablation":
             return ablation_arms(s.ablation)  # type: ignore[arg-type]
         if s.kind == "stages":
@@ -356,6 +413,10 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
             sweep.trials(sweep.arms({}, stage=i))
         if file.search.final:
             sweep.config_for(Arm("final", dict(file.search.final)), file.seeds[0])
+    elif file.search.kind == "bayes":
+        from rayclf.sweep.bayes import check_space
+
+        check_space(sweep)
     else:
         sweep.trials(sweep.arms())
     return sweep
@@ -392,6 +453,10 @@ def describe_file(path: str | Path) -> str:
             extra = " + final" if sweep.file.search.final else ""
             return (f"sweep '{sweep.name}': {sweep.stage_count()} stages of {per_stage} arms{extra} "
                     f"× {n_seeds} seeds")
+        if sweep.file.search.kind == "bayes":
+            b = sweep.file.search.bayes
+            return (f"sweep '{sweep.name}': bayes (TPE), {b.num_samples} proposals × {n_seeds} seeds = "  # type: ignore[union-attr]
+                    f"up to {b.num_samples * n_seeds} trials")  # type: ignore[union-attr]
         arms = sweep.arms()
         return f"sweep '{sweep.name}': {len(arms)} arms × {n_seeds} seeds = {len(arms) * n_seeds} trials"
     cfg = build_config(data)
