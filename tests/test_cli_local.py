@@ -116,3 +116,39 @@ def test_predict_on_the_test_split_reproduces_the_trials_test_accuracy(tmp_path,
     (tmp_path / "empty").mkdir()
     _, _, acc = predict(tmp_path / "run" / "checkpoint", tmp_path / "empty", "test", device="cpu")
     assert acc == result.summary["test_accuracy"]
+
+
+def test_unreachable_or_refusing_address_is_one_clear_message(tmp_path, monkeypatch):
+    """A wrong --address answers at once with the fix (exit 2), never a ConnectionError traceback."""
+    import socket
+
+    import yaml
+
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"name": "a", "base": tiny()}))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(main, ["sweep", str(f), "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert f"cannot reach a Ray cluster at --address 127.0.0.1:{port}" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["sweep", str(f), "--address", "127.0.0.1:http", "--dry-run"])
+    assert res.exit_code == 2 and "not a port number" in res.output
+
+    # something listens but Ray refuses us (token authentication): the message says how to authenticate
+    import ray
+
+    from rayclf.sweep import connect as conn
+
+    def refuse(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379")
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(ray, "init", refuse)
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        addr = f"127.0.0.1:{server.getsockname()[1]}"
+        res = CliRunner().invoke(main, ["sweep", str(f), "--address", addr, "--dry-run"])
+    assert res.exit_code == 2 and "RAY_AUTH_MODE=token" in res.output and "refused" in res.output, res.output
+    assert conn.host_port("ray://head:10001") == ("head", 10001) and conn.host_port("auto") is None

@@ -173,7 +173,9 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
     if address:
         import ray
 
-        ray.init(address=address, log_to_driver=False)
+        from rayclf.sweep.connect import connect
+
+        connect(address)
         try:
             return dict(ray.cluster_resources()), f"cluster at {address}"
         finally:

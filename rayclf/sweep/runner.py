@@ -22,6 +22,7 @@ from typing import Any
 from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
+from rayclf.sweep.connect import connect
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
@@ -255,7 +256,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=verbose, logging_level=level)
+        connect(address, verbose)
         return False
     ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=verbose,
              logging_level=level)
