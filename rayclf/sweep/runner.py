@@ -237,6 +237,19 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
 
 
 # --------------------------------------------------------------------------------- driver side
+SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _keep_credentials_out_of_ray() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial actor's ``runtime_env``, which Ray's
+    runtime-env agent then logs in plain text and keeps in the cluster's metadata. rayclf never forwards them:
+    a trial process takes credentials from its node's environment (inherited from the driver on a local
+    instance; an instance role or the node's own environment on a cluster)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV_VARS)
+
+
 def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> bool:
     """Connect to ``address`` or start a local instance; True when we started it (and must stop it).
 
@@ -253,6 +266,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's result grid looks for the per-trial result files rayclf does not write: say nothing about it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    _keep_credentials_out_of_ray()
     if ray.is_initialized():
         return False
     if address:
