@@ -41,7 +41,8 @@ ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "st
 TRIAL_COLUMNS: dict[str, str] = {
     "trial_id": "string", "sweep": "string", "arm": "string", "stage": "int", "seed": "int", "position": "int",
     "status": "string", "reason": "string", "epochs": "int", "stopped_at_epoch": "int",
-    "resumed_from_epoch": "int", "metric": "string", "metric_best": "float", "metric_final": "float",
+    "resumed_from_epoch": "int", "data_seconds": "float", "metric": "string", "metric_best": "float",
+    "metric_final": "float",
     "best_val_accuracy": "float", "final_val_accuracy": "float", "final_val_loss": "float",
     "final_train_loss": "float", "final_train_accuracy": "float", "test_accuracy": "float", "test_loss": "float",
     "params": "int", "seconds": "float", "train_seconds": "float", "images_per_sec": "float",

@@ -130,3 +130,56 @@ def test_real_cifar10_mini_loads():
     assert len(ds.train) + len(ds.val) == 3730 and len(ds.test) == 930
     assert ds.classes[0] == "airplane"
     assert 0.4 < ds.mean[0] < 0.6
+
+
+def test_trials_starting_at_once_on_a_cold_node_download_and_extract_once(tmp_path, monkeypatch):
+    """Four trials load CIFAR-10 at the same moment on a node that has nothing: the archive, served by a
+    local stub that counts requests, is fetched once and extracted once; every trial gets the full data."""
+    import http.server
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torchvision.datasets.utils import calculate_md5
+
+    src = tmp_path / "src"
+    write_cifar(src, n_train=100, n_test=20)
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    requests: list[str] = []
+
+    class Counting(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(sources, "CIFAR10", sources.Archive(url, "cifar-10-python.tar.gz",
+                                                            calculate_md5(str(served / "cifar-10-python.tar.gz"))))
+    import rayclf.data.prepare as prepare
+
+    extracted: list[str] = []
+    real_extract = prepare._extract
+    monkeypatch.setattr(prepare, "_extract", lambda *a: (extracted.append(a[3]), real_extract(*a)))
+    try:  # what one download costs the server (torchvision asks once for redirects, then fetches)
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path / "warm-up"), val_fraction=0.0))
+        one_download, extracted[:] = list(requests), []
+        requests.clear()
+        root = tmp_path / "node"
+        with ThreadPoolExecutor(4) as pool:
+            sets = list(pool.map(lambda _: load_dataset(DataConfig(name="cifar10", root=str(root),
+                                                                   val_fraction=0.0)), range(4)))
+    finally:
+        server.shutdown()
+    assert requests == one_download and extracted == ["cifar-10-batches-py"]
+    assert all(len(ds.train) == 100 and len(ds.test) == 20 for ds in sets)
+    assert not [p for p in root.iterdir() if p.name.endswith(".partial")]  # nothing half-done left behind

@@ -43,6 +43,7 @@ def test_sweep_records_completed_failed_and_diverged_then_resumes(ray_local, tmp
     assert set(rows) == {"baseline", "lr=10", "device=cuda"}
     assert rows["baseline"]["status"] == "completed" and rows["baseline"]["test_accuracy"] is not None
     assert rows["baseline"]["epochs"] == 2 and rows["baseline"]["config.optim.lr"] == 0.05
+    assert rows["baseline"]["data_seconds"] >= 0  # what making the data ready cost the trial's node
     assert rows["lr=10"]["status"] == "diverged" and "non-finite" in rows["lr=10"]["reason"]
     assert rows["device=cuda"]["status"] == "failed"
     assert "cuda" in rows["device=cuda"]["reason"].lower() or "gpu" in rows["device=cuda"]["reason"].lower()

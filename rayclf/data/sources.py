@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,9 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from rayclf.config import DataConfig, UserError
+from rayclf.config import DataConfig
+from rayclf.data.prepare import Archive, DataError, ensure_extracted
 from rayclf.results import write_atomically
-
-
-class DataError(UserError):
-    """A dataset file is missing, corrupt or cannot be downloaded; the message says where to put it."""
 
 
 @dataclass
@@ -63,45 +59,6 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser()
 
 
-# ------------------------------------------------------------------------------------- archives
-@dataclass(frozen=True)
-class Archive:
-    url: str
-    filename: str
-    md5: str
-
-
-def fetch_archive(archive: Archive, root: Path, folder: str, download: bool) -> None:
-    """Make sure ``root/folder`` exists: extract the official archive (downloading it, checksummed)."""
-    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
-
-    path = root / archive.filename
-    where = (f"put the official archive {archive.filename} (from {archive.url}) or the extracted "
-             f"'{folder}' folder in {root}")
-    if not path.exists():
-        if not download:
-            raise DataError(f"dataset folder {root / folder} is missing and data.download is false: {where}.")
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            download_url(archive.url, str(root), archive.filename, md5=archive.md5)
-        except Exception as exc:  # offline, DNS, HTTP errors all mean the same to the user
-            path.unlink(missing_ok=True)
-            raise DataError(f"could not download {archive.url} ({type(exc).__name__}: {exc}); "
-                            f"if this machine is offline, {where}.") from None
-    if not check_integrity(str(path), archive.md5):
-        raise DataError(f"{path} is corrupt or incomplete: its md5 is not the official {archive.md5}; "
-                        f"delete it and download again, or {where}.")
-    try:
-        extract_archive(str(path), str(root / folder) if folder_is_flat(archive) else str(root))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"cannot extract {path}: {exc}; delete it and download again, or {where}.") from None
-
-
-def folder_is_flat(archive: Archive) -> bool:
-    """CINIC-10's archive has no top folder (train/ valid/ test/ at its root); CIFAR's has one."""
-    return archive.filename == CINIC10.filename
-
-
 # ------------------------------------------------------------------------------------- CIFAR
 CIFAR10 = Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
                   "c58f30108f718f92721af3b95e74349a")
@@ -139,8 +96,7 @@ def _concat(splits: list[Split]) -> Split:
 def official_folder(cfg: DataConfig, archive: Archive, folder: str) -> tuple[Path, str]:
     """The dataset's official folder (extracted, downloading the archive if needed) and a repair hint."""
     root = data_root(cfg)
-    if not (root / folder).is_dir():
-        fetch_archive(archive, root, folder, cfg.download)
+    ensure_extracted(archive, root, folder, cfg.download)
     base = root / folder
     return base, f"restore it from the official archive {archive.filename} ({archive.url}) into {base}"
 
@@ -217,7 +173,7 @@ def decode_tree(folder: Path, classes: list[str], size: int | None, cache: Path)
 
 
 CINIC10 = Archive("https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz", "CINIC-10.tar.gz",
-                  "6ee4d0c996905fe93221de577967a372")
+                  "6ee4d0c996905fe93221de577967a372", flat=True)
 CINIC_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -226,7 +182,7 @@ def load_cinic10(cfg: DataConfig) -> Dataset:
     base = root / folder
     cached = all((base / "cache" / f"{s}.npz").is_file() for s in ("train", "valid", "test"))
     if not cached and not all((base / s).is_dir() for s in ("train", "valid", "test")):
-        fetch_archive(CINIC10, root, folder, cfg.download)
+        ensure_extracted(CINIC10, root, folder, cfg.download)
     splits = {s: decode_tree(base / s, CINIC_CLASSES, 32, base / "cache" / f"{s}.npz")
               for s in ("train", "valid", "test")}
     return Dataset("cinic10", splits["train"], splits["test"], CINIC_CLASSES, val=splits["valid"])

@@ -11,7 +11,7 @@ from ray.tune import Callback
 from rayclf.aggregate import best_value
 from rayclf.config import flatten
 from rayclf.results import ResultsStore
-from rayclf.sweep.keys import EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
@@ -76,6 +76,7 @@ class Recorder(Callback):
             self.epochs[tid] = {int(e["epoch"]): {k: e[k] for k in EPOCH_KEYS if k in e} for e in history}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.resumed: dict[str, int] = {}
+        self.data_seconds: dict[str, float] = {}
         self.checkpoints: dict[str, str] = {}
         self.pgs: dict[str, set[str]] = {}
         self.rows: dict[str, dict[str, Any]] = {}
@@ -89,6 +90,8 @@ class Recorder(Callback):
         if result.get("checkpoint_path"):  # Ray Train (data-parallel) trials report their checkpoint here
             self.checkpoints[tid] = result["checkpoint_path"]
         self.resumed.setdefault(tid, int(result.get(RESUMED_KEY) or 0))
+        if result.get(DATA_KEY) is not None:  # the latest attempt's: what its node cost to prepare
+            self.data_seconds[tid] = float(result[DATA_KEY])
         row = {k: result[k] for k in EPOCH_KEYS if k in result}
         if "epoch" in row:  # a retried trial repeats epochs after its checkpoint: keep the latest
             self.epochs.setdefault(tid, {})[int(row["epoch"])] = row
@@ -108,6 +111,7 @@ class Recorder(Callback):
         summary = self.summaries.get(tid)
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
                         checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid), rung=rung)
+        row["data_seconds"] = self.data_seconds.get(tid)
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
         self.rows[tid] = row
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rayclf.config import build_config
-from rayclf.sweep.keys import CHECKPOINT_META, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.keys import CHECKPOINT_META, DATA_KEY, PG_KEY, RESUMED_KEY, SUMMARY_KEY
 from rayclf.train.checkpoint import CHECKPOINT_FILE
 
 Send = Callable[[dict[str, Any], "Path | None"], None]
@@ -103,7 +104,9 @@ def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, dev
     cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto" and device is not None:
         cfg.train.device = device
-    data = _dataset(cfg)
+    started = time.perf_counter()
+    data = _dataset(cfg)  # on a node that has nothing yet: download, verify, extract, decode (once per node)
+    extra = {**extra, DATA_KEY: time.perf_counter() - started}
     settings = TrackingSettings(**trial.get("tracking", {}))
     wandb_reporter = None
     if settings.mode != "disabled" and rank == 0:  # one W&B run per trial
