@@ -144,14 +144,22 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 @main.command()
 @click.argument("sweep_dir")
 @click.option("--out", type=click.Path(path_type=Path), help="report folder (default SWEEP_DIR/report)")
+@click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline"]),
+              help="also log the table and figures to the sweep's W&B run")
 @user_errors
-def report(sweep_dir: str, out: Path | None) -> None:
+def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
     """Tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and index.html from a sweep directory."""
     from rayclf.report import build_report
 
     rep = build_report(sweep_dir, out)
     click.echo(f"wrote {rep.out}/index.html, results.md/.csv/.tex and {len(rep.figures)} figures "
                f"({', '.join(rep.figures)})")
+    if wandb_mode:
+        from rayclf.report.publish import publish
+
+        where = publish(sweep_dir, rep, wandb_mode)
+        click.echo(f"logged the table and {len(rep.figures)} figures to W&B" + (f" ({where})" if where else
+                                                                                  " (failed: see the warning)"))
 
 
 @main.command("models")

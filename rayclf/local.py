@@ -20,12 +20,46 @@ from rayclf.train.engine import TrialResult, evaluator_for, fit, resolve_device
 
 
 class ConsoleReporter:
-    """One line per epoch on the terminal."""
+    """One line per epoch; on a terminal also a progress bar inside each epoch (steps, img/s, time left)."""
 
-    def __init__(self, total_epochs: int, echo=print):
+    def __init__(self, total_epochs: int, echo=print, terminal: bool | None = None):
+        import sys
+
         self.total, self.echo = total_epochs, echo
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.bar: Any = None
+        self.task: Any = None
+        self.epoch_no = 1
+
+    def step(self, done: int, steps: int, images: int) -> None:
+        if not self.terminal:
+            return
+        if self.bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn(f"epoch {self.epoch_no}/{self.total}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("steps", total=steps, rate="–")
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        self.bar.update(self.task, completed=done, rate=f"{images / elapsed:,.0f}" if elapsed > 0 else "–")
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
     def epoch(self, m: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
+        self._close_bar()
+        self.epoch_no = int(m["epoch"]) + 1
         val = f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.2%} | " if "val_loss" in m else ""
         self.echo(f"epoch {m['epoch']:>3}/{self.total} | train loss {m['train_loss']:.4f} acc "
                   f"{m['train_accuracy']:.2%} | {val}lr {m['lr']:.2e} | {m['epoch_seconds']:.1f}s "
@@ -35,6 +69,8 @@ class ConsoleReporter:
         return False
 
     def end(self, s: dict[str, Any]) -> None:
+        self._close_bar()
+
         def pct(v: Any) -> str:
             return f"{v:.2%}" if isinstance(v, float) and math.isfinite(v) else "n/a"
 

@@ -122,3 +122,30 @@ def files_containing(roots: list[Path], needle: str) -> list[Path]:
             except OSError:
                 continue
     return hits
+
+
+def run_in_pty(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run a command on a real pseudo-terminal (as a person's shell would); its exit code and raw output."""
+    import os
+    import subprocess
+    import time
+
+    main, sub = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "100",
+           "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(args, stdout=sub, stderr=sub, stdin=sub, env=env, close_fds=True)
+    os.close(sub)
+    chunks: list[bytes] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(main)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")

@@ -152,3 +152,24 @@ def test_unreachable_or_refusing_address_is_one_clear_message(tmp_path, monkeypa
         res = CliRunner().invoke(main, ["sweep", str(f), "--address", addr, "--dry-run"])
     assert res.exit_code == 2 and "RAY_AUTH_MODE=token" in res.output and "refused" in res.output, res.output
     assert conn.host_port("ray://head:10001") == ("head", 10001) and conn.host_port("auto") is None
+
+
+def test_train_shows_a_progress_bar_inside_each_epoch_on_a_terminal_only(tmp_path):
+    import re
+    import sys
+    from pathlib import Path
+
+    from .conftest import run_in_pty
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(data={"synthetic": {"num_train": 1000, "num_test": 100, "num_classes": 4,
+                                                           "image_size": 16, "difficulty": 0.0}},
+                                       train={"epochs": 2, "batch_size": 20})))
+    rayclf = str(Path(sys.executable).with_name("rayclf"))
+    code, raw = run_in_pty([rayclf, "train", str(cfg), "--out", str(tmp_path / "tty")])
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    assert code == 0, text
+    assert "━" in text and "img/s" in text and re.search(r"epoch 1/2 .*\d+/45", text), text[-2000:]
+    assert "epoch   2/2 | train loss" in text  # the per-epoch line stays
+    piped = CliRunner().invoke(main, ["train", str(cfg), "--out", str(tmp_path / "pipe")])
+    assert piped.exit_code == 0 and "━" not in piped.output and "epoch   1/2 | train loss" in piped.output

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 from rayclf.sweep.live import LiveView
+
+from .conftest import run_in_pty
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
@@ -77,26 +75,8 @@ def test_numbers_eta_and_best_arm():
 
 def test_terminal_view_renders_in_place_through_a_pty():
     """A real pseudo-terminal: the view detects it, draws rich's bar and table, and redraws in place."""
-    main, sub = os.openpty()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "100",
-           "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=sub, stderr=sub, stdin=sub, env=env, close_fds=True)
-    os.close(sub)
-    chunks: list[bytes] = []
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            data = os.read(main, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=30)
-    os.close(main)
-    raw = b"".join(chunks).decode("utf-8", "replace")
-    assert proc.returncode == 0, raw
+    returncode, raw = run_in_pty([sys.executable, "-c", DRIVER], timeout=60)
+    assert returncode == 0, raw
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
     assert "\x1b[1A" in raw or "\x1b[2K" in raw  # redrawn in place (cursor up / erase line), not appended
     assert "━" in text  # rich's progress bar

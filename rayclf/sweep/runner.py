@@ -27,7 +27,7 @@ from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
-from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
+from rayclf.tracking import TrackingSettings, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -174,13 +174,35 @@ def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
     return tune.with_resources(train_driver, driver_resources(cluster)), False
 
 
+def _tuner(sweep: Sweep, trainable: Any, in_process: bool, space: dict[str, Any], scheduler: Any, search_alg: Any,
+           n: int, slots: int, storage: str, callbacks: list[Any]) -> Any:
+    """Tune over rayclf's explicit trial list: names and folders by trial id, one checkpoint kept per trial,
+    retries by Tune for in-process trials (Ray Train retries a worker group itself)."""
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=1 if search_alg is None else n,
+                                    max_concurrent_trials=slots, reuse_actors=in_process,
+                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
+                                                                  f"{tr.config['trial']['seed']}"[:80],
+                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
+        run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
+                                  callbacks=callbacks, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=sweep.file.max_failures if in_process else 0)),
+    )
+
+
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
                echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool = False,
                order: list[Trial] | None = None) -> int:
     """Run the trials not yet finished; return how many were skipped as already done. ``order`` (a superset of
     ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the results table."""
     import ray
-    from ray import tune
 
     from rayclf.sweep.callbacks import LiveCallback, PlacementGroupJanitor, Recorder, trial_row
     from rayclf.sweep.live import LiveView
@@ -213,22 +235,8 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                     stream=None if live else _Discard())
     view.skipped(len(trials) - len(todo))
     callbacks.append(LiveCallback(view, recorder))
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(metric=metric, mode=sweep.file.mode, scheduler=scheduler,
-                                    search_alg=search_alg, num_samples=1 if search_alg is None else len(descriptions),
-                                    max_concurrent_trials=slots,
-                                    reuse_actors=in_process,
-                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
-                                                                  f"{tr.config['trial']['seed']}"[:80],
-                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
-        run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
-                                  callbacks=callbacks, verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(
-                                      max_failures=sweep.file.max_failures if in_process else 0)),
-    )
+    tuner = _tuner(sweep, trainable, in_process, space, scheduler, search_alg, len(descriptions), slots, storage,
+                   callbacks)
     try:
         tuner.fit()
     finally:
@@ -401,14 +409,19 @@ def _session_dir() -> str | None:
 
 
 def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callable[[str], None]) -> None:
-    """The sweep-level W&B run, and where offline runs are and how to upload them."""
+    """The sweep-level W&B run with the finished sweep's table and report figures, and where offline runs
+    are and how to upload them."""
     if tracking.mode == "disabled":
         return
-    stats = arm_table(outcome.rows, outcome.sweep.file.mode or "max")
-    rows = [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "test_accuracy_mean": s.test_mean,
-             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in stats]
-    figures = sorted(Path(outcome.out, "report", "figures").glob("*.png")) if "://" not in outcome.out else []
-    log_sweep_summary(tracking, outcome.sweep.name, rows, figures)
+    from rayclf.report.publish import publish, render_for_tracking
+
+    try:
+        rep = render_for_tracking(outcome.out)
+    except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
+        echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
+             f"run `rayclf report {outcome.out} --wandb {tracking.mode}` later.")
+        return
+    publish(outcome.out, rep, settings=tracking)
     if tracking.mode == "offline":
         echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
              f"wandb sync {tracking.dir}/wandb/offline-run-*")

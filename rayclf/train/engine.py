@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,8 @@ MISCLASSIFIED_KEPT = 16
 
 
 class Reporter(Protocol):
-    """Where the engine sends progress; CLI progress, Ray Train and W&B implement it."""
+    """Where the engine sends progress; CLI progress, Ray Train and W&B implement it. A reporter may also
+    have ``step(done, steps, images)``, called after every training step (the terminal's progress bar)."""
 
     def epoch(self, metrics: dict[str, Any], checkpoint_dir: Path | None, final: bool = False) -> None:
         """One epoch's metrics; ``final`` marks the last epoch (``end`` follows right after)."""
@@ -204,6 +206,9 @@ class Trainer:
     num_classes: int
     flipper: AlternatingFlip | None = None
     lookahead: Lookahead | None = None
+    # called after every training step with (steps done, steps in the epoch, images so far): host-side counts
+    # only, so a progress bar never forces a device sync
+    on_step: Callable[[int, int, int], None] | None = None
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -262,6 +267,8 @@ class Trainer:
                 sums[0] += loss.detach().double() * len(yb)
                 sums[1] += hit.sum().double()
             count += len(yb)
+            if self.on_step is not None:
+                self.on_step(step + 1, steps, count)
         if self.lookahead is not None:
             self.lookahead.epoch_end()
         sums[2] = count
@@ -551,6 +558,7 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
     ds = data if data is not None else load_dataset(cfg.data)
     check_runnable(cfg, ds)
     state = TrialState(cfg, build_trainer(cfg, ds), ds)
+    state.tr.on_step = getattr(reporter, "step", None)  # optional: progress inside an epoch (rayclf train)
     if resume is not None:
         state.restore(load_checkpoint(resume, map_location=state.tr.device))
     outcome = Outcome()

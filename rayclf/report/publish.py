@@ -1,0 +1,49 @@
+"""Put a sweep's report where a team looks: the sweep-level W&B run gets the per-arm table and every figure.
+
+Called at the end of every sweep (``rayclf sweep``) and by ``rayclf report --wandb MODE``, so a dashboard
+always shows the figures of the finished sweep, not those of an earlier local report.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayclf.report import Report, build_report
+from rayclf.results import exists, join, read_text
+from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
+
+
+def arm_rows(rep: Report) -> list[dict[str, Any]]:
+    return [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "test_accuracy_mean": s.test_mean,
+             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in rep.rows]
+
+
+def figure_files(rep: Report) -> list[Path]:
+    return [p for name in rep.figures if (p := rep.out / "figures" / f"{name}.png").is_file()]
+
+
+def render_for_tracking(sweep_dir: str) -> Report:
+    """The report of a finished sweep: into SWEEP_DIR/report when local, a temporary folder otherwise."""
+    out = None if "://" not in sweep_dir else Path(tempfile.mkdtemp(prefix="rayclf-report-")) / "report"
+    return build_report(sweep_dir, out)
+
+
+def publish(sweep_dir: str, rep: Report, mode: str | None = None,
+            settings: TrackingSettings | None = None) -> str | None:
+    """Log the report's table and figures to the sweep-level W&B run; returns the run's folder, or None."""
+    spec = _spec(sweep_dir)
+    name = spec.get("name") or Path(sweep_dir.rstrip("/")).name
+    if settings is None:
+        w = spec.get("wandb") or {}
+        settings = resolve_settings(mode or w.get("mode", "auto"), w.get("project"), w.get("entity"),
+                                    w.get("tags", []), name, sweep_dir)
+    return log_sweep_summary(settings, name, arm_rows(rep), figure_files(rep))
+
+
+def _spec(sweep_dir: str) -> dict[str, Any]:
+    uri = join(sweep_dir, "sweep.yaml")
+    return (yaml.safe_load(read_text(uri)) or {}) if exists(uri) else {}
