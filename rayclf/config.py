@@ -209,9 +209,31 @@ class SchedConfig(Strict):
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)
     div_factor: float = Field(25.0, ge=1.0)
     final_div_factor: float = Field(1e4, ge=1.0)
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(5, ge=0)
+    milestone_factors: list[float] = Field(default_factory=list, description=(
+        "multistep: the LR multiplier applied at each milestone (cumulative, e.g. [0.1, 0.1, 0.1, 0.5] for "
+        "Keras's cifar10_resnet); empty = gamma at every milestone"))
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="reduce-on-plateau: LR multiplier when it fires")
+    patience: int = Field(5, ge=0, description=(
+        "reduce-on-plateau: lower the LR once this many epochs in a row did not improve (Keras's rule: "
+        "wait >= patience, so patience 2 lowers at the second bad epoch)"))
     plateau_metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+    plateau_min_delta: float = Field(0.0, ge=0.0, description="an improvement must beat the best by more than this")
+    plateau_min_lr: float = Field(0.0, ge=0.0, description="reduce-on-plateau never lowers the LR below this")
+    reduce_on_plateau: bool = Field(False, description=(
+        "reduce-on-plateau on top of this schedule (name: plateau is constant + this)"))
+
+    @model_validator(mode="after")
+    def _factors(self) -> SchedConfig:
+        if self.milestone_factors and len(self.milestone_factors) != len(self.milestones):
+            raise ValueError(f"milestone_factors has {len(self.milestone_factors)} values for "
+                             f"{len(self.milestones)} milestones; give one factor per milestone")
+        if any(not 0 < f <= 10 for f in self.milestone_factors):
+            raise ValueError("milestone_factors must be in (0, 10]")
+        return self
+
+    def plateau_on(self) -> bool:
+        """Whether reduce-on-plateau watches a metric (alone, or on top of another schedule)."""
+        return self.name == "plateau" or self.reduce_on_plateau
 
 
 class RegConfig(Strict):
@@ -269,7 +291,8 @@ class TrialConfig(Strict):
 
 # Bumped only when the meaning of a default (or of a stored result) changes: trial ids and sweep directories
 # of another version are then refused instead of silently matched.
-SEMANTICS_VERSION = 2
+# 3: reduce-on-plateau lowers the LR at wait >= patience (Keras's rule; was PyTorch's wait > patience).
+SEMANTICS_VERSION = 3
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -439,9 +462,12 @@ def ignored_options(cfg: TrialConfig, prefix: str = "") -> list[str]:
     if no_val and es.patience and es.metric.startswith("val_"):
         out.append(f"'{prefix}train.early_stopping.metric' = '{es.metric}' would never fire: there is no "
                    "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
-    if no_val and sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+    if no_val and sched.plateau_on() and sched.plateau_metric.startswith("val_"):
         out.append(f"'{prefix}sched.plateau_metric' = '{sched.plateau_metric}' would never fire: there is no "
                    "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
+    if sched.milestone_factors and sched.name != "multistep":
+        out.append(f"'{prefix}sched.milestone_factors' = {sched.milestone_factors} only applies to sched.name = "
+                   f"multistep, not '{sched.name}'; remove it or choose multistep.")
     lrs = [p.lr or cfg.optim.lr for p in phases] or [cfg.optim.lr]
     if sched.name in FLOORED and sched.min_lr > min(lrs):
         out.append(f"'{prefix}sched.min_lr' = {sched.min_lr} is above the learning rate {min(lrs)}, so the "

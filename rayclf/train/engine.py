@@ -538,7 +538,7 @@ def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
     if es.patience and es.metric.startswith("val_"):
         raise UserError(f"train.early_stopping.metric = '{es.metric}' needs a validation split, but this dataset "
                         "has none; set data.val_fraction > 0 or use train_loss / train_accuracy.")
-    if sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+    if sched.plateau_on() and sched.plateau_metric.startswith("val_"):
         raise UserError(f"sched.plateau_metric = '{sched.plateau_metric}' needs a validation split, but this "
                         "dataset has none; set data.val_fraction > 0 or use train_loss.")
 
