@@ -271,6 +271,15 @@ class Trainer:
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
 
+    @torch.no_grad()
+    def eval_penalty(self) -> float:
+        """The weight penalty Keras adds to an evaluated loss (``reg.in_val_loss``); 0 otherwise."""
+        if not self.cfg.reg.in_val_loss:
+            return 0.0
+        c1, c2 = penalty_coefficients(self.cfg.reg)
+        penalty = weight_penalty(penalized_weights(self.model, self.cfg.reg.scope), c1, c2)
+        return 0.0 if penalty is None else float(penalty)
+
     def evaluator(self) -> Evaluator:
         return Evaluator(self.net, self.augmenter, self.cfg.train.tta, self.device, self.amp, self.channels_last)
 
@@ -303,7 +312,7 @@ class Trainer:
         all_sum(cm)
         matrix = cm.view(k, k).cpu()
         n = int(matrix.sum())
-        out: dict[str, Any] = {f"{split}_loss": float(sums[0]) / max(n, 1),
+        out: dict[str, Any] = {f"{split}_loss": float(sums[0]) / max(n, 1) + self.eval_penalty(),
                                f"{split}_accuracy": float(matrix.diag().sum()) / max(n, 1)}
         if confusion:
             per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1).double()

@@ -168,7 +168,10 @@ class Schedule:
 
 
 def penalized_weights(model: nn.Module, scope: str) -> list[torch.Tensor]:
-    """Conv/linear kernels (never biases or norm parameters); ``output``: the last linear layer only."""
+    """Conv/linear kernels (never biases or norm parameters); ``output``: the last linear layer only;
+    ``conv``: conv kernels only (Keras's cifar10_resnet regularises every conv, not the dense output)."""
+    if scope == "conv":
+        return [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.weight.requires_grad]
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     if scope == "output":
         linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
