@@ -508,7 +508,10 @@ def ignored_options(cfg: TrialConfig, prefix: str = "") -> list[str]:
     if sched.name == "onecycle" and sched.warmup_epochs > 0:
         out.append(f"'{prefix}sched.warmup_epochs' = {sched.warmup_epochs} has no effect with sched.name = "
                    "onecycle, which warms up by itself over sched.pct_start; remove it or choose another schedule.")
-    no_val = d.val_fraction == 0 and not (d.official_val and d.name in OFFICIAL_VAL)
+    if d.validate_on == "test" and "val_fraction" in d.model_fields_set:
+        out.append(f"'{prefix}data.val_fraction' = {d.val_fraction} has no effect with data.validate_on = test "
+                   "(all training images train, the test set validates); remove one of them.")
+    no_val = d.validate_on != "test" and d.val_fraction == 0 and not (d.official_val and d.name in OFFICIAL_VAL)
     if no_val and es.patience and es.metric.startswith("val_"):
         out.append(f"'{prefix}train.early_stopping.metric' = '{es.metric}' would never fire: there is no "
                    "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")

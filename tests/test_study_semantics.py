@@ -128,3 +128,28 @@ def test_per_sample_cutmix_draws_one_box_per_sample():
     per_sample, per_batch = pasted(True), pasted(False)
     assert float(per_batch.max() / per_batch.min()) <= 4.0
     assert float(per_sample.max() / per_sample.min()) > 20.0
+
+
+def test_reported_numbers_are_validated_data_and_compared_with_the_reproduction():
+    from rayclf.config import ConfigError
+    from rayclf.report import reported as R
+    from rayclf.sweep.spec import parse_sweep
+
+    data = {"name": "s", "base": tiny(), "seeds": [0, 1, 2],
+            "search": {"ablation": {"factors": {"model.widths": [[8]]}}},
+            "reported": [{"arm": "baseline", "value": 0.70, "source": "Table 1"},
+                         {"arm": "widths=8", "value": 0.90, "source": "Table 1", "metric": "metric_best"}]}
+    sweep = parse_sweep(data)
+    assert [r.arm for r in sweep.file.reported] == ["baseline", "widths=8"]
+    with pytest.raises(ConfigError, match="'reported.0.arm' = 'basline'.*Did you mean 'baseline'"):
+        parse_sweep({**data, "reported": [{"arm": "basline", "value": 0.7, "source": "Table 1"}]})
+    with pytest.raises(ConfigError, match="reported"):
+        parse_sweep({**data, "reported": [{"arm": "baseline", "value": 70.0, "source": "Table 1"}]})
+    trials = [{"arm": "baseline", "status": "completed", "test_accuracy": v} for v in (0.69, 0.71, 0.70)]
+    trials += [{"arm": "widths=8", "status": "completed", "metric_best": v} for v in (0.80, 0.81, 0.79)]
+    rows = R.compare([r.model_dump() for r in sweep.file.reported], trials)
+    assert rows[0].inside is True and rows[0].diff == pytest.approx(0.0)
+    assert rows[1].inside is False and rows[1].diff == pytest.approx(-0.10)
+    md = R.to_markdown(rows)
+    assert "| baseline | test_accuracy | 70.00 | Table 1 | 3 |" in md and "| -10.00 | no |" in md
+    R.figure(rows)
