@@ -95,3 +95,14 @@ def test_study_files_say_which_sgd_momentum_they_use(path):
         optimizers = {p.optim or cfg.optim.name for p in cfg.train.phases} | {cfg.optim.name}
         if "sgd" in optimizers:
             assert "momentum" in cfg.optim.model_fields_set, f"{path.name}: an SGD arm leaves optim.momentum implicit"
+
+
+@pytest.mark.parametrize(("name", "count"), [("cifar100_cnn", "4,647,524"), ("cifar100_cnn", "29,778,020"),
+                                             ("cifar10_resnet20", "273,066"), ("cifar10_cnn_tuning", "375,946")])
+def test_dry_run_states_the_parameter_counts_the_reports_imply(name, count):
+    from rayclf.sweep.plan import model_sizes
+
+    sweep = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
+    trials = (sweep.trials(sweep.arms()) if sweep.file.search.kind != "stages" else
+              [t for i in range(sweep.stage_count()) for t in sweep.trials(sweep.arms({}, stage=i))])
+    assert any(count in line for line in model_sizes(trials))
