@@ -50,6 +50,12 @@ class DataConfig(Strict):
     split_seed: int = Field(0, ge=0, description="seed of the validation split and train_subset")
     train_subset: int | None = Field(None, ge=10, description="use only this many training images (stratified)")
     image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize images to this size")
+    scale: Literal["standardize", "unit", "pixel_mean"] = Field(
+        "standardize", description="model inputs: per-channel standardised, [0, 1] (x/255, Keras studies), or "
+                                   "[0, 1] minus the per-pixel training mean (Keras's cifar10_resnet)")
+    validate_on: Literal["holdout", "test"] = Field(
+        "holdout", description="holdout: a split of train (or the official one); test: train on all training "
+                               "images and validate on the test set, as several reports did")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
@@ -102,6 +108,11 @@ class MixOp(_Op):
     alpha: float = Field(0.0, ge=0.0, le=100.0, description="Beta(α, α); 0 turns it off")
 
 
+class CutMixOp(MixOp):
+    per_sample: bool = Field(False, description=(
+        "draw λ and the box per sample (the Keras CutMix example, seed 000's reference) instead of one λ per batch"))
+
+
 class AugmentConfig(Strict):
     """Batched on-device augmentations; an op is on when its magnitude (or a flip's p) is non-zero."""
 
@@ -115,7 +126,7 @@ class AugmentConfig(Strict):
     contrast: ColorOp = Field(default_factory=ColorOp)
     cutout: CutoutOp = Field(default_factory=CutoutOp)
     mixup: MixOp = Field(default_factory=MixOp)
-    cutmix: MixOp = Field(default_factory=MixOp)
+    cutmix: CutMixOp = Field(default_factory=CutMixOp)
     double: bool = Field(False, description="append one augmented copy of the train set (offline mode)")
 
 
@@ -125,7 +136,7 @@ class EarlyStopping(Strict):
     patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 = off")
     metric: Literal["val_accuracy", "val_loss", "train_loss", "train_accuracy"] = "val_loss"
     min_delta: float = Field(0.0, ge=0.0)
-    restore_best: bool = True
+    restore_best: bool = Field(True, description="put the best epoch's weights back at the end (Keras: off)")
 
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamax", "adagrad", "adadelta", "nadam", "radam"]
@@ -209,9 +220,31 @@ class SchedConfig(Strict):
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)
     div_factor: float = Field(25.0, ge=1.0)
     final_div_factor: float = Field(1e4, ge=1.0)
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(5, ge=0)
+    milestone_factors: list[float] = Field(default_factory=list, description=(
+        "multistep: the LR multiplier applied at each milestone (cumulative, e.g. [0.1, 0.1, 0.1, 0.5] for "
+        "Keras's cifar10_resnet); empty = gamma at every milestone"))
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="reduce-on-plateau: LR multiplier when it fires")
+    patience: int = Field(5, ge=0, description=(
+        "reduce-on-plateau: lower the LR once this many epochs in a row did not improve (Keras's rule: "
+        "wait >= patience, so patience 2 lowers at the second bad epoch)"))
     plateau_metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+    plateau_min_delta: float = Field(0.0, ge=0.0, description="an improvement must beat the best by more than this")
+    plateau_min_lr: float = Field(0.0, ge=0.0, description="reduce-on-plateau never lowers the LR below this")
+    reduce_on_plateau: bool = Field(False, description=(
+        "reduce-on-plateau on top of this schedule (name: plateau is constant + this)"))
+
+    @model_validator(mode="after")
+    def _factors(self) -> SchedConfig:
+        if self.milestone_factors and len(self.milestone_factors) != len(self.milestones):
+            raise ValueError(f"milestone_factors has {len(self.milestone_factors)} values for "
+                             f"{len(self.milestones)} milestones; give one factor per milestone")
+        if any(not 0 < f <= 10 for f in self.milestone_factors):
+            raise ValueError("milestone_factors must be in (0, 10]")
+        return self
+
+    def plateau_on(self) -> bool:
+        """Whether reduce-on-plateau watches a metric (alone, or on top of another schedule)."""
+        return self.name == "plateau" or self.reduce_on_plateau
 
 
 class RegConfig(Strict):
@@ -222,11 +255,18 @@ class RegConfig(Strict):
     l2: float = Field(0.0, ge=0.0, le=10.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="elastic net: share of L1 in the mix")
     lam: float = Field(0.0, ge=0.0, le=10.0, description="elastic net: overall strength λ")
-    scope: Literal["all", "output"] = "all"
+    scope: Literal["all", "output", "conv"] = Field(
+        "all", description="all kernels, the output layer only, or conv kernels only (Keras's cifar10_resnet)")
+    in_val_loss: bool = Field(False, description="add the penalty to val/test loss too (Keras's evaluate does)")
+
+
+Compat = Literal["torch", "keras"]
 
 
 class TrialConfig(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    compat: Compat = Field("torch", description=(
+        "framework defaults for every value the config does not set: torch (PyTorch's) or keras (see KERAS)"))
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: SerializeAsAny[ModelOptions] = Field(default_factory=ModelOptions)
@@ -269,7 +309,8 @@ class TrialConfig(Strict):
 
 # Bumped only when the meaning of a default (or of a stored result) changes: trial ids and sweep directories
 # of another version are then refused instead of silently matched.
-SEMANTICS_VERSION = 2
+# 3: reduce-on-plateau lowers the LR at wait >= patience (Keras's rule; was PyTorch's wait > patience).
+SEMANTICS_VERSION = 3
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -410,10 +451,42 @@ def build_config(raw: Mapping[str, Any], prefix: str = "") -> TrialConfig:
     if messages:
         raise ConfigError("Invalid config: " + " ".join(messages))
     cfg.model = model_opts  # type: ignore[assignment]
+    if cfg.compat == "keras":
+        apply_keras_defaults(cfg)
     ignored = ignored_options(cfg, prefix)
     if ignored:
         raise ConfigError("Invalid config: " + " ".join(ignored))
     return cfg
+
+
+# compat: keras — the Keras/TensorFlow defaults the Keras-based studies ran with (section, key, value).
+KERAS: tuple[tuple[str, str, Any], ...] = (
+    ("model", "init", "xavier_uniform"),          # glorot_uniform kernels, zero biases (layers the study creates)
+    ("model", "bn_momentum", 0.01),               # BatchNormalization(momentum=0.99) in PyTorch's convention
+    ("model", "bn_eps", 1e-3),
+    ("model", "leaky_slope", 0.3),                # LeakyReLU(alpha=0.3)
+    ("optim", "eps", 1e-7),                       # Adam / RMSprop / Nadam / Adamax epsilon
+    ("optim", "momentum", 0.0),                   # SGD(momentum=0.0), RMSprop(momentum=0.0)
+    ("early_stopping", "restore_best", False),    # EarlyStopping(restore_best_weights=False)
+    ("reg", "in_val_loss", True),                 # evaluate()'s loss includes the regularisation losses
+    ("data", "scale", "unit"),                    # x / 255, no standardisation
+    ("sched", "plateau_min_delta", 1e-4),         # ReduceLROnPlateau(min_delta=1e-4)
+)
+
+
+def apply_keras_defaults(cfg: TrialConfig) -> None:
+    """Fill the Keras defaults into every value the config does not set itself (pydantic's fields_set), so a
+    study file overrides any of them by writing it out."""
+    sections = {"model": cfg.model, "optim": cfg.optim, "early_stopping": cfg.train.early_stopping,
+                "reg": cfg.reg, "data": cfg.data, "sched": cfg.sched}
+    uses = {p.optim or cfg.optim.name for p in cfg.train.phases} | {cfg.optim.name}
+    for section, key, value in KERAS:
+        target = sections[section]
+        if key not in type(target).model_fields or key in target.model_fields_set:
+            continue
+        if key == "eps" and "adadelta" in uses:
+            continue  # adadelta keeps torch's eps (optim.eps has no effect on it)
+        setattr(target, key, value)
 
 
 OFFICIAL_VAL = ("cinic10", "imagefolder")  # datasets that may ship their own validation split
@@ -435,13 +508,19 @@ def ignored_options(cfg: TrialConfig, prefix: str = "") -> list[str]:
     if sched.name == "onecycle" and sched.warmup_epochs > 0:
         out.append(f"'{prefix}sched.warmup_epochs' = {sched.warmup_epochs} has no effect with sched.name = "
                    "onecycle, which warms up by itself over sched.pct_start; remove it or choose another schedule.")
-    no_val = d.val_fraction == 0 and not (d.official_val and d.name in OFFICIAL_VAL)
+    if d.validate_on == "test" and "val_fraction" in d.model_fields_set:
+        out.append(f"'{prefix}data.val_fraction' = {d.val_fraction} has no effect with data.validate_on = test "
+                   "(all training images train, the test set validates); remove one of them.")
+    no_val = d.validate_on != "test" and d.val_fraction == 0 and not (d.official_val and d.name in OFFICIAL_VAL)
     if no_val and es.patience and es.metric.startswith("val_"):
         out.append(f"'{prefix}train.early_stopping.metric' = '{es.metric}' would never fire: there is no "
                    "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
-    if no_val and sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+    if no_val and sched.plateau_on() and sched.plateau_metric.startswith("val_"):
         out.append(f"'{prefix}sched.plateau_metric' = '{sched.plateau_metric}' would never fire: there is no "
                    "validation split (data.val_fraction = 0); set data.val_fraction > 0 or use train_loss.")
+    if sched.milestone_factors and sched.name != "multistep":
+        out.append(f"'{prefix}sched.milestone_factors' = {sched.milestone_factors} only applies to sched.name = "
+                   f"multistep, not '{sched.name}'; remove it or choose multistep.")
     lrs = [p.lr or cfg.optim.lr for p in phases] or [cfg.optim.lr]
     if sched.name in FLOORED and sched.min_lr > min(lrs):
         out.append(f"'{prefix}sched.min_lr' = {sched.min_lr} is above the learning rate {min(lrs)}, so the "

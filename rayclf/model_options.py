@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from rayclf.schema import ConfigError, Strict, closest
 
 TIMM_FALLBACK = "timm"
@@ -21,6 +23,9 @@ class ModelOptions(Strict):
     name: str = "cnn"
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
                   "normal", "zeros"] = "default"
+    bn_momentum: float | None = Field(None, gt=0.0, lt=1.0, description=(
+        "BatchNorm momentum in PyTorch's convention (Keras's 0.99 is 0.01); default: the layer's own (0.1)"))
+    bn_eps: float | None = Field(None, gt=0.0, lt=1.0, description="BatchNorm epsilon; default: the layer's own")
 
     def loads_weights(self) -> bool:
         """Whether building the model loads pretrained weights (then ``init`` touches only new layers)."""

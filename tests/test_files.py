@@ -26,7 +26,8 @@ def test_sweep_file_validates_and_cites_its_study(path):
     elif path.stem != "quickstart":
         cited = re.findall(r"studies/(\d{3}_[0-9a-f]{16}\.txt)", text)
         assert cited, f"{path.name} does not cite the study it reproduces"
-        assert "Reported" in text
+        assert sweep.file.reported or "Reported" in text  # numbers as data, or what the report says without them
+        assert all(k in text for k in ("Report ran:", "File runs:", "Differs:")), "header: ran / runs / differs"
         if STUDIES.is_dir():
             assert all((STUDIES / c).is_file() for c in cited)
 
@@ -79,3 +80,29 @@ def test_kuberay_manifest_structure():
 def test_pyproject_version_matches_package():
     text = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == rayclf.__version__
+
+
+def _every_config(sweep):
+    if sweep.file.search.kind != "stages":
+        return [c.config for c in sweep.trials(sweep.arms())]
+    return [sweep.config_for(a, 0) for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_study_files_say_which_sgd_momentum_they_use(path):
+    """PyTorch-style code uses 0.9, Keras's SGD 0: a file that runs SGD must state it (or compat: keras does)."""
+    for cfg in _every_config(load_sweep(path)):
+        optimizers = {p.optim or cfg.optim.name for p in cfg.train.phases} | {cfg.optim.name}
+        if "sgd" in optimizers:
+            assert "momentum" in cfg.optim.model_fields_set, f"{path.name}: an SGD arm leaves optim.momentum implicit"
+
+
+@pytest.mark.parametrize(("name", "count"), [("cifar100_cnn", "4,647,524"), ("cifar100_cnn", "29,778,020"),
+                                             ("cifar10_resnet20", "273,066"), ("cifar10_cnn_tuning", "375,946")])
+def test_dry_run_states_the_parameter_counts_the_reports_imply(name, count):
+    from rayclf.sweep.plan import model_sizes
+
+    sweep = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
+    trials = (sweep.trials(sweep.arms()) if sweep.file.search.kind != "stages" else
+              [t for i in range(sweep.stage_count()) for t in sweep.trials(sweep.arms({}, stage=i))])
+    assert any(count in line for line in model_sizes(trials))

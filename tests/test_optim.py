@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayclf.config import OPTIMIZERS, SCHEDULES, OptimConfig, RegConfig, SchedConfig, build_config
+from rayclf.config import OPTIMIZERS, SCHEDULES, ConfigError, OptimConfig, RegConfig, SchedConfig, build_config
 from rayclf.train.engine import fit
 from rayclf.train.optim import (
     Schedule,
@@ -59,13 +59,50 @@ def test_schedules_move_the_lr_as_documented():
     assert one(0) == pytest.approx(1 / 25) and one(3) == pytest.approx(1.0) and one(10) == pytest.approx(1 / 25e4)
 
 
-def test_reduce_on_plateau_scales_after_patience():
+def test_reduce_on_plateau_follows_keras_rule():
+    """Keras lowers the LR once ``wait >= patience`` (PyTorch: ``> patience``), then counts again from zero;
+    the new LR is in force straight away, not only from the next step."""
     opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
-    sched = Schedule(opt, SchedConfig(name="plateau", factor=0.5, patience=1), 10)
-    for loss in (1.0, 0.9, 0.95, 0.96):
+    sched = Schedule(opt, SchedConfig(name="plateau", factor=0.5, patience=2), 10)
+    lrs = []
+    for loss in (1.0, 0.9, 0.95, 0.96, 0.97, 0.98):
         sched.epoch_end({"val_loss": loss})
-        sched.step(0)
-    assert sched.lr == pytest.approx(0.5)
+        lrs.append(sched.lr)
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25])
+    floored = Schedule(opt, SchedConfig(name="plateau", factor=0.1, patience=0, plateau_min_lr=0.05), 10)
+    for loss in (1.0, 1.0, 1.0):
+        floored.epoch_end({"val_loss": loss})
+    assert floored.lr == pytest.approx(0.05)
+
+
+def test_reduce_on_plateau_on_top_of_a_schedule_and_per_milestone_factors():
+    """Keras's cifar10_resnet steps (×0.1 at 80/120/160, ×0.5 at 180) with a plateau reduction on top."""
+    cfg = SchedConfig(name="multistep", milestones=[81, 121, 161, 181], milestone_factors=[0.1, 0.1, 0.1, 0.5],
+                      reduce_on_plateau=True, factor=0.5, patience=1)
+    f = [lr_factor(cfg, t, 200, 1e-3) for t in (80.9, 81, 121, 161, 181)]
+    assert f == pytest.approx([1.0, 0.1, 0.01, 0.001, 0.0005])
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1e-3)
+    sched = Schedule(opt, cfg, 200)
+    sched.step(100)
+    sched.epoch_end({"val_loss": 1.0})
+    sched.epoch_end({"val_loss": 1.0})
+    assert sched.lr == pytest.approx(1e-3 * 0.1 * 0.5)
+    with pytest.raises(ConfigError, match="one factor per milestone"):
+        build_config(tiny(sched={"name": "multistep", "milestones": [0.5], "milestone_factors": [0.1, 0.5]}))
+    with pytest.raises(ConfigError, match="only applies to sched.name = multistep"):
+        build_config(tiny(sched={"name": "cosine", "milestone_factors": [0.1, 0.5]}))
+
+
+def test_plateau_lowers_the_lr_before_early_stopping_ends_the_run():
+    """The studies' pair (plateau patience 2, early stopping patience 3, both on val_loss): the LR is lowered
+    after the second epoch without improvement and the third epoch trains with it before the run stops.
+    Under PyTorch's rule both fired on the same epoch and the lowered LR was never used."""
+    stuck = {"lr": 1e-9, "weight_decay": 0.0}  # val_loss cannot improve by min_delta
+    cfg = build_config(tiny(optim=stuck, train={"epochs": 8, "early_stopping": {"patience": 3, "min_delta": 0.01}},
+                            sched={"name": "plateau", "patience": 2, "factor": 0.1, "plateau_min_delta": 0.01}))
+    result = fit(cfg)
+    assert result.status == "stopped_early" or result.summary["early_stopped"]
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-9, 1e-9, 1e-9, 1e-10])
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

@@ -137,16 +137,24 @@ def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, g: torch.Generator) -> t
     return mixed, Targets(y, y[perm], torch.full((len(x),), lam, device=x.device))
 
 
-def cutmix(x: torch.Tensor, y: torch.Tensor, lam: float, g: torch.Generator) -> tuple[torch.Tensor, Targets]:
-    """Paste a box from a shuffled partner; the partner's label weight is the pasted area fraction."""
+def cutmix(x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor,
+           g: torch.Generator) -> tuple[torch.Tensor, Targets]:
+    """Paste a box from a shuffled partner; the partner's label weight is the pasted area fraction.
+    ``lam`` is one value for the batch, or one per sample (then each sample has its own box size)."""
     n, _, h, w = x.shape
     perm = torch.randperm(n, generator=g, device=x.device)
-    cut = math.sqrt(1 - lam)
-    side_h = torch.full((n,), round(h * cut), device=x.device)
-    side_w = torch.full((n,), round(w * cut), device=x.device)
+    cut = torch.sqrt(1 - torch.as_tensor(lam, dtype=torch.float32, device=x.device)).expand(n)
+    side_h = torch.round(h * cut).long()
+    side_w = torch.round(w * cut).long()
     mask = box_masks(n, h, w, side_h, side_w, g, x.device)
     pasted = mask.flatten(1).float().mean(1)
     return torch.where(mask, x[perm], x), Targets(y, y[perm], 1 - pasted)
+
+
+def _stat(values: Any, device: torch.device) -> torch.Tensor:
+    """A normalisation statistic as a broadcastable tensor: per channel (C,) or per pixel (C, H, W)."""
+    t = torch.tensor(values, dtype=torch.float32, device=device)
+    return t.view(1, -1, 1, 1) if t.dim() <= 1 else t.unsqueeze(0)
 
 
 class Augmenter:
@@ -157,8 +165,8 @@ class Augmenter:
         self.cfg = cfg
         self.online = (not cfg.double) if online is None else online
         self.device = device
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.mean = _stat(mean, device)
+        self.std = _stat(std, device)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         self.host = np.random.default_rng(seed)
@@ -214,6 +222,9 @@ class Augmenter:
         op = getattr(c, mode)
         if self.host.random() >= op.p:
             return x, Targets.hard(y)
+        if mode == "cutmix" and c.cutmix.per_sample:  # one λ (and box) per sample, as the Keras CutMix example
+            lams = torch.from_numpy(self.host.beta(op.alpha, op.alpha, size=len(x))).float().to(self.device)
+            return cutmix(x, y, lams, self.gen)
         lam = float(self.host.beta(op.alpha, op.alpha))
         return (mixup if mode == "mixup" else cutmix)(x, y, lam, self.gen)
 

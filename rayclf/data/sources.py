@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -303,14 +304,30 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.train_subset is not None and cfg.train_subset < len(ds.train):
         keep, _ = stratified_split(ds.train.y, 1 - cfg.train_subset / len(ds.train), seed)
         ds.train = ds.train.take(keep)
-    if ds.val is None or not cfg.official_val:
+    if cfg.validate_on == "test":  # the report's protocol: every training image trains, the test set validates
+        ds.val = ds.test
+    elif ds.val is None or not cfg.official_val:
         if ds.val is not None:
             ds.val = None
         if cfg.val_fraction > 0:
             keep, held = stratified_split(ds.train.y, cfg.val_fraction, seed)
             ds.train, ds.val = ds.train.take(keep), ds.train.take(held)
-    ds.mean, ds.std = channel_stats(ds.train.x)
+    ds.mean, ds.std = input_scaling(cfg.scale, ds.train.x)
     return ds
+
+
+def input_scaling(scale: str, x: np.ndarray) -> tuple[Any, Any]:
+    """(mean, std) in [0, 1] units for ``data.scale``: per-channel statistics (standardize), none (unit: the
+    model sees x/255, as Keras studies fed it), or the per-pixel training mean with std 1 (pixel_mean)."""
+    c = x.shape[1]
+    if scale == "unit":
+        return (0.0,) * c, (1.0,) * c
+    if scale == "pixel_mean":
+        total = np.zeros(x.shape[1:])
+        for start in range(0, len(x), 8192):
+            total += x[start:start + 8192].astype(np.float64).sum(0) / 255.0
+        return (total / max(len(x), 1)).tolist(), (1.0,) * c
+    return channel_stats(x)
 
 
 def prepare_dataset(cfg: DataConfig) -> None:

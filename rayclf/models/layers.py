@@ -9,6 +9,8 @@ from torch import nn
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "silu"]
 Pool = Literal["max", "avg", "none"]
 NormPlace = Literal["none", "before", "after"]
+HeadDropout = Literal["every", "output"]
+Padding = Literal["same", "valid"]
 
 
 def make_act(name: str, slope: float = 0.01) -> nn.Module:
@@ -27,10 +29,14 @@ def make_pool(kind: str, size: int = 2) -> nn.Module:
     return nn.Identity()
 
 
-def conv_act(cin: int, cout: int, kernel: int, act: str, slope: float, norm: str, stride: int = 1) -> list[nn.Module]:
-    """conv → [BN] → act → [BN] with 'same' padding (even kernels pad like Keras: extra on the right)."""
-    if kernel % 2:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)]
+def conv_act(cin: int, cout: int, kernel: int, act: str, slope: float, norm: str, stride: int = 1,
+             padding: str = "same") -> list[nn.Module]:
+    """conv → [BN] → act → [BN]; 'same' padding (even kernels pad like Keras: extra on the right) or 'valid'
+    (none, like PyTorch's default ``Conv2d(padding=0)``)."""
+    if padding == "valid":
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride)]
+    elif kernel % 2:
+        layers = [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)]
     else:
         pad = kernel - 1
         same = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
@@ -44,11 +50,15 @@ def conv_act(cin: int, cout: int, kernel: int, act: str, slope: float, norm: str
 
 
 def dense_head(cin: int, hidden: list[int], num_classes: int, dropout: float, act: str = "relu",
-               slope: float = 0.01) -> nn.Sequential:
-    """[dropout → linear → act]* → dropout → linear: the classifier heads the studies use."""
+               slope: float = 0.01, at: str = "every") -> nn.Sequential:
+    """The classifier heads the studies use. ``at: every``: [dropout → linear → act]* → dropout → linear
+    (Flatten → Dropout → Dense, seed 000); ``at: output``: [linear → act]* → dropout → linear, one dropout
+    before the output layer only (seed 001's VGG19 head, seed 004's FC dropout)."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Dropout(dropout), nn.Linear(cin, width), make_act(act, slope)]
+        if at == "every":
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(cin, width), make_act(act, slope)]
         cin = width
     layers += [nn.Dropout(dropout), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)

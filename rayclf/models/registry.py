@@ -50,11 +50,22 @@ def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_
 
     entry = _REGISTRY.get(opts.name) or _REGISTRY[TIMM_FALLBACK]
     model = entry.build(opts, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
-    if opts.init != "default":
-        targets = hooks(model).new_modules() if opts.loads_weights() else [model]
-        for module in targets:
+    targets = hooks(model).new_modules() if opts.loads_weights() else [model]
+    for module in targets:
+        if opts.init != "default":
             init_weights(module, opts.init)
+        set_batchnorm(module, opts.bn_momentum, opts.bn_eps)
     return model
+
+
+def set_batchnorm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
+    """BatchNorm momentum/epsilon of the layers the study creates (e.g. Keras's 0.99 / 1e-3 under compat: keras)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if momentum is not None:
+                m.momentum = momentum
+            if eps is not None:
+                m.eps = eps
 
 
 def count_params(model: nn.Module) -> int:

@@ -14,26 +14,28 @@ from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make
 from rayclf.models.registry import register_model
 
 
-def _same_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Module:
-    """'same'-padded conv without bias (BN follows); even kernels pad like Keras (extra right/bottom)."""
+def _same_conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Module:
+    """'same'-padded conv, by default without bias (BN follows); even kernels pad like Keras (extra right/bottom)."""
     if kernel % 2:
-        return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
+        return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=bias)
     pad = kernel - 1
     return nn.Sequential(nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)),
-                         nn.Conv2d(cin, cout, kernel, stride, bias=False))
+                         nn.Conv2d(cin, cout, kernel, stride, bias=bias))
 
 
 class BasicBlock(nn.Module):
     """conv-BN-act, conv-BN, + shortcut (1×1 conv-BN when the shape changes), act."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, act: str = "relu", slope: float = 0.01):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, act: str = "relu", slope: float = 0.01,
+                 bias: bool = False, shortcut_norm: bool = True):
         super().__init__()
-        self.conv1, self.bn1 = _same_conv(cin, cout, kernel, stride), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = _same_conv(cout, cout, kernel), nn.BatchNorm2d(cout)
+        self.conv1, self.bn1 = _same_conv(cin, cout, kernel, stride, bias), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = _same_conv(cout, cout, kernel, 1, bias), nn.BatchNorm2d(cout)
         self.act1, self.act2 = make_act(act, slope), make_act(act, slope)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            proj = nn.Conv2d(cin, cout, 1, stride, bias=bias)
+            self.shortcut = nn.Sequential(proj, nn.BatchNorm2d(cout)) if shortcut_norm else proj
 
     def forward(self, x):
         out = self.act1(self.bn1(self.conv1(x)))
@@ -41,8 +43,8 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-def _stem(cin: int, width: int, kernel: int = 3, act: str = "relu") -> nn.Sequential:
-    return nn.Sequential(_same_conv(cin, width, kernel), nn.BatchNorm2d(width), make_act(act))
+def _stem(cin: int, width: int, kernel: int = 3, act: str = "relu", bias: bool = False) -> nn.Sequential:
+    return nn.Sequential(_same_conv(cin, width, kernel, 1, bias), nn.BatchNorm2d(width), make_act(act))
 
 
 class Classifier(Hooked, nn.Module):
@@ -101,6 +103,10 @@ class ResNetCifarOptions(ModelOptions):
     width: int = Field(16, ge=4, le=256, description="filters of the first stack (then ×2, ×4)")
     dropout: float | list[float] = Field(0.0, description="one rate between the stacks, or one per stack "
                                                           "(after stack 1, 2, 3), e.g. [0, 0.1, 0.2]")
+    conv_bias: bool = Field(False, description="biases on every conv (Keras's Conv2D default, as in its "
+                                               "cifar10_resnet example)")
+    shortcut_norm: bool = Field(True, description="BatchNorm after the 1×1 projection shortcut (Keras's "
+                                                  "cifar10_resnet v1 has none)")
 
     @field_validator("dropout")
     @classmethod
@@ -127,10 +133,11 @@ def build_resnet_cifar(opts: ResNetCifarOptions, num_classes: int, in_chans: int
     cin = opts.width
     for s in range(3):
         cout = opts.width * 2**s
-        blocks: list[nn.Module] = [BasicBlock(cin if b == 0 else cout, cout, 3, 2 if (s > 0 and b == 0) else 1)
+        blocks: list[nn.Module] = [BasicBlock(cin if b == 0 else cout, cout, 3, 2 if (s > 0 and b == 0) else 1,
+                                              bias=opts.conv_bias, shortcut_norm=opts.shortcut_norm)
                                    for b in range(n)]
         if opts.stack_dropout()[s] > 0:
             blocks.append(nn.Dropout(opts.stack_dropout()[s]))
         stages.append(nn.Sequential(*blocks))
         cin = cout
-    return Classifier(_stem(in_chans, opts.width), stages, cin, num_classes)
+    return Classifier(_stem(in_chans, opts.width, bias=opts.conv_bias), stages, cin, num_classes)

@@ -14,7 +14,7 @@ from torch import nn
 
 from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
-from rayclf.models.layers import Activation, dense_head
+from rayclf.models.layers import Activation, HeadDropout, dense_head
 from rayclf.models.registry import TIMM_FALLBACK, register_model
 from rayclf.schema import UserError
 
@@ -26,6 +26,8 @@ class TimmOptions(ModelOptions):
     resize: int | None = Field(None, ge=8, le=1024, description="resize inputs to this size, e.g. 224")
     head: list[int] = Field(default_factory=list, description="hidden widths of a replacement dense head")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    head_dropout_at: HeadDropout = Field("every", description=(
+        "every: a dropout before each dense layer of the head; output: one, before the output layer only"))
     head_activation: Activation = "relu"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="timm's own classifier dropout")
     cifar_stem: bool = Field(False, description="ResNets: 3×3 stride-1 stem without max-pool for 32×32 inputs")
@@ -113,7 +115,8 @@ def build_timm(opts: TimmOptions, num_classes: int, in_chans: int = 3, image_siz
         backbone = _create(opts.name, opts, 0, in_chans, image_size)  # features only; our head replaces the classifier
         if hasattr(backbone, "pre_logits"):  # e.g. VGG's fc6/fc7 block: unused on the pooled-features path
             backbone.pre_logits = nn.Identity()
-        head = dense_head(backbone.num_features, opts.head, num_classes, opts.head_dropout, opts.head_activation)
+        head = dense_head(backbone.num_features, opts.head, num_classes, opts.head_dropout, opts.head_activation,
+                          at=opts.head_dropout_at)
     else:
         backbone = _create(opts.name, opts, num_classes, in_chans, image_size)
     if opts.cifar_stem and hasattr(backbone, "conv1") and hasattr(backbone, "maxpool"):

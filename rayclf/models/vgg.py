@@ -10,7 +10,7 @@ from torch import nn
 
 from rayclf.model_options import ModelOptions
 from rayclf.models.cnn import CNNOptions, build_cnn
-from rayclf.models.layers import Activation, NormPlace, check_dropout
+from rayclf.models.layers import Activation, HeadDropout, NormPlace, check_dropout
 from rayclf.models.registry import register_model
 
 
@@ -26,6 +26,8 @@ class VGGOptions(ModelOptions):
     dropout: float | list[float] = Field(0.0, description="after each block: one rate or one per block")
     head: list[int] = Field(default_factory=list)
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    head_dropout_at: HeadDropout = Field("every", description=(
+        "every: a dropout before each dense layer of the head; output: one, before the output layer only"))
 
     @model_validator(mode="after")
     def _check(self) -> VGGOptions:
@@ -38,5 +40,5 @@ def build_vgg(opts: VGGOptions, num_classes: int, in_chans: int = 3, image_size:
     cnn = CNNOptions(widths=[opts.width * 2**i for i in range(opts.blocks)], convs_per_block=opts.convs_per_block,
                      kernel_size=opts.kernel_size, pool="max", activation=opts.activation,
                      leaky_slope=opts.leaky_slope, norm=opts.norm, dropout=opts.dropout, head=opts.head,
-                     head_dropout=opts.head_dropout)
+                     head_dropout=opts.head_dropout, head_dropout_at=opts.head_dropout_at)
     return build_cnn(cnn, num_classes, in_chans, image_size)

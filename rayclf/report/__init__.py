@@ -291,6 +291,22 @@ def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs
     return PAGE.format(title=html.escape(title), subtitle=html.escape(subtitle), body="\n".join(parts))
 
 
+def reported_section(spec: dict[str, Any], trials: list[dict[str, Any]], out: Path, figdir: Path,
+                     figs: list[tuple[str, str, str]]) -> str | None:
+    """The sweep file's ``reported:`` numbers beside the reproduced ones: reported.md and a figure (appended to
+    ``figs``); None when the file states none."""
+    from rayclf.report import reported as R
+
+    if not spec.get("reported"):
+        return None
+    rows = R.compare(spec["reported"], trials)
+    md = R.to_markdown(rows)
+    (out / "reported.md").write_text(md)
+    figs.insert(0, ("reported", "Reported vs reproduced (× reported; ● mean ± 95% CI over seeds)",
+                    _save(R.figure(rows), "reported", figdir)))
+    return md
+
+
 def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     """Read a sweep directory and write every table and figure into ``out`` (default SWEEP_DIR/report)."""
     if not exists(join(sweep_dir, TRIALS)):
@@ -316,8 +332,12 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
         (out / "stopped.md").write_text(stopped_md)
     bayes = (spec.get("search") or {}).get("bayes") or {}
     figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
+    reported_md = reported_section(spec, trials, out, figdir, figs)
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
-    (out / "index.html").write_text(to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md,
-                                            stopped_md))
+    page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md)
+    if reported_md:
+        page = page.replace("<h2>Results per arm</h2>", "<h2>Reported vs reproduced</h2>" + md_table_html(reported_md)
+                            + "<h2>Results per arm</h2>", 1)
+    (out / "index.html").write_text(page)
     return Report(out, rows, [n for n, _, _ in figs])

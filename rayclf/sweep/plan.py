@@ -261,7 +261,35 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
     else:  # FLOPs over one device's throughput is device time, however trials share or span devices
         lines.append(f"estimate: {hours:.2f} {unit} ({basis}; a rough guide, not a measurement)")
     lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
+    lines += model_sizes(trials)
     return "\n".join(lines)
+
+
+CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10}
+
+
+def model_sizes(trials: list[Trial]) -> list[str]:
+    """Each distinct model's trainable parameter count (built on the meta device, without pretrained weights),
+    so a study file can be checked against the counts its report states."""
+    import json
+
+    import torch
+
+    from rayclf.models import count_params, create_model
+
+    seen: dict[str, tuple[str, int]] = {}
+    for t in trials:
+        d = t.config.data
+        classes = d.synthetic.num_classes if d.name == "synthetic" else CLASSES.get(d.name)
+        size = d.synthetic.image_size if d.name == "synthetic" else 32
+        key = json.dumps([t.config.model.model_dump(mode="json"), classes], sort_keys=True)
+        if key in seen or classes is None:
+            continue
+        with torch.device("meta"):
+            model = create_model(t.config.model.without_weights(), num_classes=classes, image_size=size)
+        seen[key] = (t.arm.label, count_params(model))
+    return ["parameters per distinct model (trainable; first arm that uses it):"] + [
+        f"  {n:>12,}  {arm}" for arm, n in seen.values()]
 
 
 def driver_resources(cluster: dict[str, Any]) -> dict[str, float]:

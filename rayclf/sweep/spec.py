@@ -169,6 +169,19 @@ class WandbSpec(Strict):
     tags: list[str] = Field(default_factory=list)
 
 
+ReportedMetric = Literal["test_accuracy", "metric_best", "metric_final", "best_val_accuracy", "final_val_accuracy"]
+
+
+class Reported(Strict):
+    """A number the study's report states, as data: ``rayclf report`` sets the reproduced value beside it."""
+
+    arm: str = Field(..., description="arm label as the sweep names it: baseline, model=mlp, stage:label, final")
+    metric: ReportedMetric = Field("test_accuracy", description="the trial column the number is compared with")
+    value: float = Field(..., ge=0.0, le=1.0, description="as a fraction (accuracy 0.8434, not 84.34)")
+    source: str = Field(..., min_length=1, description="where the report states it: 'Table 1', 'Fig. 6', 'sec. 2.3'")
+    note: str = ""
+
+
 class SweepFile(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -181,6 +194,7 @@ class SweepFile(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_failures: int = Field(1, ge=0, le=100, description="retries of a failing trial before it is recorded")
     wandb: WandbSpec = Field(default_factory=WandbSpec)
+    reported: list[Reported] = Field(default_factory=list, description="the report's numbers, per arm")
 
     @model_validator(mode="after")
     def _mode(self) -> SweepFile:
@@ -419,7 +433,27 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
         check_space(sweep)
     else:
         sweep.trials(sweep.arms())
+    check_reported(sweep)
     return sweep
+
+
+def arm_labels(sweep: Sweep) -> list[str]:
+    """Every arm label the sweep can produce (stage labels do not depend on earlier winners)."""
+    if sweep.file.search.kind != "stages":
+        return [a.label for a in sweep.arms()]
+    labels = [a.label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
+    return labels + (["final"] if sweep.file.search.final else [])
+
+
+def check_reported(sweep: Sweep) -> None:
+    """Each ``reported`` entry names an arm the sweep runs (a typo would silently compare with nothing)."""
+    labels = arm_labels(sweep)
+    for i, rep in enumerate(sweep.file.reported):
+        if rep.arm not in labels:
+            hint = closest(rep.arm, labels)
+            raise ConfigError(f"sweep '{sweep.name}': 'reported.{i}.arm' = {rep.arm!r} is not an arm of this sweep; "
+                              f"arms: {', '.join(labels[:12])}{' …' if len(labels) > 12 else ''}."
+                              + (f" Did you mean '{hint}'?" if hint else ""))
 
 
 def load_sweep(path: str | Path, overrides: tuple[str, ...] = ()) -> Sweep:

@@ -278,6 +278,15 @@ class Trainer:
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "train_seconds": seconds, "images_per_sec": count / max(seconds, 1e-9)}
 
+    @torch.no_grad()
+    def eval_penalty(self) -> float:
+        """The weight penalty Keras adds to an evaluated loss (``reg.in_val_loss``); 0 otherwise."""
+        if not self.cfg.reg.in_val_loss:
+            return 0.0
+        c1, c2 = penalty_coefficients(self.cfg.reg)
+        penalty = weight_penalty(penalized_weights(self.model, self.cfg.reg.scope), c1, c2)
+        return 0.0 if penalty is None else float(penalty)
+
     def evaluator(self) -> Evaluator:
         return Evaluator(self.net, self.augmenter, self.cfg.train.tta, self.device, self.amp, self.channels_last)
 
@@ -310,7 +319,7 @@ class Trainer:
         all_sum(cm)
         matrix = cm.view(k, k).cpu()
         n = int(matrix.sum())
-        out: dict[str, Any] = {f"{split}_loss": float(sums[0]) / max(n, 1),
+        out: dict[str, Any] = {f"{split}_loss": float(sums[0]) / max(n, 1) + self.eval_penalty(),
                                f"{split}_accuracy": float(matrix.diag().sum()) / max(n, 1)}
         if confusion:
             per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1).double()
@@ -545,7 +554,7 @@ def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
     if es.patience and es.metric.startswith("val_"):
         raise UserError(f"train.early_stopping.metric = '{es.metric}' needs a validation split, but this dataset "
                         "has none; set data.val_fraction > 0 or use train_loss / train_accuracy.")
-    if sched.name == "plateau" and sched.plateau_metric.startswith("val_"):
+    if sched.plateau_on() and sched.plateau_metric.startswith("val_"):
         raise UserError(f"sched.plateau_metric = '{sched.plateau_metric}' needs a validation split, but this "
                         "dataset has none; set data.val_fraction > 0 or use train_loss.")
 

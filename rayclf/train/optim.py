@@ -86,7 +86,8 @@ def lr_factor(cfg: SchedConfig, t: float, total: float, base_lr: float) -> float
         return cfg.gamma ** math.floor(t / cfg.step_size)
     if name == "multistep":
         marks = [m * total if all(x <= 1 for x in cfg.milestones) else m for m in cfg.milestones]
-        return cfg.gamma ** sum(t + warm >= m for m in marks)
+        factors = cfg.milestone_factors or [cfg.gamma] * len(marks)
+        return math.prod(f for m, f in zip(marks, factors, strict=True) if t + warm >= m)
     if name == "exponential":
         return cfg.gamma**t
     if name == "linear":
@@ -113,52 +114,64 @@ def _onecycle(cfg: SchedConfig, frac: float) -> float:
 
 
 class Schedule:
-    """Sets each param group's LR per step; reduce-on-plateau also reacts to epoch-end metrics."""
+    """Sets each param group's LR per step; reduce-on-plateau (alone or on top of any schedule) also reacts
+    to epoch-end metrics, scaling whatever the schedule gives."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_epochs: float):
         self.opt, self.cfg, self.total = optimizer, cfg, total_epochs
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
         self.plateau_scale, self.best, self.bad_epochs = 1.0, math.inf, 0
+        self.t = 0.0
         self.step(0.0)
 
     def step(self, epoch: float) -> None:
         """One factor for every group (``min_lr`` is relative to the optimizer's own LR, so groups with a
         scaled LR keep their ratio to the others all the way down)."""
+        self.t = epoch
         factor = self.plateau_scale * lr_factor(self.cfg, epoch, self.total, self.opt.defaults["lr"])
         for group in self.opt.param_groups:
             group["lr"] = group["base_lr"] * factor
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
-        """Reduce-on-plateau bookkeeping: after ``patience`` epochs with no improvement, scale by ``factor``."""
-        if self.cfg.name != "plateau":
+        """Reduce-on-plateau bookkeeping, Keras's rule: once ``patience`` epochs in a row did not improve by
+        more than ``plateau_min_delta``, scale by ``factor`` (not below ``plateau_min_lr``) and start counting
+        again. The new LR is set at once, so the next epoch trains (and reports) with it."""
+        cfg = self.cfg
+        if not cfg.plateau_on():
             return
-        value = metrics.get(self.cfg.plateau_metric)
+        value = metrics.get(cfg.plateau_metric)
         if value is None or not math.isfinite(value):
             return
-        value = value if lower_is_better(self.cfg.plateau_metric) else -value
-        if value < self.best - 1e-12:
+        value = value if lower_is_better(cfg.plateau_metric) else -value
+        if value < self.best - max(cfg.plateau_min_delta, 1e-12):
             self.best, self.bad_epochs = value, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs > self.cfg.patience:
-                self.plateau_scale *= self.cfg.factor
-                self.bad_epochs = 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= cfg.patience:
+            floor = cfg.plateau_min_lr / self.opt.defaults["lr"]
+            self.plateau_scale = max(self.plateau_scale * cfg.factor, min(floor, self.plateau_scale))
+            self.bad_epochs = 0
+            self.step(self.t)
 
     @property
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, float]:
-        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs, "t": self.t}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.plateau_scale, self.best = float(state["plateau_scale"]), float(state["best"])
         self.bad_epochs = int(state["bad_epochs"])
+        self.t = float(state.get("t", 0.0))
 
 
 def penalized_weights(model: nn.Module, scope: str) -> list[torch.Tensor]:
-    """Conv/linear kernels (never biases or norm parameters); ``output``: the last linear layer only."""
+    """Conv/linear kernels (never biases or norm parameters); ``output``: the last linear layer only;
+    ``conv``: conv kernels only (Keras's cifar10_resnet regularises every conv, not the dense output)."""
+    if scope == "conv":
+        return [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.weight.requires_grad]
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     if scope == "output":
         linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
