@@ -147,6 +147,14 @@ def baseline_arm(arms: Sequence[str]) -> str | None:
     return arms[0] if arms else None
 
 
+RANK_BY = {"best": "metric_best", "final": "metric_final"}  # a trial's value: its best epoch, or its last
+
+
+def value_key(rank_by: str | None) -> str:
+    """The trial-row column a sweep ranks by (``rank_by`` in the sweep file; best epoch by default)."""
+    return RANK_BY[rank_by or "best"]
+
+
 def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "metric_best") -> list[ArmRow]:
     """One row per arm (first-seen order) with everything the results table shows."""
     order: list[str] = []

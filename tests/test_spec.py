@@ -97,3 +97,17 @@ def test_seed_aggregation_mean_and_std():
     assert stats["b"].n == 1 and stats["b"].statuses == {"completed": 1, "failed": 1}
     assert best_arm(list(stats.values()), "max").arm == "b"
     assert mean_std([]) == (None, None)
+
+
+def test_rank_by_final_epoch_changes_the_winner_through_the_one_ranking_rule():
+    """A file may rank arms on the final epoch instead of the best one; every table and winner follows."""
+    from rayclf.aggregate import arm_table, best_arm, value_key
+
+    rows = [{"arm": arm, "seed": s, "status": "completed", "metric_best": best, "metric_final": final,
+             "test_accuracy": 0.5} for s in (0, 1)
+            for arm, best, final in (("peaky", 0.90, 0.60), ("steady", 0.85, 0.84))]
+    assert best_arm(arm_table(rows, "max", value_key("best")), "max").arm == "peaky"
+    assert best_arm(arm_table(rows, "max", value_key("final")), "max").arm == "steady"
+    assert parse_sweep({"name": "r", "base": tiny(), "rank_by": "final"}).file.rank_by == "final"
+    with pytest.raises(ConfigError, match="rank_by"):
+        parse_sweep({"name": "r", "base": tiny(), "rank_by": "last"})

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, status_counts
+from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, status_counts, value_key
 from rayclf.config import UserError
 from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
@@ -319,7 +319,7 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     out = Path(out) if out else Path(sweep_dir if "://" not in sweep_dir else ".") / "report"
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    rows = arm_table(trials, mode)
+    rows = arm_table(trials, mode, value_key(spec.get("rank_by")))
     name = spec.get("name") or trials[0].get("sweep", "sweep")
     (out / "results.md").write_text(to_markdown(rows, metric))
     to_csv(rows, out / "results.csv")
@@ -333,7 +333,8 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     bayes = (spec.get("search") or {}).get("bayes") or {}
     figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
     reported_md = reported_section(spec, trials, out, figdir, figs)
-    subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: best "
+    which = "final-epoch" if spec.get("rank_by") == "final" else "best"
+    subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: {which} "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
     page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md)
     if reported_md:

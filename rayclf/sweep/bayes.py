@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rayclf.aggregate import ArmRow, arm_table
+from rayclf.aggregate import ArmRow, arm_table, value_key
 from rayclf.sweep.spec import Arm, Sweep
 
 PREFIX = "bayes-"
@@ -132,7 +132,7 @@ def results_of(sweep: Sweep, arms: Sequence[Arm], trials: Sequence[Mapping[str, 
     out: list[ArmRow | None] = []
     for arm in arms:
         rows = [{**by_id[t.trial_id], "arm": arm.label} for t in sweep.trials([arm]) if t.trial_id in by_id]
-        stats = arm_table(rows, sweep.file.mode or "max") if rows else []
+        stats = arm_table(rows, sweep.file.mode or "max", value_key(sweep.file.rank_by)) if rows else []
         out.append(stats[0] if stats else None)
     return out
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts
+from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.connect import connect
@@ -41,7 +41,7 @@ class SweepOutcome:
     winner: Arm | None = None
 
     def summary_text(self) -> str:
-        stats = arm_table(self.rows, self.sweep.file.mode or "max")
+        stats = arm_table(self.rows, self.sweep.file.mode or "max", value_key(self.sweep.file.rank_by))
         lines = [format_table(stats, self.sweep.file.metric), ""]
         lines.append(f"{len(self.rows)} trials recorded ({counts_text(status_counts(self.rows))})"
                      f"; {self.skipped} already done and skipped")
@@ -351,7 +351,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         # row keeps the first label, so rank this stage's arms by their own labels, mapped through trial ids
         label = {t.trial_id: t.arm.label for t in trials}
         stage_rows = [{**r, "arm": label[r["trial_id"]]} for r in store.trials if r["trial_id"] in label]
-        stats = arm_table(stage_rows, sweep.file.mode or "max")
+        stats = arm_table(stage_rows, sweep.file.mode or "max", value_key(sweep.file.rank_by))
         best = best_arm(stats, sweep.file.mode or "max")
         if best is None:
             raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")

@@ -195,6 +195,8 @@ class SweepFile(Strict):
     max_failures: int = Field(1, ge=0, le=100, description="retries of a failing trial before it is recorded")
     wandb: WandbSpec = Field(default_factory=WandbSpec)
     reported: list[Reported] = Field(default_factory=list, description="the report's numbers, per arm")
+    rank_by: Literal["best", "final"] = Field("best", description="a trial's value for tables and winners: its "
+                                                                 "best epoch's metric, or its final epoch's")
 
     @model_validator(mode="after")
     def _mode(self) -> SweepFile:
