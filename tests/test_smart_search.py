@@ -188,7 +188,7 @@ def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
         stored4.extend(r for r in _bayes_rows(sweep3, batch, stored) if r["trial_id"] not in done)
         return sum(t.trial_id in done for t in sweep3.trials(batch))
 
-    skipped = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None)
+    skipped, _ = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None)
     assert skipped == 4 and [a.overrides for a in seen4] == first
 
     # the results are told: other results, same first (random) batch, different later proposals
@@ -285,3 +285,45 @@ def test_heatmap_keeps_a_stopped_arm_at_its_rung_and_marks_it():
     assert not any(v != v for v in grid.ravel())  # no holes
     assert stopped == {(r.index(0.01), c.index(0.001)): 1}
     assert grid[r.index(0.01), c.index(0.001)] == pytest.approx(30.0)
+
+
+def test_a_stage_may_search_with_bayes_around_the_carried_winner(tmp_path):
+    """Staged sweeps may use bayes inside a stage: the dry run lists its first batch, and the proposals are
+    the stage's arms (stage label, stage index, the previous winner's values carried)."""
+    from rayclf.sweep.plan import dry_run_text
+
+    spec = {"name": "sb", "base": tiny(), "seeds": [0],
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.01, 0.1]}},
+                                  {"name": "reg", "bayes": {"num_samples": 3, "batch": 2, "startup": 2,
+                                                            "params": {"model.dropout": {"uniform": [0, 0.5]}}}}]}}
+    sweep = parse_sweep(spec)
+    text = dry_run_text(sweep)
+    assert "reg:bayes-0" in text and "reg:bayes-1" in text and "reg:bayes-2" not in text
+    from rayclf.sweep.bayes import propose
+
+    carried = {"optim.lr": 0.1}
+    first = propose(sweep.bayes_stage(1, carried), [], 2)
+    placed = sweep.place(first, 1, carried)
+    assert [a.label for a in placed] == ["reg:bayes-0", "reg:bayes-1"] and all(a.stage == 1 for a in placed)
+    # the view's trials are the staged sweep's trials: same content address, so results are found by id
+    assert [t.trial_id for t in sweep.bayes_stage(1, carried).trials(first)] == \
+        [t.trial_id for t in sweep.trials(placed)]
+    assert all(t.config.optim.lr == 0.1 for t in sweep.trials(placed))
+    with pytest.raises(ConfigError, match="one of vary"):
+        parse_sweep({**spec, "search": {"stages": [{"name": "x"}]}})
+
+
+@pytest.mark.ray
+def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
+    from rayclf.sweep.runner import run_sweep
+
+    spec = {"name": "sbr", "base": quick_base(epochs=1), "seeds": [0],
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.000001, 0.1]}},
+                                  {"name": "reg", "bayes": {"num_samples": 2, "batch": 2, "startup": 2,
+                                                            "params": {"model.dropout": {"uniform": [0, 0.3]}}}}]}}
+    spec["base"]["data"]["synthetic"]["noise"] = 0.0
+    outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "sbr"), live=False, wandb_mode="disabled")
+    rows = {r["arm"]: r for r in outcome.rows}
+    assert set(rows) == {"lr:lr=1e-06", "lr:lr=0.1", "reg:bayes-0", "reg:bayes-1"}
+    assert all(rows[a]["stage"] == 1 and rows[a]["config.optim.lr"] == 0.1 for a in ("reg:bayes-0", "reg:bayes-1"))
+    assert outcome.winner is not None and outcome.winner.label.startswith("reg:bayes-")

@@ -141,10 +141,10 @@ RunArms = Callable[[list[Arm], list[Arm]], int]
 
 
 def run_bayes(sweep: Sweep, run_arms: RunArms, stored: Callable[[], list[dict[str, Any]]],
-              echo: Callable[[str], None]) -> int:
+              echo: Callable[[str], None]) -> tuple[int, list[Arm]]:
     """Ask, run (all seeds), tell, batch after batch, until ``num_samples`` proposals; return trials skipped as
-    already done. ``run_arms(batch, every proposal so far)`` runs a batch's arms with the sweep's scheduler;
-    ``stored`` reads the store's trial rows."""
+    already done and every proposal. ``run_arms(batch, every proposal so far)`` runs a batch's arms with the
+    sweep's scheduler; ``stored`` reads the store's trial rows."""
     spec = sweep.file.search.bayes
     assert spec is not None
     arms: list[Arm] = []
@@ -156,7 +156,7 @@ def run_bayes(sweep: Sweep, run_arms: RunArms, stored: Callable[[], list[dict[st
         skipped += run_arms(batch, arms)
         best = best_so_far(results_of(sweep, arms, stored()), sweep.file.mode or "max")
         echo(f"bayes: {len(arms)}/{spec.num_samples} proposals" + (f", best mean {best:.4f}" if best else ""))
-    return skipped
+    return skipped, arms
 
 
 def best_so_far(rows: Sequence[ArmRow | None], mode: str) -> float | None:

@@ -197,7 +197,14 @@ def _planned(sweep: Sweep) -> tuple[list[Trial], list[str], float]:
     if file.search.kind == "stages":
         trials: list[Trial] = []
         for i in range(sweep.stage_count()):
-            trials += sweep.trials(sweep.arms({}, stage=i))
+            stage = file.search.stages[i]  # type: ignore[index]
+            if stage.bayes is not None:  # its first batch, as the stage would propose it around the base
+                from rayclf.sweep.bayes import propose
+
+                first = propose(sweep.bayes_stage(i, {}), [], min(stage.bayes.batch, stage.bayes.num_samples))
+                trials += sweep.trials(sweep.place(first, i, {}))
+            else:
+                trials += sweep.trials(sweep.arms({}, stage=i))
         return trials, ["staged sweep: each stage's arms are varied around the previous stage's winner; the "
                         "table shows them around the base config"], 1.0
     if file.search.kind == "bayes":

@@ -337,6 +337,21 @@ def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live:
     return run_racing(sweep, arms, run, record, lambda: store.trials, echo)
 
 
+def _bayes_stage(sweep: Sweep, i: int, carried: dict[str, Any], store: ResultsStore, out: str, live: bool,
+                 echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool) -> tuple[int, list[Arm]]:
+    """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
+    from rayclf.sweep.bayes import run_bayes
+
+    view = sweep.bayes_stage(i, carried)
+
+    def run(batch: list[Arm], seen: list[Arm]) -> int:
+        return run_arms(sweep, sweep.place(batch, i, carried), store, out, live, echo, tracking, rerun_stopped,
+                        sweep.place(seen, i, carried))
+
+    skipped, proposed = run_bayes(view, run, lambda: store.trials, echo)
+    return skipped, sweep.place(proposed, i, carried)
+
+
 def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
                tracking: TrackingSettings, rerun_stopped: bool = False) -> tuple[int, Arm]:
     """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
@@ -344,9 +359,13 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
     skipped = 0
     winner = Arm("baseline", {})
     for i in range(sweep.stage_count()):
-        arms = sweep.arms(carried, stage=i)
+        if sweep.file.search.stages[i].bayes is not None:  # type: ignore[index]
+            ran, arms = _bayes_stage(sweep, i, carried, store, out, live, echo, tracking, rerun_stopped)
+        else:
+            arms = sweep.arms(carried, stage=i)
+            ran = run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped)
+        skipped += ran
         trials = sweep.trials(arms)
-        skipped += run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped)
         # a stage's arm may be a config an earlier stage already trained (same content address): its stored
         # row keeps the first label, so rank this stage's arms by their own labels, mapped through trial ids
         label = {t.trial_id: t.arm.label for t in trials}
@@ -388,8 +407,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         elif sweep.file.search.kind == "bayes":
             from rayclf.sweep.bayes import run_bayes
 
-            skipped = run_bayes(sweep, lambda arms, seen: run_arms(sweep, arms, store, out, live, echo, tracking,
-                                                                   rerun_stopped, seen), lambda: store.trials, echo)
+            skipped, _ = run_bayes(sweep, lambda arms, seen: run_arms(sweep, arms, store, out, live, echo, tracking,
+                                                                      rerun_stopped, seen), lambda: store.trials, echo)
         else:
             skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
     finally:

@@ -92,7 +92,15 @@ class Ablation(Strict):
 
 class Stage(Strict):
     name: str | None = None
-    vary: dict[str, Any] = Field(..., description="a grid of factors tried around the current best")
+    vary: dict[str, Any] | None = Field(None, description="a grid of factors tried around the current best")
+    bayes: BayesSearch | None = Field(None, description="or a Bayesian search around the current best")
+
+    @model_validator(mode="after")
+    def _one(self) -> Stage:
+        if (self.vary is None) == (self.bayes is None):
+            raise ValueError(f"stage '{self.name or '?'}' takes one of vary (a grid) or bayes, not "
+                             + ("both" if self.vary is not None else "neither"))
+        return self
 
 
 class SearchSpec(Strict):
@@ -255,8 +263,10 @@ class Sweep:
             return ablation_arms(s.ablation)  # type: ignore[arg-type]
         if s.kind == "stages":
             assert stage is not None, "staged sweeps expand one stage at a time"
-            arms = grid_arms(s.stages[stage].vary)  # type: ignore[index]
-            prefix = s.stages[stage].name or f"stage{stage + 1}"  # type: ignore[index]
+            if s.stages[stage].bayes is not None:  # type: ignore[index]
+                raise ValueError("a bayes stage's arms are proposed as results come in: use rayclf.sweep.bayes")
+            arms = grid_arms(s.stages[stage].vary or {})  # type: ignore[index]
+            prefix = self.stage_label(stage)
             carried = dict(base_overrides or {})
             return [Arm(f"{prefix}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
         return [Arm("baseline", {})]
@@ -279,6 +289,20 @@ class Sweep:
 
     def stage_count(self) -> int:
         return len(self.file.search.stages or [])
+
+    def stage_label(self, stage: int) -> str:
+        return self.file.search.stages[stage].name or f"stage{stage + 1}"  # type: ignore[index]
+
+    def bayes_stage(self, stage: int, carried: Mapping[str, Any]) -> Sweep:
+        """A bayes stage as a bayes search of its own, around the carried winner: its base holds the carried
+        overrides, so a proposal's trials are the very trials (same content address) the stage runs."""
+        spec = self.file.search.stages[stage].bayes  # type: ignore[index]
+        file = self.file.model_copy(update={"search": SearchSpec(bayes=spec)})
+        return Sweep(file, apply_overrides(self.base, dict(carried)), self.source)
+
+    def place(self, arms: list[Arm], stage: int, carried: Mapping[str, Any]) -> list[Arm]:
+        """A bayes stage's proposals as arms of the staged sweep: stage label, stage index, carried values."""
+        return [Arm(f"{self.stage_label(stage)}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
 
 
 # ------------------------------------------------------------------------------------- expansion
@@ -426,7 +450,12 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
     sweep = Sweep(file, base, source)
     if file.search.kind == "stages":
         for i in range(sweep.stage_count()):
-            sweep.trials(sweep.arms({}, stage=i))
+            if file.search.stages[i].bayes is not None:  # type: ignore[index]
+                from rayclf.sweep.bayes import check_space
+
+                check_space(sweep.bayes_stage(i, {}))
+            else:
+                sweep.trials(sweep.arms({}, stage=i))
         if file.search.final:
             sweep.config_for(Arm("final", dict(file.search.final)), file.seeds[0])
     elif file.search.kind == "bayes":
@@ -439,9 +468,13 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
     return sweep
 
 
-def arm_labels(sweep: Sweep) -> list[str]:
-    """Every arm label the sweep can produce (stage labels do not depend on earlier winners)."""
-    if sweep.file.search.kind != "stages":
+def arm_labels(sweep: Sweep) -> list[str] | None:
+    """Every arm label the sweep can produce (stage labels do not depend on earlier winners); None when arms
+    are proposed as results come in (bayes), so no list exists before the sweep runs."""
+    s = sweep.file.search
+    if s.kind == "bayes" or any(st.bayes is not None for st in s.stages or []):
+        return None
+    if s.kind != "stages":
         return [a.label for a in sweep.arms()]
     labels = [a.label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
     return labels + (["final"] if sweep.file.search.final else [])
@@ -449,7 +482,9 @@ def arm_labels(sweep: Sweep) -> list[str]:
 
 def check_reported(sweep: Sweep) -> None:
     """Each ``reported`` entry names an arm the sweep runs (a typo would silently compare with nothing)."""
-    labels = arm_labels(sweep)
+    labels = arm_labels(sweep) if sweep.file.reported else None
+    if labels is None:
+        return
     for i, rep in enumerate(sweep.file.reported):
         if rep.arm not in labels:
             hint = closest(rep.arm, labels)
