@@ -219,9 +219,30 @@ def scale(tmp: Path, trials: int) -> dict[str, Any]:
             "driver_peak_rss_mb": peak_mb, "record_first10_mean_s": first, "record_last10_mean_s": last}
 
 
+def record_cost(tmp: Path, trials: int) -> dict[str, Any]:
+    """The cost of recording the 1st vs the Nth finished trial in the results store alone (no Ray)."""
+    from rayclf.config import build_config
+    from rayclf.results import ResultsStore
+    from rayclf.sweep.callbacks import trial_row
+
+    store = ResultsStore(str(tmp / "record"))
+    infos = [{"trial_id": f"t{i:05d}", "sweep": "s", "arm": f"a{i % 20}", "seed": i // 20, "stage": None,
+              "position": i, "overrides": {}, "config": build_config({**TINY, "seed": i}).to_dict()}
+             for i in range(trials)]
+    store.prepare([trial_row(i, "completed", "", None, [], "val_accuracy", "max") for i in infos])
+    epochs = [{"epoch": 1, "val_accuracy": 0.5, "train_loss": 1.0, "epoch_seconds": 0.1}]
+    times = []
+    for info in infos:
+        t0 = time.perf_counter()
+        store.add(trial_row(info, "completed", "", {"test_accuracy": 0.5}, epochs, "val_accuracy", "max"), epochs)
+        times.append(time.perf_counter() - t0)
+    return {"trials": trials, "record_first10_mean_s": statistics.mean(times[:10]),
+            "record_last10_mean_s": statistics.mean(times[-10:])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["efficiency", "overhead", "scale"], required=True)
+    p.add_argument("--part", choices=["efficiency", "overhead", "scale", "record"], required=True)
     p.add_argument("--trials", type=int, default=300)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -235,6 +256,8 @@ def main() -> None:
         record.update(efficiency(tmp))
     elif args.part == "overhead":
         record.update(overhead(tmp, min(args.trials, 6)))
+    elif args.part == "record":
+        record.update(record_cost(tmp, args.trials))
     else:
         record.update(scale(tmp, args.trials))
     emit(record, args.out)

@@ -205,9 +205,21 @@ class ResultsStore:
         self.root = root
         meta_uri = join(root, STORE_FILE)
         self.meta: dict[str, Any] = json.loads(read_text(meta_uri)) if exists(meta_uri) else {}
-        self.trials = read_rows(join(root, TRIALS))
-        self.epochs = read_rows(join(root, EPOCHS))
-        self.legacy = bool(self.trials) and not self.meta
+        # keyed by trial id, so recording a trial costs the same at any size of the sweep
+        self._trials = {r["trial_id"]: r for r in read_rows(join(root, TRIALS))}
+        self._epochs: dict[str, list[dict[str, Any]]] = {}
+        for e in read_rows(join(root, EPOCHS)):
+            self._epochs.setdefault(e["trial_id"], []).append(e)
+        self.legacy = bool(self._trials) and not self.meta
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial row, in sweep order."""
+        return sorted(self._trials.values(), key=lambda r: (r.get("position") is None, r.get("position") or 0))
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return [e for tid in self._trials for e in self._epochs.get(tid, [])]
 
     @property
     def schema(self) -> dict[str, str]:
@@ -228,7 +240,7 @@ class ResultsStore:
         """Trials that never run again: completed, diverged, eliminated by racing and (unless asked) stopped
         early."""
         keep = [s for s in FINISHED if not (rerun_stopped and s == "stopped_early")]
-        return {r["trial_id"] for r in self.trials if r.get("status") in keep}
+        return {tid for tid, r in self._trials.items() if r.get("status") in keep}
 
     def prepare(self, template_rows: Iterable[Mapping[str, Any]]) -> None:
         """Fix the trial table's schema from every trial about to run (plus what is stored) before writing."""
@@ -239,7 +251,7 @@ class ResultsStore:
                 schema[key] = kind
         changed = {k: (self.schema[k], v) for k, v in schema.items() if k in self.schema and self.schema[k] != v}
         added = [k for k in schema if k not in self.schema]
-        if changed or (added and self.trials):
+        if changed or (added and self._trials):
             self._migrate(schema, changed)
         if schema != self.schema or not self.meta:
             self.meta = {"semantics": SEMANTICS_VERSION, "trials": schema, "epochs": EPOCH_COLUMNS}
@@ -250,7 +262,7 @@ class ResultsStore:
 
     def _migrate(self, schema: dict[str, str], changed: Mapping[str, tuple[str, str]]) -> None:
         """Rewrite stored trial parts once under a wider schema; every stored value keeps its meaning."""
-        for row in self.trials:
+        for row in self._trials.values():
             for key, (old, new) in changed.items():
                 row[key] = recode(row.get(key), old, new)
             for key in schema:
@@ -276,6 +288,5 @@ class ResultsStore:
         # epochs first: a reader that sees the trial row also finds its epochs
         self._write_part(EPOCHS, tid, arrow_table(epochs, EPOCH_COLUMNS))
         self._write_part(TRIALS, tid, arrow_table([row], schema))
-        self.trials = [r for r in self.trials if r["trial_id"] != tid] + [row]
-        self.trials.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0))
-        self.epochs = [r for r in self.epochs if r["trial_id"] != tid] + epochs
+        self._trials[tid] = row
+        self._epochs[tid] = epochs
