@@ -84,7 +84,7 @@ def check_node(marker: str, token: str, shapes: list[tuple[str, str, dict[str, A
 
     ctx = ray.get_runtime_context()
     report = NodeReport(node=ctx.get_node_id(), ip=ray.util.get_node_ip_address())
-    where = f"worker node {report.ip} ({report.node[:12]})"
+    where = f"worker node {report.ip} (node {report.node[-8:]})"
     storage = marker.rsplit("/", 1)[0]
     try:
         fs, path = filesystem(marker)

@@ -212,7 +212,8 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                         storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
     trainable, in_process = _trainable(sweep, cluster)
-    callbacks: list[Any] = [recorder] if in_process else [recorder, PlacementGroupJanitor(recorder)]
+    janitor = PlacementGroupJanitor(recorder, {"CPU": res.cpus, "GPU": res.gpus}, res.num_workers)
+    callbacks: list[Any] = [recorder] if in_process else [recorder, janitor]
     # on a remote cluster the autoscaler grows it while trials wait: what fits now is no limit (the file's
     # max_concurrent still is); on a local instance it is all there will ever be
     grows = _preflight is not None and not sweep.file.resources.max_concurrent
