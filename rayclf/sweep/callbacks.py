@@ -147,16 +147,28 @@ def failure_reason(trial: Any) -> str:
 
 
 class PlacementGroupJanitor(Callback):
-    """Removes a finished trial's Train worker-group placement group if Ray left it ``CREATED``.
+    """Removes Train worker-group placement groups that no trial uses any more.
 
-    Works around ray-project/ray#54305 / #32725: when Tune stops a trial that runs a Train V2
-    ``TorchTrainer`` (ASHA), the worker group's placement group may keep its resources and every
-    later trial waits forever. Workers report their group's id with each result (``rayclf_pg``).
+    Two ways they leak (ray-project/ray#54305 / #32725 and autoscaling):
+
+    - when Tune stops a trial that runs a Train V2 ``TorchTrainer`` (ASHA), the worker group's placement group
+      may keep its resources and every later trial waits forever. Workers report their group's id with each
+      result (``rayclf_pg``); the trial's groups are removed when it ends;
+    - while the autoscaler brings nodes up, the Train controller creates a placement group, gives up after its
+      start timeout, removes it and creates another (a slow cloud node: many created and removed). Train V2
+      registers a group's placement group with its cleaner only *after* the group started, so one still
+      waiting for nodes when its controller ends is known to no one: it stays pending, becomes ``CREATED``
+      when the autoscaler's node arrives, and holds that node's GPUs (and keeps it from scaling down) with no
+      trial using it until the driver exits. No worker ever reports it. So whenever no data-parallel trial is
+      running, and at the end of the sweep, every placement group of this driver's job with the worker-group
+      shape (``num_workers`` bundles of the trial's CPUs/GPUs) that is still alive is removed.
     """
 
-    def __init__(self, recorder: Recorder):
+    def __init__(self, recorder: Recorder, worker_bundle: dict[str, float] | None = None, num_workers: int = 0):
         self.recorder = recorder
         self.removed: set[str] = set()
+        self.bundle = {k: float(v) for k, v in (worker_bundle or {}).items() if v}
+        self.num_workers = num_workers
 
     def release(self, pg_hex: str) -> bool:
         from ray._raylet import PlacementGroupID
@@ -169,20 +181,41 @@ class PlacementGroupJanitor(Callback):
         self.removed.add(pg_hex)
         return True
 
-    def _clean(self, trial: Any) -> None:
+    def _worker_group_shaped(self, info: dict[str, Any]) -> bool:
+        bundles = list((info.get("bundles") or {}).values())
+        return bool(self.num_workers) and len(bundles) == self.num_workers and all(
+            {k: float(v) for k, v in b.items() if v and k in ("CPU", "GPU")} == self.bundle for b in bundles)
+
+    def orphans(self) -> list[str]:
+        """Alive worker-group-shaped placement groups created by this driver's job (none is in use when no
+        data-parallel trial runs)."""
+        import ray
+        from ray.util.placement_group import placement_group_table
+
+        job = ray.get_runtime_context().get_job_id()
+        return [pg for pg, info in placement_group_table().items()
+                if pg.endswith(job) and info.get("state") != "REMOVED" and pg not in self.removed
+                and self._worker_group_shaped(info)]
+
+    def _clean(self, trial: Any, trials: list) -> None:
         for pg in self.recorder.pgs.get(trial_info(trial)["trial_id"], ()):
             self.release(pg)
+        if not any(t is not trial and t.status == "RUNNING" for t in trials):
+            for pg in self.orphans():
+                self.release(pg)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._clean(trial)
+        self._clean(trial, trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._clean(trial)
+        self._clean(trial, trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for pgs in self.recorder.pgs.values():
             for pg in pgs:
                 self.release(pg)
+        for pg in self.orphans():
+            self.release(pg)
 
 
 class LiveCallback(Callback):

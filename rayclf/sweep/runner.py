@@ -30,6 +30,8 @@ from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
+# the pre-flight of the sweep being run on a remote cluster (run_sweep sets it; None on a local instance)
+_preflight: Any = None
 
 
 @dataclass
@@ -212,10 +214,13 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     if not todo:
         return len(trials)
     _prepare_everywhere([t for _, t in todo])
-    cluster = ray.cluster_resources()
-    res = trial_resources(sweep)
-    check_packing([t for _, t in todo], res.gpus if res.num_workers == 1 else 1.0)
     storage = storage_path(out)
+    res = trial_resources(sweep)
+    if _preflight is not None:  # remote cluster: checks and calibrates on a worker node, before any trial
+        _preflight.check([t for _, t in todo])
+    else:
+        check_packing([t for _, t in todo], res.gpus if res.num_workers == 1 else 1.0)
+    cluster = ray.cluster_resources()
     found = find_checkpoints(storage, {t.trial_id for _, t in todo})
     stage = (trials[0].arm.stage or 0) if trials else 0
     pos = {t.trial_id: i for i, t in enumerate(order or trials)}
@@ -229,8 +234,12 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
                         storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
     trainable, in_process = _trainable(sweep, cluster)
-    callbacks: list[Any] = [recorder] if in_process else [recorder, PlacementGroupJanitor(recorder)]
-    slots = min(concurrency(sweep, cluster), len(todo))
+    janitor = PlacementGroupJanitor(recorder, {"CPU": res.cpus, "GPU": res.gpus}, res.num_workers)
+    callbacks: list[Any] = [recorder] if in_process else [recorder, janitor]
+    # on a remote cluster the autoscaler grows it while trials wait: what fits now is no limit (the file's
+    # max_concurrent still is); on a local instance it is all there will ever be
+    grows = _preflight is not None and not sweep.file.resources.max_concurrent
+    slots = len(todo) if grows else min(concurrency(sweep, cluster), len(todo))
     view = LiveView(len(trials), metric, mode, terminal=None if live else False, slots=slots,
                     stream=None if live else _Discard())
     view.skipped(len(trials) - len(todo))
@@ -389,6 +398,9 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
     import ray
 
+    from rayclf.sweep.preflight import Preflight
+
+    global _preflight
     out, store = prepare_out(sweep, out, resume)
     w = sweep.file.wandb
     tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
@@ -401,6 +413,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             raise UserError(unmet)
         if unmet:
             echo(f"warning: {unmet} Trials wait until an autoscaler adds such nodes.")
+        if address:  # a remote cluster: its worker nodes are not this machine
+            _preflight = Preflight(sweep, storage_path(out))
         winner = None
         if sweep.file.search.kind == "stages":
             skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped)
@@ -412,6 +426,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         else:
             skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
     finally:
+        _preflight = None
         release_driver(out)
         if started:
             ray.shutdown()
