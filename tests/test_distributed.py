@@ -19,7 +19,7 @@ EPOCHS = 30
 
 
 def _base(epochs: int) -> dict:
-    return tiny(data={"synthetic": {"num_train": 1200, "num_test": 100, "num_classes": 4, "image_size": 16,
+    return tiny(data={"synthetic": {"num_train": 3000, "num_test": 100, "num_classes": 4, "image_size": 16,
                                     "difficulty": 0.0}},
                 train={"epochs": epochs, "batch_size": 40})
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,14 @@ def test_ray_job_submit_runs_a_sweep_to_s3_and_the_report_reads_it(s3_server, tm
         subprocess.run([str(bin_dir / "ray"), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
                        env=env, check=True, capture_output=True, timeout=120)
         out = "s3://bkt/sweeps/job"
-        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
-                              str(bin_dir / "rayclf"), "sweep", str(f), "--out", out, "--quiet"],
-                             env={**env, **{k: "" for k in s3_server if k.startswith("AWS_SECRET")}},
-                             capture_output=True, text=True, timeout=300)
+        for _ in range(20):  # the job server answers "no available agent, try again later" until its agent is up
+            job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                                  "--", str(bin_dir / "rayclf"), "sweep", str(f), "--out", out, "--quiet"],
+                                 env={**env, **{k: "" for k in s3_server if k.startswith("AWS_SECRET")}},
+                                 capture_output=True, text=True, timeout=300)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(3)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-2000:]
         assert "2 trials recorded (completed 2)" in job.stdout
         report = subprocess.run([str(bin_dir / "rayclf"), "report", out, "--out", str(tmp_path / "report")],
