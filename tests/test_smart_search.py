@@ -100,7 +100,7 @@ def test_asha_by_arm_stops_every_seed_of_an_arm_together_and_keeps_it_in_the_rep
 
     spec = {"name": "asha_arm", "base": quick_base(epochs=3),
             "search": {"grid": {"optim.lr": [0.1, 0.05, 0.00001]}},  # the good arms come first
-            "seeds": [0, 1, 2], "resources": {"max_concurrent": 2},
+            "seeds": [0, 1, 2], "resources": {"max_concurrent": 1},  # one slot: rungs reached in a fixed order
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}
     out = str(tmp_path / "a")
     outcome = run_sweep(parse_sweep(spec), out=out, live=False, wandb_mode="disabled")
@@ -111,14 +111,14 @@ def test_asha_by_arm_stops_every_seed_of_an_arm_together_and_keeps_it_in_the_rep
     assert {r["stopped_at_epoch"] for r in bad} == {1}
     assert all("asha over its seeds" in r["reason"] for r in bad)
     started = [r for r in bad if r["epochs"]]
-    # stopped together at the rung (a seed that got there first may have trained one epoch more meanwhile)
-    assert len(started) == 2 and min(r["epochs"] for r in started) == 1 and max(r["epochs"] for r in started) <= 2
+    # judged at the rung on the seeds it had started (one, with one slot), then stopped with all its seeds
+    assert len(started) == 1 and started[0]["epochs"] == 1
     assert {r["status"] for r in rows if r["arm"] == "lr=0.1"} == {"completed"}  # the first arm is never cut
     never = [r for r in bad if not r["epochs"]]
-    assert len(never) == 1 and "never started" in never[0]["reason"]  # the third seed did not start
+    assert len(never) == 2 and all("never started" in r["reason"] for r in never)  # its other seeds never ran
     stats = {s.arm: s for s in arm_table(rows, "max")}
     assert stats["lr=1e-05"].stopped_at == 1 and stats["lr=1e-05"].mean is not None
-    assert stats["lr=1e-05"].rank == 3
+    assert stats["lr=1e-05"].rank > stats["lr=0.1"].rank  # a stopped arm ranks below the one that finished
     assert "stopped at epoch 1" in outcome.summary_text()
     rep = build_report(out)
     assert "stopped at epoch 1" in (rep.out / "results.md").read_text()
