@@ -179,7 +179,7 @@ def test_node_lost_mid_trial_continues_from_checkpoint_on_another_node(cluster, 
     epochs_n = 30
     out = tmp_path / "spot"
     base = _base(epochs_n)
-    base["data"]["synthetic"]["num_train"] = 1200
+    base["data"]["synthetic"]["num_train"] = 4000  # epochs long enough to lose a node mid-trial
     spec = {"name": "spot", "base": base, "resources": {"cpus": 1, "gpus": 1}, "max_failures": 2,
             "search": {"grid": {"optim.lr": [0.05, 0.02]}}}
     lost: dict = {}
@@ -189,7 +189,7 @@ def test_node_lost_mid_trial_continues_from_checkpoint_on_another_node(cluster, 
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len(_checkpointed(out)) < 2:
             time.sleep(0.2)
-        time.sleep(2)  # a few more epochs, so Tune has registered (not just written) a checkpoint
+        time.sleep(1)  # a few more epochs, so Tune has registered (not just written) a checkpoint
         busy = sorted({n for info in placement_group_table().values() if info["state"] == "CREATED"
                        for n in info.get("bundles_to_node_id", {}).values()} - {_head_id()})
         lost["node"] = busy[0]
