@@ -232,9 +232,7 @@ class LiveCallback(Callback):
         if self.view is None:
             return
         t = trial_info(trial)
-        cfg = t["config"]
-        epochs = sum(p["epochs"] for p in cfg["train"].get("phases") or []) or cfg["train"]["epochs"]
-        self.view.started(t["trial_id"], t["arm"], t["seed"], epochs)
+        self.view.started(t["trial_id"], t["arm"], t["seed"], t["epochs"])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" in result and self.view is not None:

@@ -144,13 +144,19 @@ def storage_path(out: str) -> str:
     return join(out, "_ray") if "://" in out else os.path.abspath(os.path.join(out, "_ray"))
 
 
-def _describe(sweep: Sweep, t: Trial, position: int, storage: str, tracking: TrackingSettings,
+def _identity(sweep: Sweep, t: Trial, index: int) -> dict[str, Any]:
+    """A trial's row identity; ``index`` is its place in the sweep's trial order (within its stage)."""
+    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
+            "position": (t.arm.stage or 0) * 100_000 + index, "overrides": t.arm.overrides,
+            "config": t.config.to_dict(), "epochs": t.config.total_epochs()}
+
+
+def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings,
               resume_from: str | None) -> dict[str, Any]:
     """What a trial process needs, carried through Tune's param space."""
     res = trial_resources(sweep)
-    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
-            "position": position, "overrides": t.arm.overrides, "config": t.config.to_dict(), "storage": storage,
-            "max_failures": sweep.file.max_failures, "tracking": tracking.to_dict(), "resume_from": resume_from,
+    return {**_identity(sweep, t, index), "storage": storage, "max_failures": sweep.file.max_failures,
+            "tracking": tracking.to_dict(), "resume_from": resume_from,
             "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
 
 
@@ -222,9 +228,8 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
         check_packing([t for _, t in todo], res.gpus if res.num_workers == 1 else 1.0)
     cluster = ray.cluster_resources()
     found = find_checkpoints(storage, {t.trial_id for _, t in todo})
-    stage = (trials[0].arm.stage or 0) if trials else 0
     pos = {t.trial_id: i for i, t in enumerate(order or trials)}
-    descriptions = [_describe(sweep, t, stage * 100_000 + pos[t.trial_id], storage, tracking,
+    descriptions = [_describe(sweep, t, pos[t.trial_id], storage, tracking,
                               found[t.trial_id].uri if t.trial_id in found else None) for _, t in todo]
     metric, mode = sweep.file.metric, sweep.file.mode or "max"
     store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
@@ -316,10 +321,8 @@ def record_unstarted(sweep: Sweep, trials: list[Trial], order: list[Trial], stor
     pos = {t.trial_id: i for i, t in enumerate(order)}
     done = store.finished_ids()
     metric, mode = sweep.file.metric, sweep.file.mode or "max"
-    rows = [trial_row({"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed,
-                       "stage": t.arm.stage, "position": (t.arm.stage or 0) * 100_000 + pos[t.trial_id],
-                       "overrides": t.arm.overrides, "config": t.config.to_dict()}, status, reason, None, [],
-                      metric, mode) for t in trials if t.trial_id not in done]
+    rows = [trial_row(_identity(sweep, t, pos[t.trial_id]), status, reason, None, [], metric, mode)
+            for t in trials if t.trial_id not in done]
     if rows:
         store.prepare(rows)
     for row in rows:
