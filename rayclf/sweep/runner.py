@@ -206,7 +206,7 @@ def _tuner(sweep: Sweep, trainable: Any, in_process: bool, space: dict[str, Any]
 
 
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
-               echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool = False,
+               tracking: TrackingSettings, rerun_stopped: bool = False,
                order: list[Trial] | None = None) -> int:
     """Run the trials not yet finished; return how many were skipped as already done. ``order`` (a superset of
     ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the results table."""
@@ -337,7 +337,7 @@ def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live:
     order = sweep.trials(all_arms or arms)
 
     def run(trials: list[Trial]) -> int:
-        return run_trials(sweep, trials, store, out, live, echo, tracking, rerun_stopped, order=order)
+        return run_trials(sweep, trials, store, out, live, tracking, rerun_stopped, order=order)
 
     if sweep.file.scheduler.name != "racing":
         return run(sweep.trials(arms))
@@ -391,7 +391,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         echo(f"stage {i + 1} winner: {winner.label} ({sweep.file.metric} {best.mean:.4f})")
     if sweep.file.search.final:
         final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
-        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, echo, tracking, rerun_stopped)
+        skipped += run_trials(sweep, sweep.trials([final]), store, out, live, tracking, rerun_stopped)
     return skipped, winner
 
 
