@@ -306,6 +306,11 @@ class TrialConfig(Strict):
                           separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def arm_fingerprint(self) -> str:
+        """Content address of the trial's arm: the same config with the seed at its default. Two arms of a sweep
+        that resolve to one config share it (they are one arm), whatever their labels."""
+        return self.model_copy(update={"seed": type(self).model_fields["seed"].default}).fingerprint()
+
 
 # Bumped only when the meaning of a default (or of a stored result) changes: trial ids and sweep directories
 # of another version are then refused instead of silently matched.

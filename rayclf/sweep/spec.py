@@ -237,6 +237,11 @@ class Trial:
     seed: int
     config: TrialConfig
 
+    @property
+    def arm_id(self) -> str:
+        """The identity of the trial's arm (its config with the seed at its default), not its label."""
+        return self.config.arm_fingerprint()
+
 
 @dataclass
 class Sweep:
@@ -279,6 +284,10 @@ class Sweep:
                 cfg = self.config_for(arm, seed)
                 out.append(Trial(cfg.fingerprint(), arm, seed, cfg))
         return out
+
+    def arm_id(self, arm: Arm) -> str:
+        """The arm's identity: the fingerprint of its config with the seed at its default."""
+        return self.config_for(arm, TrialConfig.model_fields["seed"].default).arm_fingerprint()
 
     def config_for(self, arm: Arm, seed: int) -> TrialConfig:
         raw = apply_overrides(self.base, {**arm.overrides, "seed": seed})
