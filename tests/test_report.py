@@ -19,7 +19,7 @@ from scipy import stats
 from rayclf.aggregate import arm_table, paired_p_value
 from rayclf.cli import main
 from rayclf.results import ResultsStore, read_rows, write_text
-from rayclf.sweep.callbacks import trial_row
+from rayclf.sweep.rows import trial_row
 
 from .conftest import tiny
 
