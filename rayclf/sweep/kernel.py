@@ -15,9 +15,9 @@ from typing import Any
 from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, join
-from rayclf.sweep.decisions import PROPOSAL, WINNER, Decision, DecisionLog
+from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
-from rayclf.sweep.spec import Arm, Sweep, Trial, alias_note
+from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
 
 ExecuteTrials = Callable[["SweepRun", list[Trial], list[Trial]], int]
 
@@ -252,3 +252,30 @@ def execute(run: SweepRun) -> SweepOutcome:
     rows = run.plan_rows()
     return SweepOutcome(sweep, run.out, rows, skipped, winner, removed=len(run.store.trials) - len(rows),
                         aliased=list(run.aliased.values()))
+
+
+# ------------------------------------------------------------------------------------------ resume
+def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog) -> str | None:
+    """Why a sweep directory written with ``old`` cannot be continued with ``new``, or None. The metric and mode
+    give every stored value its meaning; rank_by, the search kind and the scheduler only matter where logged
+    decisions were taken under them."""
+    if (old.metric, old.mode) != (new.metric, new.mode):
+        return (f"this sweep directory was recorded with metric {old.metric} ({old.mode}); the file now says "
+                f"{new.metric} ({new.mode}). Stored values would be mixed with new ones: keep "
+                f"--set metric={old.metric} mode={old.mode}, or start a new --out.")
+    decided = log.decisions
+    if not decided:
+        return None
+    kinds = sorted({d.kind for d in decided})
+    what = f"{len(decided)} logged decisions ({', '.join(kinds)})"
+    if old.rank_by != new.rank_by and any(d.kind in (WINNER, ELIMINATE, STOP) for d in decided):
+        return (f"{what} were taken ranking by {old.rank_by}; the file now says rank_by: {new.rank_by}. Keep "
+                f"--set rank_by={old.rank_by}, or re-open them (--rerun-stopped, --redecide STAGE) first.")
+    if old.search.kind != new.search.kind:
+        return (f"{what} belong to a {old.search.kind} search; the file now describes a {new.search.kind} search: "
+                "start a new --out.")
+    if old.scheduler != new.scheduler and any(d.kind in (STOP, ELIMINATE) for d in decided):
+        return (f"{what} were taken by scheduler {old.scheduler.name} {old.scheduler.model_dump(exclude_defaults=True)}"
+                f"; the file now has {new.scheduler.name} {new.scheduler.model_dump(exclude_defaults=True)}: undo "
+                "the change, pass --rerun-stopped to take those decisions again, or start a new --out.")
+    return None

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from rayclf.config import UserError
-from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
+from rayclf.results import TRIALS, ResultsStore, exists, join, read_text, write_text
 from rayclf.sweep.connect import connect
 from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
-from rayclf.sweep.kernel import SweepOutcome, SweepRun, execute
+from rayclf.sweep.kernel import SweepOutcome, SweepRun, execute, resume_conflict
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
@@ -276,6 +276,27 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     return True
 
 
+def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore) -> str | None:
+    """What the file changed that this sweep directory cannot take (compared with the sweep.yaml it holds, and
+    with the metric its rows were recorded under)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from rayclf.sweep.spec import SweepFile
+
+    uri = join(out, SWEEP_FILE)
+    if not exists(uri):
+        return None
+    try:
+        old = SweepFile.model_validate({k: v for k, v in yaml.safe_load(read_text(uri)).items() if k != "base"})
+    except (ValidationError, AttributeError, yaml.YAMLError):  # written by a release with other file rules
+        return None
+    recorded = sorted({r.get("metric") for r in store.trials} - {None})
+    if recorded and recorded != [sweep.file.metric]:
+        old = old.model_copy(update={"metric": recorded[0]})
+    return resume_conflict(old, sweep.file, DecisionLog(out))
+
+
 def default_out(sweep: Sweep) -> str:
     return str(Path("runs") / sweep.name)
 
@@ -287,7 +308,7 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> tuple[str, Resul
         raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished trials "
                         "are skipped, new arms or seeds run) or choose another --out.")
     store = ResultsStore(out)
-    problem = store.check_semantics()
+    problem = store.check_semantics() or _resume_conflict(sweep, out, store)
     if problem:
         raise UserError(problem)
     write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
