@@ -121,7 +121,7 @@ def test_an_interrupted_stage_takes_no_decision_and_resume_completes_it(tmp_path
 def test_a_changed_metric_on_resume_is_refused(tmp_path):
     out = str(tmp_path / "s")
     sweep = parse_sweep(ablation(seeds=(0,)))
-    _, store = prepare_out(sweep, out, resume=False)
+    prepare_out(sweep, out, resume=False)
     execute(fake_run(sweep, out))
     with pytest.raises(UserError, match=r"val_accuracy \(max\).*val_loss \(min\)"):
         prepare_out(parse_sweep(ablation(seeds=(0,), metric="val_loss")), out, resume=True)
