@@ -43,6 +43,12 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def __getstate__(self) -> dict[str, int | None]:  # Tune pickles its callbacks with the experiment state
+        return {"signum": self.signum}
+
+    def __setstate__(self, state: dict[str, int | None]) -> None:
+        self._event, self.signum = threading.Event(), state["signum"]
+
     def check(self, out: str = "") -> None:
         """Raise :class:`SweepInterrupted` when a stop was asked for (call before taking any decision)."""
         if self.is_set():
