@@ -71,7 +71,7 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], mode: str 
     if n < 2:
         return PairedComparison(delta, None, None, n, note="1 pair")
     if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):
-        return PairedComparison(delta, None, None, n, sd, NO_VARIANCE)
+        return PairedComparison(delta, None, None, n, 0.0, NO_VARIANCE)
     better = diffs if mode == "max" else [-d for d in diffs]  # > 0: a is better than b
     side = "less" if alternative == "worse" else "two-sided"
     with warnings.catch_warnings():  # scipy warns about ties and zeros on tiny samples; the p stands

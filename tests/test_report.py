@@ -116,15 +116,17 @@ def test_tables_equal_independent_aggregates(tmp_path, metric_mode):
         "optimizer_lr.png", "confusion.png"}
 
 
-def test_two_factor_heatmap_and_stage_table(tmp_path):
+@pytest.mark.parametrize("metric_mode", METRICS)
+def test_two_factor_heatmap_and_stage_table(tmp_path, metric_mode):
+    metric, mode = metric_mode  # no sweep.yaml: the report takes the mode from the stored metric's name
     store = ResultsStore(str(tmp_path / "s"))
     for blocks, kernel, seed in itertools.product([1, 3, 5], [2, 3, 4, 5], range(2)):
         cfg = tiny(model={"name": "cnn", "widths": [8] * blocks, "kernel_size": kernel}, seed=seed)
         v = 0.6 + 0.01 * kernel - 0.02 * blocks
-        ep = [{"epoch": 1, "val_accuracy": v, "train_accuracy": v, "val_loss": 1.0, "train_loss": 1.0}]
+        ep = [{"epoch": 1, "val_accuracy": v, "train_accuracy": v, "val_loss": 1.5 - v, "train_loss": 1.0}]
         info = {"trial_id": f"{blocks}-{kernel}-{seed}", "sweep": "g", "arm": f"b{blocks}k{kernel}", "seed": seed,
                 "stage": 0 if blocks == 1 else 1, "config": cfg}
-        store.add(trial_row(info, "completed", "", {"test_accuracy": v}, ep, "val_accuracy", "max"), ep)
+        store.add(trial_row(info, "completed", "", {"test_accuracy": v}, ep, metric, mode), ep)
     from rayclf.report import build_report
 
     rep = build_report(str(tmp_path / "s"), tmp_path / "r")
@@ -133,15 +135,17 @@ def test_two_factor_heatmap_and_stage_table(tmp_path):
     assert "| 1 | b1k5 |" in stages_md and "★" in stages_md.split("| 1 | b1k5 |")[1].split("\n")[0]
 
 
-def test_status_marks_and_running_sweep(tmp_path):
+@pytest.mark.parametrize("metric_mode", METRICS)
+def test_status_marks_and_running_sweep(tmp_path, metric_mode):
+    metric, mode = metric_mode
     store = ResultsStore(str(tmp_path / "s"))
     for i, status in enumerate(["completed", "stopped_early", "diverged", "failed"]):
         cfg = tiny(seed=i)
         ep = [{"epoch": 1, "val_accuracy": 0.5, "train_accuracy": 0.5, "val_loss": 1.0, "train_loss": 1.0}]
         info = {"trial_id": str(i), "sweep": "m", "arm": "baseline", "seed": i, "config": cfg}
         store.add(trial_row(info, status, "why", {"test_accuracy": 0.5} if status == "completed" else None, ep,
-                            "val_accuracy", "max"), ep)
-    rows = arm_table(store.trials, "max")
+                            metric, mode), ep)
+    rows = arm_table(store.trials, mode)
     assert rows[0].n == 1 and rows[0].statuses == {"completed": 1, "stopped_early": 1, "diverged": 1, "failed": 1}
     res = CliRunner().invoke(main, ["report", str(tmp_path / "s"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
@@ -244,11 +248,13 @@ def _signed(v: float, metric: str) -> str:
     return f"{v:+.2f}" if metric.endswith("accuracy") else f"{v:+.4f}"
 
 
-def test_staged_report_has_the_stage_figure_and_running_best(tmp_path):
+@pytest.mark.parametrize("metric_mode", METRICS)
+def test_staged_report_has_the_stage_figure_and_running_best(tmp_path, metric_mode):
     from rayclf.report import build_report
 
-    src = make_sweep_dir(tmp_path / "s", stages=True)
-    write_text(str(src / "sweep.yaml"), "name: st\nmetric: val_accuracy\nsearch:\n  stages:\n  - vary: {}\n")
+    metric, mode = metric_mode
+    src = make_sweep_dir(tmp_path / "s", stages=True, metric=metric, mode=mode)
+    write_text(str(src / "sweep.yaml"), f"name: st\nmetric: {metric}\nsearch:\n  stages:\n  - vary: {{}}\n")
     rep = build_report(str(src), tmp_path / "r")
     assert "stages" in rep.figures and (tmp_path / "r" / "figures" / "stages.png").stat().st_size > 10_000
     assert "factor_effects" not in rep.figures
@@ -256,3 +262,50 @@ def test_staged_report_has_the_stage_figure_and_running_best(tmp_path):
     chosen = [ln for ln in md.splitlines() if "★" in ln]
     assert len(chosen) == 2 and all(ln.split("|")[6].strip() for ln in chosen)  # winner rows carry the running best
     assert "<h2 id='stages'>" in (tmp_path / "r" / "index.html").read_text()
+    assert "(baseline)" in chosen[0] and "(lr=0.1,opt=adam,dropout=0)" in chosen[1]  # best under the mode
+
+
+@pytest.mark.parametrize("metric_mode", METRICS)
+def test_sweep_summary_shows_the_reports_effects_for_an_ablation(tmp_path, metric_mode):
+    from rayclf.sweep.runner import SweepOutcome
+    from rayclf.sweep.spec import parse_sweep
+
+    metric, mode = metric_mode
+    rows = read_rows(str(_ablation_dir(tmp_path / "s", metric, mode) / "trials.parquet"))
+    table = {r.arm: r for r in arm_table(rows, mode)}
+    sweep = parse_sweep({"name": "a", "base": tiny(), "seeds": [0, 1, 2], "metric": metric,
+                         "search": {"ablation": {"factors": {"model.dropout": [0.3]}}}})
+    text = SweepOutcome(sweep, str(tmp_path / "s"), rows, 0).summary_text()
+    head = text.splitlines()[0]
+    assert "Δ vs baseline" in head and "Δ 95% CI ±" in head and "p (Holm)" in head
+    aug = next(ln for ln in text.splitlines() if ln.startswith("augmentation=crop+flip"))
+    r = table["augmentation=crop+flip"]
+    pct = metric.endswith("accuracy")
+    scale = 100 if pct else 1
+    assert f"{_signed(scale * r.delta, metric)}" in aug and f"{r.p_holm:.3g}" in aug
+    assert (f"{scale * r.delta_ci95:.2f}" if pct else f"{r.delta_ci95:.4f}") in aug
+    assert "(2 pairs)" in next(ln for ln in text.splitlines() if ln.startswith("lr=0.05"))
+    assert "no variance" in next(ln for ln in text.splitlines() if ln.startswith("dropout=0.3"))
+    assert "Holm-adjusted over the 2 arms tested against the baseline" in text
+    grid = parse_sweep({"name": "g", "base": tiny(), "metric": metric,
+                        "search": {"grid": {"model.dropout": [0.1, 0.3]}}})
+    assert "p (Holm)" not in SweepOutcome(grid, str(tmp_path / "s"), rows, 0).summary_text()
+
+
+@pytest.mark.parametrize("metric_mode", METRICS)
+def test_report_plans_seeds_for_a_target_ci_width(tmp_path, metric_mode):
+    metric, mode = metric_mode
+    src = _ablation_dir(tmp_path / "s", metric, mode)
+    width = "0.5" if metric.endswith("accuracy") else "0.005"  # ±0.5 percentage points, or ±0.005 loss
+    res = CliRunner().invoke(main, ["report", str(src), "--out", str(tmp_path / "r"), "--target-ci", width])
+    assert res.exit_code == 0, res.output
+    table = {r["arm"]: r for r in csv.DictReader((tmp_path / "r" / "results.csv").open())}
+    # augmentation's paired differences are 0, −0.004, +0.004: sd 0.004, and the target half-width is 0.005:
+    # n = 4: t(0.975, 3)·0.004/2 = 3.1824·0.002 = 0.00636 > 0.005; n = 5: 2.7764·0.004/√5 = 0.00497 ≤ 0.005
+    assert table["augmentation=crop+flip"]["seeds_needed"] == "5"
+    assert table["dropout=0.3"]["seeds_needed"] == "" and table["baseline"]["seeds_needed"] == ""  # no spread
+    md = (tmp_path / "r" / "results.md").read_text()
+    assert f"seeds for Δ ±{width}{' pp' if metric.endswith('accuracy') else ''} (planning)" in md
+    assert "a planning figure, not post-hoc power" in md
+    res = CliRunner().invoke(main, ["report", str(src), "--target-ci", "0"])
+    assert res.exit_code == 2 and "--target-ci" in res.output
