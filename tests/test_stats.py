@@ -126,3 +126,20 @@ def test_a_leading_nan_epoch_keeps_the_seed_and_all_nan_is_diverged(metric_mode)
     table = arm_table(rows, mode)[0]
     assert table.n == 2 and table.mean == pytest.approx(good[1]) and table.statuses == {"completed": 2,
                                                                                         "diverged": 1}
+
+
+def test_the_engine_summary_skips_a_nan_validation_epoch():
+    from types import SimpleNamespace
+
+    import torch
+
+    from rayclf.config import build_config
+    from rayclf.train.engine import summarize
+
+    nan = float("nan")
+    history = [{"val_accuracy": v, "images_per_sec": 1.0, "train_seconds": 1.0} for v in (nan, 0.5, 0.7, 0.6)]
+    tr = SimpleNamespace(model=torch.nn.Linear(2, 2), device="cpu", evaluate=lambda *a, **k: {})
+    stopper = SimpleNamespace(es=SimpleNamespace(patience=0), bad=0)
+    s = summarize(build_config(tiny()), tr, SimpleNamespace(classes=["a", "b"]), history, "diverged", "", stopper,
+                  0.0)
+    assert s["best_val_accuracy"] == 0.7 and s["best_epoch"] == 3
