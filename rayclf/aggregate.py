@@ -40,6 +40,7 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
 
 
 NO_VARIANCE = "no variance"  # what a table shows for p when every paired difference is the same
+TEST_UNDEFINED = "test undefined"  # scipy returned no finite p
 LEVEL = 0.05  # the significance mark of every table (on the Holm-adjusted p)
 
 
@@ -79,18 +80,19 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], mode: str 
         res = sps.wilcoxon(better, alternative=side) if test == "wilcoxon" else sps.ttest_1samp(
             better, 0.0, alternative=side)
     p = float(res.pvalue)
-    return PairedComparison(delta, ci95(diffs), p if math.isfinite(p) else None, n, sd,
-                            "" if math.isfinite(p) else "test undefined")
+    if not math.isfinite(p):
+        return PairedComparison(delta, ci95(diffs), None, n, sd, TEST_UNDEFINED)
+    return PairedComparison(delta, ci95(diffs), p, n, sd)
 
 
 def holm(ps: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjustment of one family of p-values (entries that are None are no test and stay None):
     the k-th smallest of m becomes max over j ≤ k of min(1, (m − j + 1)·p_(j))."""
-    order = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])  # type: ignore[arg-type,return-value]
+    tested = sorted((p, i) for i, p in enumerate(ps) if p is not None)
     out: list[float | None] = [None] * len(ps)
     running = 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - k) * ps[i]))  # type: ignore[operator]
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
         out[i] = running
     return out
 
@@ -334,8 +336,9 @@ def number(v: float | None, pct: bool, signed: bool = False) -> str:
 def delta_text(row: ArmRow, pct: bool) -> str:
     """Δ vs baseline, with the number of pairs when it is not every seed of the arm and of the baseline."""
     text = number(row.delta, pct, signed=True)
-    return f"{text} ({row.pairs} pair{'s' if row.pairs != 1 else ''})" if row.delta is not None and row.unmatched \
-        else text
+    if row.delta is None or not row.unmatched:
+        return text
+    return f"{text} ({row.pairs} pair{'s' if row.pairs != 1 else ''})"
 
 
 def p_text(row: ArmRow, adjusted: bool = False) -> str:
@@ -343,7 +346,7 @@ def p_text(row: ArmRow, adjusted: bool = False) -> str:
     p = row.p_holm if adjusted else row.p_value
     if p is not None:
         return f"{p:.3g}" + (" *" if adjusted and row.significant else "")
-    return row.effect.note if row.effect and row.effect.note in (NO_VARIANCE, "test undefined") else "–"
+    return row.effect.note if row.effect and row.effect.note in (NO_VARIANCE, TEST_UNDEFINED) else "–"
 
 
 def effects_legend(rows: Sequence[ArmRow]) -> str:
