@@ -163,12 +163,15 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 @click.option("--out", type=click.Path(path_type=Path), help="report folder (default SWEEP_DIR/report)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline"]),
               help="also log the table and figures to the sweep's W&B run")
+@click.option("--target-ci", "target_ci", type=click.FloatRange(min=0, min_open=True), metavar="W",
+              help="planning column: seeds for a 95%% CI of Δ of ±W (percentage points for accuracies, default 1; "
+                   "metric units otherwise, default 0.01)")
 @user_errors
-def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
+def report(sweep_dir: str, out: Path | None, wandb_mode: str | None, target_ci: float | None) -> None:
     """Tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and index.html from a sweep directory."""
     from rayclf.report import build_report
 
-    rep = build_report(sweep_dir, out)
+    rep = build_report(sweep_dir, out, target_ci)
     click.echo(f"wrote {rep.out}/index.html, results.md/.csv/.tex and {len(rep.figures)} figures "
                f"({', '.join(rep.figures)})")
     if wandb_mode:

@@ -74,7 +74,8 @@ class SweepOutcome:
 
     def summary_text(self) -> str:
         stats = arm_table(self.rows, self.sweep.file.mode or "max", value_key(self.sweep.file.rank_by))
-        lines = [format_table(stats, self.sweep.file.metric), ""]
+        ablation = self.sweep.file.search.kind == "ablation"  # effects against the baseline, as the report has
+        lines = [format_table(stats, self.sweep.file.metric, effects=ablation), ""]
         lines.append(f"{len(self.rows)} trials recorded ({counts_text(status_counts(self.rows))})"
                      f"; {self.skipped} already done and skipped")
         if self.removed:

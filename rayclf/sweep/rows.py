@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayclf.aggregate import best_value
+from rayclf.aggregate import best_value, final_value
 from rayclf.config import flatten
 from rayclf.sweep.spec import Sweep, Trial
 
@@ -22,12 +22,17 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
               resumed_from: int | None = None, rung: int | None = None) -> dict[str, Any]:
     """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
 
-    A trial whose arm was stopped at epoch ``rung`` carries that epoch as ``stopped_at_epoch`` and its best up
-    to it as ``metric_best`` (the arm's value there; epochs it trained past the rung stay in epochs.parquet).
+    Best and final values skip non-finite epochs (a NaN epoch never hides the others); a trial that trained
+    but has no finite ``metric`` in any epoch it is judged on is ``diverged``, so every table counts it instead
+    of its arm's mean silently losing a seed. A trial whose arm was stopped at epoch ``rung`` carries that epoch
+    as ``stopped_at_epoch`` and its best up to it as ``metric_best`` (the arm's value there; epochs it trained
+    past the rung stay in epochs.parquet).
     Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
     s = summary or {}
     judged = [e for e in epochs if rung is None or int(e.get("epoch") or 0) <= rung]
-    best = best_value([e[metric] for e in judged if e.get(metric) is not None], mode)
+    best = best_value([e.get(metric) for e in judged], mode)  # non-finite epochs never count
+    if best is None and judged and status in ("completed", "stopped_early"):  # trained, but no epoch has a value
+        status, reason = "diverged", f"no epoch has a finite {metric}" + (f"; {reason}" if reason else "")
     last = epochs[-1] if epochs else {}
     stopped_at = (rung if rung is not None else last.get("epoch")) if status == "stopped_early" else None
     row: dict[str, Any] = {
@@ -36,9 +41,8 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
         "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
         "epochs": len(epochs), "stopped_at_epoch": stopped_at,
         "resumed_from_epoch": resumed_from,
-        "metric": metric, "metric_best": best, "metric_final": last.get(metric),
-        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e.get("val_accuracy") is not None),
-                                 default=None),
+        "metric": metric, "metric_best": best, "metric_final": final_value(e.get(metric) for e in epochs),
+        "best_val_accuracy": best_value((e.get("val_accuracy") for e in epochs), "max"),
         "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
         "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
         "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
