@@ -23,6 +23,7 @@ from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, sta
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.connect import connect
+from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
@@ -330,7 +331,8 @@ def record_unstarted(sweep: Sweep, trials: list[Trial], order: list[Trial], stor
 
 
 def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
-             tracking: TrackingSettings, rerun_stopped: bool = False, all_arms: list[Arm] | None = None) -> int:
+             tracking: TrackingSettings, rerun_stopped: bool = False, all_arms: list[Arm] | None = None, *,
+             log: DecisionLog) -> int:
     """Run a set of arms (all seeds) under the sweep's scheduler: racing gives seeds in rounds, everything
     else is one Tune run (asha / median decide per arm inside it). Returns trials skipped as already done.
     ``all_arms`` (a superset, in order) fixes table positions when arms come in batches (bayes)."""
@@ -346,11 +348,12 @@ def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live:
     def record(trials: list[Trial], reason: str) -> None:
         record_unstarted(sweep, trials, order, store, "eliminated", reason)
 
-    return run_racing(sweep, arms, run, record, lambda: store.trials, echo)
+    return run_racing(sweep, arms, run, record, lambda: store.trials, echo, log, rerun_stopped)
 
 
 def _bayes_stage(sweep: Sweep, i: int, carried: dict[str, Any], store: ResultsStore, out: str, live: bool,
-                 echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool) -> tuple[int, list[Arm]]:
+                 echo: Callable[[str], None], tracking: TrackingSettings, rerun_stopped: bool,
+                 log: DecisionLog) -> tuple[int, list[Arm]]:
     """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
     from rayclf.sweep.bayes import run_bayes
 
@@ -358,24 +361,24 @@ def _bayes_stage(sweep: Sweep, i: int, carried: dict[str, Any], store: ResultsSt
 
     def run(batch: list[Arm], seen: list[Arm]) -> int:
         return run_arms(sweep, sweep.place(batch, i, carried), store, out, live, echo, tracking, rerun_stopped,
-                        sweep.place(seen, i, carried))
+                        sweep.place(seen, i, carried), log=log)
 
-    skipped, proposed = run_bayes(view, run, lambda: store.trials, echo)
+    skipped, proposed = run_bayes(view, run, lambda: store.trials, echo, log, stage=i)
     return skipped, sweep.place(proposed, i, carried)
 
 
 def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
-               tracking: TrackingSettings, rerun_stopped: bool = False) -> tuple[int, Arm]:
+               tracking: TrackingSettings, rerun_stopped: bool = False, *, log: DecisionLog) -> tuple[int, Arm]:
     """Greedy staged tuning: each stage's winner (best mean over seeds) is the next stage's baseline."""
     carried: dict[str, Any] = {}
     skipped = 0
     winner = Arm("baseline", {})
     for i in range(sweep.stage_count()):
         if sweep.file.search.stages[i].bayes is not None:  # type: ignore[index]
-            ran, arms = _bayes_stage(sweep, i, carried, store, out, live, echo, tracking, rerun_stopped)
+            ran, arms = _bayes_stage(sweep, i, carried, store, out, live, echo, tracking, rerun_stopped, log)
         else:
             arms = sweep.arms(carried, stage=i)
-            ran = run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped)
+            ran = run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped, log=log)
         skipped += ran
         trials = sweep.trials(arms)
         # a stage's arm may be a config an earlier stage already trained (same content address): its stored
@@ -405,6 +408,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
 
     global _preflight
     out, store = prepare_out(sweep, out, resume)
+    log = DecisionLog(out)
     w = sweep.file.wandb
     tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
     check_previous_driver(out, echo)
@@ -420,14 +424,15 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             _preflight = Preflight(sweep, storage_path(out))
         winner = None
         if sweep.file.search.kind == "stages":
-            skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped)
+            skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped, log=log)
         elif sweep.file.search.kind == "bayes":
             from rayclf.sweep.bayes import run_bayes
 
             skipped, _ = run_bayes(sweep, lambda arms, seen: run_arms(sweep, arms, store, out, live, echo, tracking,
-                                                                      rerun_stopped, seen), lambda: store.trials, echo)
+                                                                      rerun_stopped, seen, log=log),
+                                   lambda: store.trials, echo, log)
         else:
-            skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
+            skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped, log=log)
     finally:
         _preflight = None
         release_driver(out)
