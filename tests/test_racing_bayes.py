@@ -183,6 +183,26 @@ def test_racing_with_the_smallest_workable_wilcoxon_first_round_eliminates_after
     assert seeds_of(runner.recorded, "lr=0.001") == [5]
 
 
+def test_a_resume_that_would_have_decided_a_logged_elimination_otherwise_is_refused(tmp_path):
+    from rayclf.config import UserError
+    from rayclf.sweep.racing import check_eliminations
+
+    value: Value = lambda o, s: ((GOOD if o["optim.lr"] == 0.1 else BAD)[s],) * 2  # noqa: E731
+    done = FakeRunner(racing_sweep([0.1, 0.001], [0, 1, 2, 3]), value)
+    done.race(DecisionLog(str(tmp_path)))
+    changed = [({"rank_by": "final"}, r"rank_by: best, the file now says rank_by: final"),
+               ({"level": 0.01}, r"test: ttest at level 0.05, the file now says test: ttest at level 0.01")]
+    for edit, message in changed:
+        again = FakeRunner(racing_sweep([0.1, 0.001], [0, 1, 2, 3], **edit), value, done.rows)
+        with pytest.raises(UserError, match=rf"arm 'lr=0.001' after round 1 .* under {message}\. .*--rerun-stopped"):
+            again.race(DecisionLog(str(tmp_path)))
+        assert again.ran == again.recorded == []
+    fifo = parse_sweep({"name": "r", "base": tiny(), "seeds": [0, 1, 2, 3], "search": {"grid": {"optim.lr": [0.1]}}})
+    with pytest.raises(UserError, match="now says scheduler: fifo. Restore scheduler: racing"):
+        check_eliminations(fifo, DecisionLog(str(tmp_path)))
+    check_eliminations(racing_sweep([0.1, 0.001], [0, 1, 2, 3]), DecisionLog(str(tmp_path)))  # unchanged: fine
+
+
 # ----------------------------------------------------------------------------------------------- bayes
 SPACE = {"optim.lr": {"loguniform": [1e-4, 1.0]}, "model.dropout": {"uniform": [0.0, 0.5]}}
 
@@ -196,7 +216,7 @@ def bayes_sweep(num_samples: int, seeds: list[int], params: dict[str, Any] | Non
 def peak(o: dict[str, Any], s: int) -> tuple[float, float]:
     """Peaks at lr 0.1; seed 2 (added on resume) prefers small learning rates, which reorders the arms."""
     v = 1 - abs(math.log10(o["optim.lr"]) + 1) / 4 + 0.01 * s
-    v = 1 - v + 0.1 * o["model.dropout"] if s == 2 else v
+    v = 2 - 3 * v if s == 2 else v  # the mean over seeds 0, 1, 2 falls as the mean over seeds 0, 1 rises
     return v, v
 
 
@@ -300,3 +320,23 @@ def test_two_proposals_of_one_config_are_one_arm_and_train_once(tmp_path):
     logged = proposals(str(tmp_path), stage="1")
     assert sorted(logged) == [0, 1, 2] and len({aid for _, aid, _ in logged.values()}) == 2
     assert {run.sweep.arm_id(a) for a in arms} == {aid for _, aid, _ in logged.values()}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"optim.lr": {"loguniform": [1e-4, 1e-3]}}, r"with optim.lr = .*, outside search.bayes.params.optim.lr"),
+    ({"optim.momentum": {"uniform": [0.0, 0.9]}}, r"over model.dropout, optim.lr; search.bayes.params now has"),
+    ("final", r"from results ranked by metric_best; rank_by now ranks by metric_final"),
+])
+def test_a_bayes_resume_under_which_a_logged_proposal_could_not_have_been_made_is_refused(tmp_path, edit, message):
+    from rayclf.config import UserError
+
+    rows: dict[str, dict[str, Any]] = {}
+    BayesRun(bayes_sweep(4, [0, 1]), rows)(str(tmp_path))
+    params = {**SPACE, **edit} if isinstance(edit, dict) else SPACE
+    spec = {"num_samples": 4, "seed": 3, "batch": 2, "startup": 2, "params": params}
+    sweep = parse_sweep({"name": "b", "base": tiny(), "search": {"bayes": spec}, "seeds": [0, 1],
+                         "rank_by": edit if isinstance(edit, str) else "best"})
+    resumed = BayesRun(sweep, rows)
+    with pytest.raises(UserError, match=rf"--resume: bayes proposal \d \(bayes-\d\) was made {message}"):
+        resumed(str(tmp_path))
+    assert resumed.calls == []

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from rayclf.aggregate import ArmRow, arm_table, value_key
+from rayclf.config import UserError
 from rayclf.sweep.decisions import PROPOSAL, Decision, DecisionLog
 from rayclf.sweep.spec import Arm, Sweep
 
@@ -161,10 +162,44 @@ def logged_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> list[
     return out
 
 
+def _in_space(value: Any, dist: Mapping[str, Any]) -> bool:
+    """Whether ``value`` is one the distribution (a ``search.bayes.params`` entry) can propose."""
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        return value in arg
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return arg[0] <= value < arg[1] if kind == "randint" else arg[0] <= value <= arg[1]
+
+
+def check_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> None:
+    """Refuse a resume under which a logged proposal could not have been made: a parameter added or removed, a
+    value now outside its range, or (for proposals TPE chose from results) another ``rank_by``."""
+    spec = sweep.file.search.bayes
+    assert spec is not None
+    where = "search.bayes" if stage is None else f"search.stages.{stage}.bayes"
+    key = value_key(sweep.file.rank_by)
+    for d in (log.get(PROPOSAL, proposal_key(stage, i)) for i in range(spec.num_samples)):
+        if d is None:
+            return
+        o, index = d.detail["overrides"], d.detail["index"]
+        bad = next((k for k in o if k in spec.params and not _in_space(o[k], spec.params[k])), None)
+        if set(o) != set(spec.params):
+            problem = f"over {', '.join(sorted(o))}; {where}.params now has {', '.join(sorted(spec.params))}"
+        elif bad is not None:
+            problem = f"with {bad} = {o[bad]!r}, outside {where}.params.{bad} = {spec.params[bad]} now"
+        elif index >= spec.startup and d.detail.get("value", key) != key:
+            problem = f"from results ranked by {d.detail['value']}; rank_by now ranks by {key}"
+        else:
+            continue
+        raise UserError(f"--resume: bayes proposal {index} ({d.label}) was made {problem}. Restore the file's "
+                        "setting, or run the search in a new --out.")
+
+
 def _log_batch(sweep: Sweep, log: DecisionLog, stage: int | None, start: int, batch: list[Arm]) -> None:
     """Log each new proposal (index, config) before it runs: on resume it is the same config, same label."""
     for k, arm in enumerate(batch):
-        detail = {"index": start + k, "overrides": arm.overrides}
+        detail = {"index": start + k, "overrides": arm.overrides, "value": value_key(sweep.file.rank_by)}
         log.record(Decision(PROPOSAL, proposal_key(stage, start + k), sweep.arm_id(arm), arm.label, stage,
                             len(sweep.file.seeds), detail))
 
@@ -196,6 +231,7 @@ def run_bayes(sweep: Sweep, run_arms: RunArms, stored: Callable[[], list[dict[st
     stage of a bayes stage). A proposal whose config an earlier one already has is that arm: it runs once."""
     spec = sweep.file.search.bayes
     assert spec is not None
+    check_proposals(sweep, log, stage)
     replay = logged_proposals(sweep, log, stage)
     proposals: list[Arm] = []
     arms: dict[str, Arm] = {}

@@ -23,7 +23,8 @@ from typing import Any
 
 from scipy import stats as sps
 
-from rayclf.aggregate import arm_table, best_arm, value_key, value_rows
+from rayclf.aggregate import RANK_BY, arm_table, best_arm, value_key, value_rows
+from rayclf.config import UserError
 from rayclf.sweep.decisions import ELIMINATE, Decision, DecisionLog
 from rayclf.sweep.spec import Arm, Sweep, Trial
 
@@ -115,6 +116,28 @@ def unique_arms(sweep: Sweep, arms: Sequence[Arm]) -> dict[str, Arm]:
     return out
 
 
+def check_eliminations(sweep: Sweep, log: DecisionLog) -> None:
+    """Refuse a resume whose file would have decided a logged elimination otherwise: another scheduler, another
+    ``rank_by``, another test or level. (Eliminations of arms that had no value depend on none of them.)"""
+    s, rank_by = sweep.file.scheduler, sweep.file.rank_by or "best"
+    for d in log.of_kind(ELIMINATE):
+        if s.name != "racing":  # --rerun-stopped cannot help: only racing re-opens its eliminations
+            raise UserError(f"--resume: racing eliminated arm '{d.label}' {d.detail['reason']}; the file now says "
+                            f"scheduler: {s.name}. Restore scheduler: racing, or run the sweep in a new --out.")
+        if d.detail["test"] == "none":
+            continue
+        if d.detail["value"] != value_key(rank_by):
+            was = next(k for k, v in RANK_BY.items() if v == d.detail["value"])
+            change = f"rank_by: {was}, the file now says rank_by: {rank_by}"
+        elif (d.detail["test"], d.detail["level"]) != (s.test, s.level):
+            change = (f"test: {d.detail['test']} at level {d.detail['level']:g}, the file now says test: {s.test} "
+                      f"at level {s.level:g}")
+        else:
+            continue
+        raise UserError(f"--resume: racing eliminated arm '{d.label}' {d.detail['reason']} under {change}. "
+                        "Restore the file's setting, or pass --rerun-stopped to decide the eliminations again.")
+
+
 RunTrials = Callable[[list[Trial]], int]
 Record = Callable[[list[Trial], str], None]
 
@@ -131,6 +154,8 @@ def run_racing(sweep: Sweep, arms: list[Arm], run: RunTrials, record: Record,
     alive = unique_arms(sweep, arms)
     if rerun_stopped:
         log.forget(ELIMINATE, set(alive))
+    else:
+        check_eliminations(sweep, log)
     logged = {aid: d for aid in alive if (d := log.get(ELIMINATE, aid)) is not None}
     given, before, round_no, skipped = min(s.first_round, len(seeds)), 0, 1, 0
     while True:

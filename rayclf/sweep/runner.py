@@ -341,9 +341,11 @@ def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live:
     def run(trials: list[Trial]) -> int:
         return run_trials(sweep, trials, store, out, live, tracking, rerun_stopped, order=order)
 
+    from rayclf.sweep.racing import check_eliminations, run_racing
+
     if sweep.file.scheduler.name != "racing":
+        check_eliminations(sweep, log)
         return run(sweep.trials(arms))
-    from rayclf.sweep.racing import run_racing
 
     def record(trials: list[Trial], reason: str) -> None:
         record_unstarted(sweep, trials, order, store, "eliminated", reason)
