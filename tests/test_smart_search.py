@@ -247,6 +247,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one(tmp_path):
 @pytest.mark.ray
 def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
     from rayclf.report import build_report
+    from rayclf.sweep.decisions import read_decisions
     from rayclf.sweep.runner import run_sweep
 
     racing = {"name": "race", "base": quick_base(epochs=1), "search": {"grid": {"optim.lr": [0.1, 0.000001]}},
@@ -260,6 +261,9 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     assert "after round 1 (2 seeds)" in rows[("lr=1e-06", 2)]["reason"]
     assert rows[("lr=0.1", 2)]["status"] == "completed"
     assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
+    (d,) = read_decisions(out)  # the elimination was logged in the sweep directory, with what it saw
+    assert (d.kind, d.label, d.detail["seeds"], d.detail["reason"]) == \
+        ("eliminate", "lr=1e-06", [0, 1], rows[("lr=1e-06", 2)]["reason"])
     again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 5  # the 5 trained trials; the eliminated seed is neither run nor re-recorded
     assert {(r["arm"], r["seed"]): r["status"] for r in again.rows} == {k: r["status"] for k, r in rows.items()}
@@ -275,6 +279,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     rep = build_report(out)
     assert "history" in rep.figures and "importance" in rep.figures
     assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6
+    assert [(d.key, d.label) for d in read_decisions(out)] == [(f"/{i}", f"bayes-{i}") for i in range(3)]
 
 
 def test_heatmap_keeps_a_stopped_arm_at_its_rung_and_marks_it():
@@ -333,3 +338,6 @@ def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
     assert set(rows) == {"lr:lr=1e-06", "lr:lr=0.1", "reg:bayes-0", "reg:bayes-1"}
     assert all(rows[a]["stage"] == 1 and rows[a]["config.optim.lr"] == 0.1 for a in ("reg:bayes-0", "reg:bayes-1"))
     assert outcome.winner is not None and outcome.winner.label.startswith("reg:bayes-")
+    from rayclf.sweep.decisions import read_decisions
+
+    assert [d.key for d in read_decisions(str(tmp_path / "sbr"))] == ["1/0", "1/1"]
