@@ -162,22 +162,27 @@ def _bayes_run(spec, fail_after=None, flip=False):
     return sweep, run_bayes, run_arms, stored, seen
 
 
-def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
+def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence(tmp_path):
+    from rayclf.sweep.decisions import DecisionLog
+
+    def log(name):
+        return DecisionLog(str(tmp_path / name))
+
     sweep, run_bayes, run_arms, stored, seen = _bayes_run(BAYES)
-    run_bayes(sweep, run_arms, lambda: stored, lambda _: None)
+    run_bayes(sweep, run_arms, lambda: stored, lambda _: None, log("a"))
     first = [a.overrides for a in seen]
     assert len(first) == 6 and len({a["optim.lr"] for a in first}) == 6
     assert all(a["model.widths"] in ([4, 8], [8, 16]) and 0 <= a["model.dropout"] <= 0.5 for a in first)
     assert [a.label for a in seen] == [f"bayes-{i}" for i in range(6)]
 
     sweep2, _, run2, stored2, seen2 = _bayes_run(BAYES)
-    run_bayes(sweep2, run2, lambda: stored2, lambda _: None)
+    run_bayes(sweep2, run2, lambda: stored2, lambda _: None, log("b"))
     assert [a.overrides for a in seen2] == first  # same search seed, same sequence
 
     # a driver killed after the first batch; --resume tells the stored results back and continues
     sweep3, _, run3, stored3, _ = _bayes_run(BAYES, fail_after=2)
     with pytest.raises(RuntimeError):
-        run_bayes(sweep3, run3, lambda: stored3, lambda _: None)
+        run_bayes(sweep3, run3, lambda: stored3, lambda _: None, log("c"))
     assert len(stored3) == 4
     seen4 = []
     stored4 = list(stored3)
@@ -188,17 +193,17 @@ def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
         stored4.extend(r for r in _bayes_rows(sweep3, batch, stored) if r["trial_id"] not in done)
         return sum(t.trial_id in done for t in sweep3.trials(batch))
 
-    skipped, _ = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None)
+    skipped, _ = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None, log("c"))
     assert skipped == 4 and [a.overrides for a in seen4] == first
 
     # the results are told: other results, same first (random) batch, different later proposals
     flipped = _bayes_run(BAYES, flip=True)
-    flipped[1](flipped[0], flipped[2], lambda: flipped[3], lambda _: None)
+    flipped[1](flipped[0], flipped[2], lambda: flipped[3], lambda _: None, log("d"))
     got = [a.overrides for a in flipped[4]]
     assert got[:2] == first[:2] and got[2:] != first[2:]
 
     other = _bayes_run({**BAYES, "seed": 4})
-    other[1](other[0], other[2], lambda: other[3], lambda _: None)
+    other[1](other[0], other[2], lambda: other[3], lambda _: None, log("e"))
     assert [a.overrides for a in other[4]] != first
 
 
@@ -207,7 +212,8 @@ def _bayes_rows(sweep, batch, reference):
     return [by_id[t.trial_id] for t in sweep.trials(batch)]
 
 
-def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
+def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one(tmp_path):
+    from rayclf.sweep.decisions import DecisionLog
     from rayclf.sweep.racing import run_racing
 
     sweep = parse_sweep({"name": "r", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, 0.11, 0.001]}},
@@ -226,7 +232,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
         stored.extend({"trial_id": t.trial_id, "arm": t.arm.label, "seed": t.seed, "status": "eliminated",
                        "reason": reason, "epochs": 0, "metric_best": None, "stage": None} for t in trials)
 
-    run_racing(sweep, sweep.arms(), run, record, lambda: stored, lambda _: None)
+    run_racing(sweep, sweep.arms(), run, record, lambda: stored, lambda _: None, DecisionLog(str(tmp_path)))
     assert sorted(t.seed for t in ran if t.arm.label == "lr=0.001") == [0, 1]  # no seed after round 1
     assert sorted(t.seed for t in eliminated) == [2, 3] and {t.arm.label for t in eliminated} == {"lr=0.001"}
     assert sorted(t.seed for t in ran if t.arm.label == "lr=0.11") == [0, 1, 2, 3]  # the tied arm races on
@@ -241,6 +247,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
 @pytest.mark.ray
 def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
     from rayclf.report import build_report
+    from rayclf.sweep.decisions import read_decisions
     from rayclf.sweep.runner import run_sweep
 
     racing = {"name": "race", "base": quick_base(epochs=1), "search": {"grid": {"optim.lr": [0.1, 0.000001]}},
@@ -254,6 +261,9 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     assert "after round 1 (2 seeds)" in rows[("lr=1e-06", 2)]["reason"]
     assert rows[("lr=0.1", 2)]["status"] == "completed"
     assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
+    (d,) = read_decisions(out)  # the elimination was logged in the sweep directory, with what it saw
+    assert (d.kind, d.label, d.detail["seeds"], d.detail["reason"]) == \
+        ("eliminate", "lr=1e-06", [0, 1], rows[("lr=1e-06", 2)]["reason"])
     again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 5  # the 5 trained trials; the eliminated seed is neither run nor re-recorded
     assert {(r["arm"], r["seed"]): r["status"] for r in again.rows} == {k: r["status"] for k, r in rows.items()}
@@ -269,6 +279,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     rep = build_report(out)
     assert "history" in rep.figures and "importance" in rep.figures
     assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6
+    assert [(d.key, d.label) for d in read_decisions(out)] == [(f"/{i}", f"bayes-{i}") for i in range(3)]
 
 
 def test_heatmap_keeps_a_stopped_arm_at_its_rung_and_marks_it():
@@ -327,3 +338,6 @@ def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
     assert set(rows) == {"lr:lr=1e-06", "lr:lr=0.1", "reg:bayes-0", "reg:bayes-1"}
     assert all(rows[a]["stage"] == 1 and rows[a]["config.optim.lr"] == 0.1 for a in ("reg:bayes-0", "reg:bayes-1"))
     assert outcome.winner is not None and outcome.winner.label.startswith("reg:bayes-")
+    from rayclf.sweep.decisions import read_decisions
+
+    assert [d.key for d in read_decisions(str(tmp_path / "sbr"))] == ["1/0", "1/1"]

@@ -114,15 +114,17 @@ def run_arms(run: SweepRun, arms: list[Arm], all_arms: list[Arm] | None = None) 
     sweep = run.sweep
     run.aliased.update({a.label: a for a in arms if a.aliases})
     order = sweep.trials(all_arms or arms)
+    from rayclf.sweep.racing import check_eliminations, run_racing
+
     if sweep.file.scheduler.name != "racing":
+        check_eliminations(sweep, run.log)
         return run.run(sweep.trials(arms), order)
-    from rayclf.sweep.racing import run_racing
 
     def record(trials: list[Trial], reason: str) -> None:
         record_unstarted(run, trials, order, "eliminated", reason)
 
     return run_racing(sweep, arms, lambda trials: run.run(trials, order), record, lambda: run.store.trials,
-                      run.echo)
+                      run.echo, run.log, run.rerun_stopped)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -202,7 +204,7 @@ def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, l
     def run_batch(batch: list[Arm], seen: list[Arm]) -> int:
         return run_arms(run, sweep.place(batch, i, carried), sweep.place(seen, i, carried))
 
-    skipped, proposed = run_bayes(view, run_batch, lambda: run.store.trials, run.echo)
+    skipped, proposed = run_bayes(view, run_batch, lambda: run.store.trials, run.echo, run.log, stage=i)
     return skipped, sweep.place(proposed, i, carried)
 
 
@@ -247,7 +249,7 @@ def execute(run: SweepRun) -> SweepOutcome:
         from rayclf.sweep.bayes import run_bayes
 
         skipped, _ = run_bayes(sweep, lambda arms, seen: run_arms(run, arms, seen), lambda: run.store.trials,
-                               run.echo)
+                               run.echo, run.log)
     else:
         skipped = run_arms(run, sweep.arms())
     rows = run.plan_rows()

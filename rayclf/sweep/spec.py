@@ -154,7 +154,21 @@ class SchedulerSpec(Strict):
         rung_only = {"grace_period", "reduction_factor", "max_epochs"} & given
         if rung_only and self.name in ("racing", "fifo"):
             raise ValueError(f"scheduler.{sorted(rung_only)[0]} only applies to asha and median, not {self.name}")
+        if self.name == "racing" and self.test == "wilcoxon" and self.first_round < wilcoxon_pairs(self.level):
+            raise ValueError(f"scheduler.first_round = {self.first_round} with test: wilcoxon can never eliminate an "
+                             f"arm after round 1 at level {self.level:g}: the smallest one-sided Wilcoxon p over "
+                             f"{self.first_round} pairs is {0.5 ** self.first_round:g}; use first_round: "
+                             f"{wilcoxon_pairs(self.level)} or more, or test: ttest")
         return self
+
+
+def wilcoxon_pairs(level: float) -> int:
+    """The fewest pairs with which the exact one-sided Wilcoxon signed-rank test can give p < ``level``: its
+    smallest p over n pairs is 1/2^n (every difference on one side)."""
+    n = 1
+    while 0.5 ** n >= level:
+        n += 1
+    return n
 
 
 class ResourcesSpec(Strict):
