@@ -116,17 +116,20 @@ class Recorder(Callback):
         self.rows[tid] = row
 
     def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
-        """A trial that never trains (its arm was stopped or eliminated first): still exactly one row."""
-        row = trial_row(info, status, reason, None, [], self.metric, self.mode, rung=rung)
-        self.store.add(row, [])
-        self.rows[info["trial_id"]] = row
+        """A trial that does not train in this run (its arm was stopped or eliminated first): still exactly
+        one row, with the epochs an earlier run trained before its checkpoint, if any."""
+        tid = info["trial_id"]
+        epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
+        row = trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung)
+        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+        self.rows[tid] = row
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
         if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
         elif self.board is not None:
-            rung, why = self.board.why_stopped(trial_info(trial)["arm"])
+            rung, why = self.board.why_stopped(trial_info(trial)["arm_id"])
             self._record(trial, "stopped_early", why, rung)
         else:
             self._record(trial, "stopped_early", "stopped by the scheduler")

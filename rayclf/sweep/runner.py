@@ -23,6 +23,7 @@ from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, sta
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
 from rayclf.sweep.connect import connect
+from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
@@ -115,15 +116,18 @@ def _prepare_everywhere(trials: list[Trial]) -> None:
         raise
 
 
-def _arm_board(sweep: Sweep, max_epochs: int) -> Any:
-    """The shared state of arm-level early stopping (asha / median over an arm's seeds), or None."""
-    from rayclf.sweep.schedulers import ArmBoard, rung_rule
+def _arm_board(sweep: Sweep, max_epochs: int, trials: list[Trial], store: ResultsStore, log: DecisionLog,
+               found: dict[str, Any], rerun_stopped: bool) -> Any:
+    """The shared state of arm-level early stopping (asha / median over all of an arm's seeds), rebuilt from
+    the decision log and every seed's stored epochs, or None."""
+    from rayclf.sweep.schedulers import ArmBoard, replay, rung_rule
 
     s = sweep.file.scheduler
     if s.name not in ("asha", "median"):
         return None
     rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
-    return ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
+    board = ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
+    return replay(board, trials, store, log, {tid: f.history for tid, f in found.items()}, rerun_stopped)
 
 
 def _search(board: Any, descriptions: list[dict[str, Any]], recorder: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -146,7 +150,8 @@ def storage_path(out: str) -> str:
 
 def _identity(sweep: Sweep, t: Trial, index: int) -> dict[str, Any]:
     """A trial's row identity; ``index`` is its place in the sweep's trial order (within its stage)."""
-    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
+    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "arm_id": t.arm_id, "seed": t.seed,
+            "stage": t.arm.stage,
             "position": (t.arm.stage or 0) * 100_000 + index, "overrides": t.arm.overrides,
             "config": t.config.to_dict(), "epochs": t.config.total_epochs()}
 
@@ -207,9 +212,10 @@ def _tuner(sweep: Sweep, trainable: Any, in_process: bool, space: dict[str, Any]
 
 def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str, live: bool,
                tracking: TrackingSettings, rerun_stopped: bool = False,
-               order: list[Trial] | None = None) -> int:
+               order: list[Trial] | None = None, log: DecisionLog | None = None) -> int:
     """Run the trials not yet finished; return how many were skipped as already done. ``order`` (a superset of
-    ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the results table."""
+    ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the results table;
+    ``log`` is the sweep's decision log (read here when not given)."""
     import ray
 
     from rayclf.sweep.callbacks import LiveCallback, PlacementGroupJanitor, Recorder, trial_row
@@ -234,7 +240,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     metric, mode = sweep.file.metric, sweep.file.mode or "max"
     store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
     max_epochs = max(t.config.total_epochs() for _, t in todo)
-    board = _arm_board(sweep, max_epochs)
+    board = _arm_board(sweep, max_epochs, trials, store, log or DecisionLog(out), found, rerun_stopped)
     recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
                         storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
@@ -245,6 +251,8 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     # max_concurrent still is); on a local instance it is all there will ever be
     grows = _preflight is not None and not sweep.file.resources.max_concurrent
     slots = len(todo) if grows else min(concurrency(sweep, cluster), len(todo))
+    if board is not None:
+        board.slots = slots
     view = LiveView(len(trials), metric, mode, terminal=None if live else False, slots=slots,
                     stream=None if live else _Discard())
     view.skipped(len(trials) - len(todo))
@@ -330,14 +338,15 @@ def record_unstarted(sweep: Sweep, trials: list[Trial], order: list[Trial], stor
 
 
 def run_arms(sweep: Sweep, arms: list[Arm], store: ResultsStore, out: str, live: bool, echo: Callable[[str], None],
-             tracking: TrackingSettings, rerun_stopped: bool = False, all_arms: list[Arm] | None = None) -> int:
+             tracking: TrackingSettings, rerun_stopped: bool = False, all_arms: list[Arm] | None = None,
+             log: DecisionLog | None = None) -> int:
     """Run a set of arms (all seeds) under the sweep's scheduler: racing gives seeds in rounds, everything
     else is one Tune run (asha / median decide per arm inside it). Returns trials skipped as already done.
     ``all_arms`` (a superset, in order) fixes table positions when arms come in batches (bayes)."""
     order = sweep.trials(all_arms or arms)
 
     def run(trials: list[Trial]) -> int:
-        return run_trials(sweep, trials, store, out, live, tracking, rerun_stopped, order=order)
+        return run_trials(sweep, trials, store, out, live, tracking, rerun_stopped, order=order, log=log)
 
     if sweep.file.scheduler.name != "racing":
         return run(sweep.trials(arms))
@@ -427,7 +436,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             skipped, _ = run_bayes(sweep, lambda arms, seen: run_arms(sweep, arms, store, out, live, echo, tracking,
                                                                       rerun_stopped, seen), lambda: store.trials, echo)
         else:
-            skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
+            log = DecisionLog(out)
+            skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped, log=log)
     finally:
         _preflight = None
         release_driver(out)
