@@ -202,3 +202,34 @@ def test_resume_rebuilds_the_board_from_every_seeds_stored_epochs(tmp_path):
         for rung in board.rule.rungs:
             assert rung in board.decided[t.arm_id]
             assert board.recorded[rung][t.arm_id] == pytest.approx(-sum(value(i, rung) for i in seeds) / 3)
+
+
+def test_no_decision_while_the_run_halts_and_a_directory_without_a_log_keeps_its_stops(tmp_path):
+    """Ctrl-C: a seed that ends while the run halts (its process got the signal) does not let its arm be judged
+    on the seeds that happen to have reached the rung. And a sweep directory written before the decision log
+    keeps its stopped arms stopped (the stop is logged from their rows)."""
+    board = ArmBoard(rung_rule("asha", 1, 2, 4), "max", "val_accuracy")
+    board.add_arm("a", "a", [("a0", 0), ("a1", 1)])
+    board.add_arm("b", "b", [("b0", 0), ("b1", 1)])
+    for t, v in (("a0", 0.9), ("a1", 0.9), ("b0", 0.1)):
+        board.observe(t, 1, v)
+    board.decide("a")
+    halting = [True]
+    board.halted = lambda: halting[0]
+    assert not board.end("b1") and "b" not in board.stopped and 1 not in board.decided.get("b", set())
+    halting[0] = False
+    assert board.decide("b") and board.stopped["b"][0] == 1  # resumed with full information: judged then
+    out = str(tmp_path / "old")
+    _run(_sweep("max", [0, 1, 2]), out, slots=2)
+    before = _stops(out)
+    import shutil
+
+    shutil.rmtree(f"{out}/decisions.parquet")
+    sweep = _sweep("max", [0, 1, 2, 3])
+    _, store, _ = _run(sweep, out, slots=2)
+    after = _stops(out)
+    assert set(after) == set(before)
+    assert all(after[a].detail["rung"] == d.detail["rung"] and after[a].detail["from"] == "trials.parquet"
+               and after[a].detail["reason"] == d.detail["reason"] for a, d in before.items())
+    for arm, rows in _rows_by_arm(store, sweep).items():
+        assert {r["status"] for r in rows} == ({"stopped_early"} if arm in before else {"completed"})

@@ -60,6 +60,11 @@ def test_arm_board_waits_for_every_planned_seed_then_stops_the_arm():
     assert "bad" not in board.stopped
     board.end("b1")  # the second seed ended (failed) before the rung: the decision goes ahead without it
     assert board.stopped["bad"][0] == 1 and "mean val_accuracy 0.2 over 1 of 2 seed(s)" in board.stopped["bad"][1]
+    board.add_arm("nan", "nan", [("n0", 0), ("n1", 1)])
+    board.observe("n0", 1, float("nan"))  # a seed at the rung with no usable value has still reached it
+    board.observe("n1", 1, 0.95)
+    board.decide("nan")
+    assert 1 in board.decided["nan"] and board.recorded[1]["nan"] == pytest.approx(0.95)
 
 
 # ----------------------------------------------------------------------------- the sweep file

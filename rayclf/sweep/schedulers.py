@@ -96,6 +96,7 @@ class ArmBoard:
     ended: set[str] = field(default_factory=set)
     paused: dict[str, int] = field(default_factory=dict)  # trial id -> the rung it waits at
     best: dict[str, dict[int, float]] = field(default_factory=dict)  # trial id -> epoch -> best so far
+    last: dict[str, int] = field(default_factory=dict)  # trial id -> the latest epoch it reported
     decided: dict[str, set[int]] = field(default_factory=dict)  # arm -> rungs already judged
     recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rung -> arm -> score
     stopped: dict[str, tuple[int, str]] = field(default_factory=dict)  # arm -> (rung, why)
@@ -113,6 +114,7 @@ class ArmBoard:
 
     def observe(self, tid: str, epoch: int, value: float | None) -> None:
         """A seed's metric at an epoch: kept as the best so far (NaN/None keep the previous best)."""
+        self.last[tid] = max(self.last.get(tid, 0), epoch)  # reached, even with no usable value
         seen = self.best.setdefault(tid, {})
         prev = seen[max(e for e in seen if e < epoch)] if any(e < epoch for e in seen) else None
         if value is None or not math.isfinite(value):
@@ -127,7 +129,7 @@ class ArmBoard:
         return self.best[tid][max(epochs)] if epochs else None
 
     def _reached(self, tid: str, rung: int) -> bool:
-        return max(self.best.get(tid, {}), default=0) >= rung
+        return self.last.get(tid, 0) >= rung
 
     def end(self, tid: str) -> bool:
         """A seed ended (finished, failed for good, stopped): the decision its arm waited for may be due."""
@@ -396,7 +398,7 @@ class TrialQueue(Searcher):
 
     def _skip(self, d: dict[str, Any]) -> None:
         rung, why = self.board.why_stopped(d["arm_id"])
-        trained = d["trial_id"] in self.board.best
+        trained = d["trial_id"] in self.board.last
         self.skip(d, rung, f"{why}; this seed was not continued" if trained else f"{why}; this seed never started")
         self.board.end(d["trial_id"])
 
