@@ -75,10 +75,13 @@ class Recorder(Callback):
         self.rows[tid] = row
 
     def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
-        """A trial that never trains (its arm was stopped or eliminated first): still exactly one row."""
-        row = trial_row(info, status, reason, None, [], self.metric, self.mode, rung=rung)
-        self.store.add(row, [])
-        self.rows[info["trial_id"]] = row
+        """A trial that does not train in this run (its arm was stopped or eliminated first): still exactly
+        one row, with the epochs an earlier run trained before its checkpoint, if any."""
+        tid = info["trial_id"]
+        epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
+        row = trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung)
+        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+        self.rows[tid] = row
 
     def _interrupted(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -90,7 +93,7 @@ class Recorder(Callback):
         if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
         elif self.board is not None:
-            rung, why = self.board.why_stopped(trial_info(trial)["arm"])
+            rung, why = self.board.why_stopped(trial_info(trial)["arm_id"])
             self._record(trial, "stopped_early", why, rung)
         else:
             self._record(trial, "stopped_early", "stopped by the scheduler")

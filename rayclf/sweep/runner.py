@@ -97,15 +97,20 @@ def _prepare_everywhere(trials: list[Trial]) -> None:
         raise
 
 
-def _arm_board(sweep: Sweep, max_epochs: int) -> Any:
-    """The shared state of arm-level early stopping (asha / median over an arm's seeds), or None."""
-    from rayclf.sweep.schedulers import ArmBoard, rung_rule
+def _arm_board(run: SweepRun, max_epochs: int, trials: list[Trial], found: dict[str, Any]) -> Any:
+    """The shared state of arm-level early stopping (asha / median over all of an arm's seeds), rebuilt from
+    the decision log and every seed's stored epochs, or None. It takes no decision once a stop was asked for."""
+    from rayclf.sweep.schedulers import ArmBoard, replay, rung_rule
 
+    sweep = run.sweep
     s = sweep.file.scheduler
     if s.name not in ("asha", "median"):
         return None
     rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
-    return ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
+    board = ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
+    board.halted = run.stop.is_set
+    return replay(board, trials, run.store, run.log, {tid: f.history for tid, f in found.items()},
+                  run.rerun_stopped)
 
 
 def _search(board: Any, descriptions: list[dict[str, Any]], recorder: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -209,7 +214,7 @@ def run_trials(run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
     metric, mode = sweep.file.metric, run.mode
     store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
     max_epochs = max(t.config.total_epochs() for _, t in todo)
-    board = _arm_board(sweep, max_epochs)
+    board = _arm_board(run, max_epochs, trials, found)
     recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
                         storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board, stop=run.stop)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
@@ -220,6 +225,8 @@ def run_trials(run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
     # max_concurrent still is); on a local instance it is all there will ever be
     grows = run.preflight is not None and not sweep.file.resources.max_concurrent
     slots = len(todo) if grows else min(concurrency(sweep, cluster), len(todo))
+    if board is not None:
+        board.slots = slots
     view = LiveView(len(trials), metric, mode, terminal=None if run.live else False, slots=slots,
                     stream=None if run.live else _Discard())
     view.skipped(len(trials) - len(todo))

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,6 +437,7 @@ class TrialState:
         self.sched: Schedule | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self._carried: dict[str, Any] | None = None  # the phase's optimizer/schedule state after a mid-phase resume
+        self.checkpoint_at: set[int] = set()  # epochs that always get a checkpoint (a sweep's rungs: pauses)
 
     def phase_start(self, index: int) -> int:
         """Epochs finished before phase ``index`` begins."""
@@ -476,9 +477,11 @@ class TrialState:
         return state
 
     def save(self, folder: Path | None, final: bool) -> Path | None:
-        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs and at the end; rank 0)."""
+        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs, at the end, and at the epochs
+        in ``checkpoint_at``; rank 0)."""
         every = self.cfg.train.checkpoint_every
-        if world()[0] != 0 or not (final or (every and self.epoch % every == 0)):
+        due = final or (every and self.epoch % every == 0) or self.epoch in self.checkpoint_at
+        if world()[0] != 0 or not due:
             return None
         return _write(self.state_dict(), folder)
 
@@ -560,13 +563,17 @@ def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
 
 
 def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | None = None,
-        checkpoint_dir: Path | None = None, resume: str | Path | None = None) -> TrialResult:
-    """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history."""
+        checkpoint_dir: Path | None = None, resume: str | Path | None = None,
+        checkpoint_at: Iterable[int] = ()) -> TrialResult:
+    """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history.
+    ``checkpoint_at``: epochs that get a checkpoint whatever ``checkpoint_every`` says (a trial may be paused
+    there by a sweep's arm-level early stopping, and continues from it)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     ds = data if data is not None else load_dataset(cfg.data)
     check_runnable(cfg, ds)
     state = TrialState(cfg, build_trainer(cfg, ds), ds)
+    state.checkpoint_at = set(checkpoint_at)
     state.tr.on_step = getattr(reporter, "step", None)  # optional: progress inside an epoch (rayclf train)
     if resume is not None:
         state.restore(load_checkpoint(resume, map_location=state.tr.device))
