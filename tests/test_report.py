@@ -192,7 +192,8 @@ def _ablation_dir(root: Path, metric: str = "val_accuracy", mode: str = "max") -
         status = "stopped_early" if (arm, seed) == ("lr=0.05", 2) else "completed"
         ep = [{"epoch": e, "val_accuracy": v * e / 3, "train_accuracy": v, "val_loss": 1.5 - v * e / 3,
                "train_loss": 1.0} for e in range(1, (2 if status != "completed" else 3) + 1)]
-        info = {"trial_id": f"{arm}-{seed}", "sweep": "a", "arm": arm, "seed": seed, "config": tiny(seed=seed)}
+        info = {"trial_id": f"{arm}-{seed}", "sweep": "a", "arm": arm, "arm_id": arm, "seed": seed,
+                "config": tiny(seed=seed)}
         store.add(trial_row(info, status, "asha" if status != "completed" else "", {"test_accuracy": v}, ep,
                             metric, mode), [{**e, "arm": arm, "seed": seed} for e in ep])
     write_text(str(root / "sweep.yaml"), f"name: a\nmetric: {metric}\nmode: {mode}\n"
