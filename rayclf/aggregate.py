@@ -55,6 +55,9 @@ class ArmRow:
     stopped_at: int | None = None  # the arm was stopped early at this epoch (its value is taken there)
     eliminated: str | None = None  # racing eliminated the arm: when and by what test
     rank: int | None = None  # 1 = best, by ``rank_key``
+    params: int | None = None  # trainable parameters (``add_costs``)
+    epoch_seconds: float | None = None  # measured seconds per trained epoch, over the arm's trials
+    trial_hours: float | None = None  # every trial of the arm, stopped and failed ones included
 
     @property
     def note(self) -> str:
@@ -236,3 +239,49 @@ def format_table(stats: list[ArmRow], metric: str) -> str:
         lines.append(f"{s.arm[:44]:<44} {s.n:>3}  {pm(s.mean, s.std, pct):>18}  {pm(s.test_mean, s.test_std):>16}  "
                      f"{counts_text(s.statuses)}{note}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- cost beside accuracy
+def arm_costs(trials: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int | None, float | None, float]]:
+    """Per arm label: (trainable parameters, seconds per trained epoch, trial-hours). Time counts every trial
+    that trained (completed, stopped, diverged, failed): what the arm cost, not only what scored."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in trials:
+        groups.setdefault(r["arm"], []).append(r)
+    out: dict[str, tuple[int | None, float | None, float]] = {}
+    for arm, rows in groups.items():
+        params = [int(r["params"]) for r in rows if r.get("params") is not None]
+        timed = [r for r in rows if _finite(r, "seconds") and r.get("epochs")]
+        seconds = sum(float(r["seconds"]) for r in timed)
+        epochs = sum(int(r["epochs"]) for r in timed)
+        out[arm] = (max(params) if params else None, seconds / epochs if epochs else None, seconds / 3600)
+    return out
+
+
+def add_costs(rows: Sequence[ArmRow], trials: Sequence[Mapping[str, Any]]) -> Sequence[ArmRow]:
+    """Fill each row's ``params``, ``epoch_seconds`` and ``trial_hours`` from the trial rows; returns ``rows``."""
+    costs = arm_costs(trials)
+    for r in rows:
+        r.params, r.epoch_seconds, r.trial_hours = costs.get(r.arm, (None, None, None))
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]], mode: str) -> list[int]:
+    """Indices of the points no other point beats: cost (first) no higher and value (second) no worse under
+    ``mode``, one of the two strictly. Sorted by cost."""
+    sign = 1.0 if mode == "max" else -1.0
+    front = []
+    for i, (c, v) in enumerate(points):
+        dominated = any(c2 <= c and sign * v2 >= sign * v and (c2 < c or sign * v2 > sign * v)
+                        for j, (c2, v2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -sign * points[i][1]))
+
+
+def cost_text(row: ArmRow) -> tuple[str, str, str]:
+    """(parameters, s/epoch, trial-hours) as tables print them; ``-`` when unknown."""
+    params = f"{row.params:,}" if row.params is not None else "-"
+    per_epoch = f"{row.epoch_seconds:.1f}" if row.epoch_seconds is not None else "-"
+    hours = f"{row.trial_hours:.3f}" if row.trial_hours is not None else "-"
+    return params, per_epoch, hours

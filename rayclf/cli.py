@@ -162,6 +162,33 @@ def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
                                                                                   " (failed: see the warning)"))
 
 
+@main.command()
+@click.argument("sweep_dir")
+@click.option("--watch", is_flag=True, help="refresh until the sweep's driver is gone (reads only new parts)")
+@click.option("--json", "json_out", is_flag=True, help="one machine-readable JSON object (a line per change with "
+                                                       "--watch)")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds between refreshes with --watch")
+@user_errors
+def status(sweep_dir: str, watch: bool, json_out: bool, interval: float) -> None:
+    """Where a sweep stands, from its directory alone (local, s3:// or gs://), while it runs or after:
+    trials done / running / failed / waiting, the per-arm table, decisions, time left, the driver's heartbeat."""
+    import json
+
+    from rayclf.results import exists, join
+    from rayclf.sweep.status import read_status, status_json, status_lines
+    from rayclf.sweep.status import watch as watch_status
+
+    if not any(exists(join(sweep_dir, f)) for f in ("sweep.yaml", "trials.parquet", "_driver.json")):
+        raise UserError(f"{sweep_dir} is not a sweep directory (no sweep.yaml, trials.parquet or _driver.json); "
+                        "pass the --out of a rayclf sweep.")
+    if watch:
+        watch_status(sweep_dir, interval, lambda s: click.echo(s), sys.stdout.isatty(), json_out)
+        return
+    st = read_status(sweep_dir)
+    click.echo(json.dumps(status_json(st), indent=1) if json_out else "\n".join(status_lines(st)))
+
+
 @main.command("models")
 def list_models_cmd() -> None:
     """List rayclf's model families (any timm model name works too)."""

@@ -221,6 +221,12 @@ def _planned(sweep: Sweep) -> tuple[list[Trial], list[str], float]:
     return sweep.trials(sweep.arms()), [], 1.0
 
 
+def planned_count(sweep: Sweep) -> int:
+    """How many trials the whole sweep plans (a bayes search: all its proposals × seeds; +1 final run)."""
+    trials, _, scale = _planned(sweep)
+    return round(len(trials) * scale) + (1 if sweep.file.search.final else 0)
+
+
 def scheduler_text(sweep: Sweep, n_arms: int) -> str:
     """What the scheduler will do, in one line."""
     s, n_seeds = sweep.file.scheduler, len(sweep.file.seeds)
