@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayclf.config import TrialConfig
+from rayclf.data.catalog import DATASETS, describe, split_sizes
 from rayclf.sweep.spec import Sweep, Trial
 
 DRIVER_RESOURCE = "rayclf_driver"
@@ -15,8 +16,6 @@ DRIVER_RESOURCE = "rayclf_driver"
 # H100's ~990 dense bf16 TFLOP/s, typical of small CNNs at study batch sizes.
 ASSUMED_GPU_FLOPS = 0.15 * 990e12
 ASSUMED_CPU_FLOPS = 50e9
-
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 90_000}
 
 
 @dataclass
@@ -77,21 +76,18 @@ def counted_train_images(cfg: TrialConfig) -> int | None:
     CIFAR: the label lists of the official pickles; CINIC-10 and imagefolder: image files per class folder."""
     from rayclf.data.sources import IMAGE_EXTS, data_root
 
-    root = data_root(cfg.data)
+    root, info = data_root(cfg.data), DATASETS[cfg.data.name]
     try:
-        if cfg.data.name in ("cifar10", "cifar100"):
-            if cfg.data.name == "cifar10":
-                folder, files, key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels"
-            else:
-                folder, files, key = root / "cifar-100-python", ["train"], "fine_labels"
-            if not all((folder / f).is_file() for f in files):
+        if info.label_key is not None:  # CIFAR: the official pickles
+            folder = root / str(info.folder)
+            if not all((folder / f).is_file() for f in info.train_files):
                 return None
             total = 0
-            for f in files:
+            for f in info.train_files:
                 with (folder / f).open("rb") as fh:
-                    total += len(pickle.load(fh, encoding="latin1")[key])
+                    total += len(pickle.load(fh, encoding="latin1")[info.label_key])
             return total
-        folder = root / "cinic-10" / "train" if cfg.data.name == "cinic10" else root
+        folder = root / str(info.folder) / info.train_files[0] if info.folder else root
         if not folder.is_dir():
             return None
         return sum(1 for c in folder.iterdir() if c.is_dir() for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -106,13 +102,10 @@ def train_images(cfg: TrialConfig) -> tuple[int | None, str]:
         n, source = cfg.data.synthetic.num_train, "synthetic"
     else:
         counted = counted_train_images(cfg)
-        n, source = (counted, "counted") if counted is not None else (TRAIN_SIZES.get(cfg.data.name), "assumed")
+        n, source = (counted, "counted") if counted is not None else (describe(cfg.data).train_size, "assumed")
         if n is None:
             return None, "unknown"
-    if cfg.data.train_subset:
-        n = min(n, cfg.data.train_subset)
-    if cfg.data.name != "cinic10" or not cfg.data.official_val:
-        n = int(n * (1 - cfg.data.val_fraction))
+    n = split_sizes(cfg.data, n)[0]
     return n * (2 if cfg.augment.double else 1), source
 
 
@@ -123,9 +116,8 @@ def flops_per_image(cfg: TrialConfig) -> float:
 
     from rayclf.models import create_model
 
-    size = cfg.data.synthetic.image_size if cfg.data.name == "synthetic" else (cfg.data.image_size or 32)
-    classes = cfg.data.synthetic.num_classes if cfg.data.name == "synthetic" else (
-        100 if cfg.data.name == "cifar100" else 10)
+    info = describe(cfg.data)
+    size, classes = info.image_size or 32, info.num_classes or 10
     opts = cfg.model
     if getattr(opts, "pretrained", False) or getattr(opts, "checkpoint", None):
         opts = opts.model_copy(update={"pretrained": False, "checkpoint": None})  # the shape is enough
@@ -278,9 +270,6 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
     return "\n".join(lines)
 
 
-CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10}
-
-
 def model_sizes(trials: list[Trial]) -> list[str]:
     """Each distinct model's trainable parameter count (built on the meta device, without pretrained weights),
     so a study file can be checked against the counts its report states."""
@@ -292,9 +281,8 @@ def model_sizes(trials: list[Trial]) -> list[str]:
 
     seen: dict[str, tuple[str, int]] = {}
     for t in trials:
-        d = t.config.data
-        classes = d.synthetic.num_classes if d.name == "synthetic" else CLASSES.get(d.name)
-        size = d.synthetic.image_size if d.name == "synthetic" else 32
+        info = describe(t.config.data)
+        classes, size = info.num_classes, info.image_size or 32
         key = json.dumps([t.config.model.model_dump(mode="json"), classes], sort_keys=True)
         if key in seen or classes is None:
             continue
