@@ -114,6 +114,11 @@ def validate(files: tuple[Path, ...]) -> None:
                    "continue from their last checkpoint, new arms or seeds run")
 @click.option("--rerun-stopped", is_flag=True, help="with --resume: also re-run trials the scheduler stopped early")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
+@click.option("--calibrate", is_flag=True,
+              help="with --dry-run: time a few training steps of each distinct trial shape (here, or on a worker "
+                   "node with --address) for measured seconds per epoch, trial-hours and wall time")
+@click.option("--price-per-hour", type=click.FloatRange(min=0), metavar="X",
+              help="with --dry-run: also print the cost at X per trial-hour (one trial's resources)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
@@ -123,16 +128,19 @@ def validate(files: tuple[Path, ...]) -> None:
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool,
-          wandb_mode: str | None) -> None:
+          calibrate: bool, price_per_hour: float | None, overrides: tuple[str, ...], num_cpus: int | None,
+          quiet: bool, verbose: bool, wandb_mode: str | None) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
 
+    if (calibrate or price_per_hour is not None) and not dry_run:
+        raise UserError("--calibrate and --price-per-hour go with --dry-run (they estimate a sweep, run nothing); "
+                        "add --dry-run.")
     spec = load_sweep(file, overrides)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text
 
-        click.echo(dry_run_text(spec, address=address))
+        click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo))
         return
     from rayclf.sweep.runner import run_sweep
 

@@ -282,3 +282,58 @@ def test_status_while_a_sweep_runs(tmp_path):
     final = status_json(read_status(str(out)))
     assert final["driver"]["state"] == "none" and final["trials"]["done"] == 4 and final["eta_seconds"] == 0.0
     assert len(final["arms"]) == 2 and all(a["n"] == 2 and a["params"] for a in final["arms"])
+
+
+# ----------------------------------------------------------------------------------- measured estimates
+class FakeClock:
+    """Each call is ``dt`` seconds after the previous one: a timed block always takes exactly ``dt``."""
+
+    def __init__(self, dt: float):
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        self.t += self.dt
+        return self.t
+
+
+def test_calibrated_estimate_arithmetic_with_a_fake_clock():
+    from rayclf.sweep import calibrate as C
+    from rayclf.sweep.plan import dry_run_text
+
+    spec = {**GRID, "resources": {"cpus": 1, "max_concurrent": 3}}
+    sweep = parse_sweep(spec)
+    trials = sweep.trials(sweep.arms())
+    cfg = trials[0].config
+    t = C.measure_shape(cfg.to_dict(), FakeClock(30.0))
+    n_eval = min(2 * cfg.train.eval_batch_size, 1024)
+    assert t.seconds_per_step == pytest.approx(30.0 / C.TIMED_STEPS)  # 3 timed steps took one tick
+    assert t.eval_seconds_per_image == pytest.approx(30.0 / n_eval)
+    # tiny(): 400 synthetic images, 10% held out → 360 train (11 steps of 32), 40 val; 200 test; 3 epochs
+    per_epoch = 11 * t.seconds_per_step + 40 * t.eval_seconds_per_image
+    trial = 3 * per_epoch + 200 * t.eval_seconds_per_image
+    assert C.trial_seconds(cfg, t) == pytest.approx(trial)
+    est = C.estimate(trials, {C.shape_key(cfg): t}, slots=3)
+    assert est.trial_hours == pytest.approx(4 * trial / 3600)
+    assert est.wall_hours == pytest.approx(2 * trial / 3600)  # 4 equal trials on 3 slots: two rounds
+    assert C.wall_seconds([3, 1, 1, 1], 2) == 3 and C.wall_seconds([1, 1, 1], 2) == 2
+    text = dry_run_text(sweep, calibrate=True, price=2.5, clock=FakeClock(30.0))
+    assert f"estimate (measured): {4 * trial / 3600:.2f} CPU trial-hours" in text
+    assert f"cost: {4 * trial / 3600 * 2.5:,.2f} at 2.5 per trial-hour" in text
+    assert f"{per_epoch:.1f} s/epoch" in text and "a guess" not in text
+    guess = dry_run_text(sweep, price=2.5)
+    assert "a guess from FLOPs, not a measurement" in guess and "cost (guessed)" in guess
+    bad = CliRunner().invoke(main, ["sweep", "x.yaml", "--calibrate"])
+    assert bad.exit_code == 2 and "go with --dry-run" in bad.output
+
+
+def test_calibrated_epoch_time_is_near_a_real_training_of_the_same_shape():
+    from rayclf.config import build_config
+    from rayclf.sweep import calibrate as C
+    from rayclf.train.engine import fit
+
+    cfg = build_config(tiny(data={"synthetic": {"num_train": 2000, "num_test": 200, "num_classes": 4,
+                                                "image_size": 16}}, train={"epochs": 3, "batch_size": 32}))
+    predicted = C.trial_seconds(cfg, C.measure_shape(cfg.to_dict())) / 3
+    history = fit(cfg).history
+    measured = sorted(h["epoch_seconds"] for h in history)[1]  # the median epoch
+    assert measured / 4 < predicted < measured * 4, (predicted, measured)

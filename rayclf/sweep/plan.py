@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,8 +236,10 @@ def scheduler_text(sweep: Sweep, n_arms: int) -> str:
     return "scheduler: fifo (every trial trains to the end)"
 
 
-def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
-    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate."""
+def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = False, price: float | None = None,
+                 echo: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None) -> str:
+    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate: a FLOP guess,
+    or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``)."""
     file = sweep.file
     trials, notes, scale = _planned(sweep)
     n_arms = len(trials) // len(file.seeds)
@@ -258,16 +261,31 @@ def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
         grows = ("" if address is None else
                  " (unless the cluster's autoscaler adds such nodes; a fixed cluster never will)")
         lines.append(f"CANNOT RUN on {have}{grows}: {unmet}")
-    hours, basis = estimate_hours(trials, res.gpus > 0)
-    hours = hours * scale if hours is not None else None
     unit = "GPU-hours" if res.gpus > 0 else "CPU trial-hours"
-    if hours is None:
-        lines.append(f"estimate: not available ({basis})")
-    else:  # FLOPs over one device's throughput is device time, however trials share or span devices
-        lines.append(f"estimate: {hours:.2f} {unit} ({basis}; a rough guide, not a measurement)")
+    if calibrate:
+        from rayclf.sweep.calibrate import calibrate_lines
+        from rayclf.sweep.preflight import task_resources
+
+        lines += calibrate_lines(trials, concurrency(sweep, cluster), unit, scale, price, address,
+                                 task_resources(sweep), echo, clock)
+    else:
+        lines += guess_lines(trials, res.gpus > 0, scale, unit, price)
     lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
     lines += model_sizes(trials)
     return "\n".join(lines)
+
+
+def guess_lines(trials: list[Trial], use_gpu: bool, scale: float, unit: str, price: float | None) -> list[str]:
+    """The FLOP-count estimate, labelled the guess it is."""
+    hours, basis = estimate_hours(trials, use_gpu)
+    if hours is None:
+        return [f"estimate: not available ({basis})"]
+    hours *= scale  # FLOPs over one device's throughput is device time, however trials share or span devices
+    lines = [f"estimate (a guess from FLOPs, not a measurement; --calibrate measures it): {hours:.2f} {unit} "
+             f"({basis})"]
+    if price is not None:
+        lines.append(f"cost (guessed): {hours * price:,.2f} at {price:g} per trial-hour")
+    return lines
 
 
 def model_sizes(trials: list[Trial]) -> list[str]:
