@@ -337,3 +337,32 @@ def test_calibrated_epoch_time_is_near_a_real_training_of_the_same_shape():
     history = fit(cfg).history
     measured = sorted(h["epoch_seconds"] for h in history)[1]  # the median epoch
     assert measured / 4 < predicted < measured * 4, (predicted, measured)
+
+
+# ----------------------------------------------------------------------------------- nodes by name
+def test_live_view_names_nodes_by_host_not_by_ray_node_id(monkeypatch):
+    from types import SimpleNamespace
+
+    from rayclf.sweep import callbacks
+    from rayclf.sweep.live import LiveView
+
+    known, unknown = "a" * 56, "f00dcafe" + "0" * 48
+    asked = []
+
+    def names():
+        asked.append(1)
+        return {known: "gpu-worker-3"}
+
+    monkeypatch.setattr(callbacks, "node_names", names)
+    view = LiveView(total=2, metric="val_accuracy", terminal=False, stream=open(os.devnull, "w"))
+    cb = callbacks.LiveCallback(view, SimpleNamespace(metric="val_accuracy", rows={}))
+    for tid, node in (("t1", known), ("t2", unknown)):
+        trial = SimpleNamespace(config={"trial": {"trial_id": tid, "arm": "a", "seed": 0, "epochs": 3}})
+        cb.on_trial_start(0, [], trial)
+        for epoch in (1, 2):
+            cb.on_trial_result(0, [], trial, {"epoch": epoch, "val_accuracy": 0.5, "node": node})
+    assert view.running["t1"].node == "gpu-worker-3"
+    assert view.running["t2"].node == "f00dcafe"  # not in Ray's node table: the short id
+    assert len(asked) == 2  # one lookup per new node, none per epoch
+    table = view._running_table()
+    assert "gpu-worker-3" in str([c._cells for c in table.columns])
