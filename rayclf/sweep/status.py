@@ -205,6 +205,13 @@ def finished(st: Status) -> bool:
     return st.driver.state in ("none", "gone")
 
 
+def change_key(st: Status) -> str:
+    """What a refresh compares: the status without the heartbeat's age (which changes every second)."""
+    data = status_json(st)
+    data["driver"] = {k: v for k, v in data["driver"].items() if k not in ("heartbeat", "heartbeat_age_s", "detail")}
+    return json.dumps(data, sort_keys=True, default=str)
+
+
 def watch(root: str, interval: float, emit: Any, terminal: bool, json_out: bool = False) -> Status:
     """Refresh every ``interval`` seconds until the driver is gone, reading only parts not read yet: in place
     on a terminal (rich), else one block (or JSON line) whenever something changed. Returns the last status."""
@@ -224,9 +231,9 @@ def watch(root: str, interval: float, emit: Any, terminal: bool, json_out: bool 
             shown = json.dumps(status_json(st)) if json_out else "\n".join(status_lines(st))
             if live is not None:
                 live.update(Text(shown), refresh=True)
-            elif shown != last:
+            elif change_key(st) != last:
                 emit(shown if json_out else shown + "\n")
-            last = shown
+            last = change_key(st)
             if finished(st):
                 return st
             time.sleep(interval)
