@@ -319,7 +319,7 @@ def test_calibrated_estimate_arithmetic_with_a_fake_clock():
     assert est.wall_hours == pytest.approx(2 * trial / 3600)  # 4 equal trials on 3 slots: two rounds
     assert C.wall_seconds([3, 1, 1, 1], 2) == 3 and C.wall_seconds([1, 1, 1], 2) == 2
     text = dry_run_text(sweep, calibrate=True, price=2.5, clock=FakeClock(30.0))
-    assert f"estimate (measured): {4 * trial / 3600:.2f} CPU trial-hours" in text
+    assert f"estimate: {4 * trial / 3600:.2f} CPU trial-hours (measured)" in text
     assert f"cost: {4 * trial / 3600 * 2.5:,.2f} at 2.5 per trial-hour" in text
     assert f"{per_epoch:.1f} s/epoch" in text and "a guess" not in text
     guess = dry_run_text(sweep, price=2.5)

@@ -133,14 +133,14 @@ def estimate(trials: list[Trial], timings: dict[str, Timing], slots: int, scale:
 def estimate_lines(est: Estimate | None, slots: int, unit: str, where: str, price: float | None) -> list[str]:
     """The measured estimate as the dry run prints it."""
     if est is None:
-        return ["estimate (measured): not available (unknown dataset size)"]
+        return ["estimate: not available (unknown dataset size)"]
     lines = [f"calibrated on {where}: {WARMUP_STEPS} warm-up + {TIMED_STEPS} timed training steps and one "
              "evaluation pass per distinct trial shape:"]
     for label, per_step, per_epoch in est.shapes:
         epoch = f"{per_epoch:.1f} s/epoch" if per_epoch is not None else "? s/epoch"
         lines.append(f"  {1000 * per_step:9.1f} ms/step  {epoch:>14}  {label}")
-    lines.append(f"estimate (measured): {est.trial_hours:.2f} {unit}, about {duration(est.wall_hours * 3600)} wall "
-                 f"time at {slots} trial(s) at once")
+    lines.append(f"estimate: {est.trial_hours:.2f} {unit} (measured), about {duration(est.wall_hours * 3600)} "
+                 f"wall time at {slots} trial(s) at once")
     if price is not None:
         lines.append(f"cost: {est.trial_hours * price:,.2f} at {price:g} per trial-hour (one trial's resources)")
     return lines

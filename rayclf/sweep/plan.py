@@ -281,8 +281,8 @@ def guess_lines(trials: list[Trial], use_gpu: bool, scale: float, unit: str, pri
     if hours is None:
         return [f"estimate: not available ({basis})"]
     hours *= scale  # FLOPs over one device's throughput is device time, however trials share or span devices
-    lines = [f"estimate (a guess from FLOPs, not a measurement; --calibrate measures it): {hours:.2f} {unit} "
-             f"({basis})"]
+    lines = [f"estimate: {hours:.2f} {unit} (a guess from FLOPs, not a measurement; --calibrate measures it; "
+             f"{basis})"]
     if price is not None:
         lines.append(f"cost (guessed): {hours * price:,.2f} at {price:g} per trial-hour")
     return lines
