@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -126,10 +127,12 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--verbose", is_flag=True, help="show Ray's own log output (kept in Ray's log files otherwise)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
+@click.option("--redecide", multiple=True, metavar="STAGE",
+              help="with --resume: decide this stage's winner (and every later stage) again from stored results")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
           calibrate: bool, price_per_hour: float | None, overrides: tuple[str, ...], num_cpus: int | None,
-          quiet: bool, verbose: bool, wandb_mode: str | None) -> None:
+          quiet: bool, verbose: bool, wandb_mode: str | None, redecide: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
 
@@ -142,10 +145,24 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 
         click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo))
         return
-    from rayclf.sweep.runner import run_sweep
+    from rayclf.sweep.interrupt import SweepInterrupted
+    from rayclf.sweep.runner import default_out, run_sweep
 
-    outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose)
+    if redecide and not resume:
+        raise UserError("--redecide re-opens decisions of an existing sweep directory: pass --resume with it.")
+    out = out or default_out(spec)
+    try:
+        outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
+                            echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
+                            redecide=redecide)
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
+        again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
+                          *(f"--set {shlex.quote(o)}" for o in overrides)])
+        click.echo(f"\nsweep interrupted: finished trials are recorded; interrupted trials keep their last "
+                   f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
+                   err=True)
+        sys.exit(code)
     click.echo(outcome.summary_text())
 
 
@@ -154,12 +171,15 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 @click.option("--out", type=click.Path(path_type=Path), help="report folder (default SWEEP_DIR/report)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline"]),
               help="also log the table and figures to the sweep's W&B run")
+@click.option("--target-ci", "target_ci", type=click.FloatRange(min=0, min_open=True), metavar="W",
+              help="planning column: seeds for a 95%% CI of Δ of ±W (percentage points for accuracies, default 1; "
+                   "metric units otherwise, default 0.01)")
 @user_errors
-def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
+def report(sweep_dir: str, out: Path | None, wandb_mode: str | None, target_ci: float | None) -> None:
     """Tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and index.html from a sweep directory."""
     from rayclf.report import build_report
 
-    rep = build_report(sweep_dir, out)
+    rep = build_report(sweep_dir, out, target_ci)
     click.echo(f"wrote {rep.out}/index.html, results.md/.csv/.tex and {len(rep.figures)} figures "
                f"({', '.join(rep.figures)})")
     if wandb_mode:

@@ -39,7 +39,8 @@ ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "st
                "json": pa.string(), "null": pa.string()}
 
 TRIAL_COLUMNS: dict[str, str] = {
-    "trial_id": "string", "sweep": "string", "arm": "string", "stage": "int", "seed": "int", "position": "int",
+    "trial_id": "string", "sweep": "string", "arm": "string", "arm_id": "string", "stage": "int", "seed": "int",
+    "position": "int",
     "status": "string", "reason": "string", "epochs": "int", "stopped_at_epoch": "int",
     "resumed_from_epoch": "int", "data_seconds": "float", "metric": "string", "metric_best": "float",
     "metric_final": "float",

@@ -83,12 +83,16 @@ class SweepData:
     def name(self) -> str:
         return self.spec.get("name") or (self.trials[0].get("sweep") if self.trials else None) or "sweep"
 
-    def arm_rows(self) -> list[ArmRow]:
-        """The per-arm table every reader prints: ``aggregate.arm_table`` (arms grouped by their ``arm``
-        label) under the sweep's ranking rule, with each arm's cost beside it."""
+    @property
+    def ablation(self) -> bool:
+        return "ablation" in (self.spec.get("search") or {})
+
+    def arm_rows(self, target_ci: float | None = None) -> list[ArmRow]:
+        """The per-arm table every reader prints: ``aggregate.arm_table`` (arms grouped by arm id) under the
+        sweep's ranking rule, with each arm's cost beside it; ``target_ci``: the planning column's half-width."""
         if not self.trials:
             return []
-        rows = arm_table(self.trials, self.mode, value_key(self.spec.get("rank_by")))
+        rows = arm_table(self.trials, self.mode, value_key(self.spec.get("rank_by")), target_ci)
         return list(add_costs(rows, self.trials))
 
 

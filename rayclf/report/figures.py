@@ -108,11 +108,11 @@ def _mark_stopped(ax: Any, key: str, epochs: Sequence[Mapping[str, Any]], stoppe
                        label="stopped early" if t is stopped[0] else None)
 
 
-def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any]) -> Figure:
+def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any], mode: str = "max") -> Figure:
     """Ablation: each arm's Δ against the baseline with the 95% CI of the matched-seed differences, sorted
-    (best on top). ``rows`` are aggregate.ArmRow; the baseline and arms without a Δ are left out."""
-    base = next((r for r in rows if r.delta is None and r.mean is not None), None)
-    arms = sorted([r for r in rows if r.delta is not None], key=lambda r: r.delta)
+    (best on top under ``mode``). ``rows`` are aggregate.ArmRow; the baseline and arms without a Δ are left out."""
+    base = next((r for r in rows if r.baseline and r.mean is not None), None)
+    arms = sorted([r for r in rows if r.delta is not None], key=lambda r: r.delta if mode == "max" else -r.delta)
     fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.55 * max(len(arms), 1)))
     ys = np.arange(len(arms))
     deltas = [_scale(metric, r.delta) for r in arms]
@@ -122,9 +122,9 @@ def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any]) -
     ax.axvline(0, color="k", lw=1, ls="--")
     ax.set_yticks(ys, [r.arm for r in arms])
     for y, r, d, c in zip(ys, arms, deltas, cis, strict=True):
-        p = "p n/a" if r.p_value is None else f"p = {r.p_value:.2g}"
+        p = f"p (Holm) = {r.p_holm:.2g}" if r.p_holm is not None else (r.effect.note or "no p")
         ci = f"± {c:.2f}" if r.delta_ci95 is not None else "(no CI)"
-        ax.annotate(f"{d:+.2f} {ci}, {p}, n = {r.pairs}", (1.01, y), xycoords=("axes fraction", "data"),
+        ax.annotate(f"{d:+.2f} {ci}, {p}, {r.pairs} pairs", (1.01, y), xycoords=("axes fraction", "data"),
                     va="center", fontsize=8)
     unit = "percentage points" if metric.endswith("accuracy") else "metric units"
     ax.set_xlabel(f"Δ best {metric.replace('_', ' ')} vs baseline ({unit}); bar: 95% CI over matched seeds")

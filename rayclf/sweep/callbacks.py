@@ -7,58 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
-from rayclf.aggregate import best_value
-from rayclf.config import flatten
 from rayclf.results import ResultsStore
 from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.rows import trial_row
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
     """Our trial description, carried through Tune's param space."""
     return trial.config["trial"]
-
-
-def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
-              epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
-              resumed_from: int | None = None, rung: int | None = None) -> dict[str, Any]:
-    """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
-
-    A trial whose arm was stopped at epoch ``rung`` carries that epoch as ``stopped_at_epoch`` and its best up
-    to it as ``metric_best`` (the arm's value there; epochs it trained past the rung stay in epochs.parquet).
-    Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
-    s = summary or {}
-    judged = [e for e in epochs if rung is None or int(e.get("epoch") or 0) <= rung]
-    best = best_value([e[metric] for e in judged if e.get(metric) is not None], mode)
-    last = epochs[-1] if epochs else {}
-    stopped_at = (rung if rung is not None else last.get("epoch")) if status == "stopped_early" else None
-    row: dict[str, Any] = {
-        "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
-        "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
-        "epochs": len(epochs), "stopped_at_epoch": stopped_at,
-        "resumed_from_epoch": resumed_from,
-        "metric": metric, "metric_best": best, "metric_final": last.get(metric),
-        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e.get("val_accuracy") is not None),
-                                 default=None),
-        "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
-        "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
-        "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
-        "seconds": s.get("seconds", sum(e.get("epoch_seconds") or 0.0 for e in epochs)),
-        "train_seconds": s.get("train_seconds", sum(e.get("train_seconds") or 0.0 for e in epochs)),
-        "images_per_sec": s.get("images_per_sec") or _mean([e.get("images_per_sec") for e in epochs]),
-        "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
-        "world_size": s.get("world_size"), "node": last.get("node"), "checkpoint": checkpoint,
-        "per_class_accuracy": s.get("per_class_accuracy", []), "confusion_matrix": s.get("confusion_matrix", []),
-        "classes": s.get("classes", []), "overrides": info.get("overrides", {}),
-    }
-    row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
-    return row
-
-
-def _mean(values: list[Any]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 class Recorder(Callback):
@@ -69,8 +27,9 @@ class Recorder(Callback):
 
     def __init__(self, store: ResultsStore, metric: str, mode: str,
                  prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = "",
-                 board: Any = None):
+                 board: Any = None, stop: Any = None):
         self.store, self.metric, self.mode, self.scheme = store, metric, mode, storage_scheme
+        self.stop = stop  # interrupt.StopFlag: once set, a trial that did not finish by itself is not recorded
         self.board = board  # schedulers.ArmBoard when arms stop together: why and where a trial stopped
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         for tid, history in (prior or {}).items():
@@ -122,8 +81,13 @@ class Recorder(Callback):
         self.store.add(row, [])
         self.rows[info["trial_id"]] = row
 
+    def _interrupted(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
+        if summary is None and self._interrupted():  # stopped by Ctrl-C: continues from its checkpoint
+            return
         if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
         elif self.board is not None:
@@ -133,7 +97,29 @@ class Recorder(Callback):
             self._record(trial, "stopped_early", "stopped by the scheduler")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._interrupted():  # its process went down with the stop: continues from its checkpoint
+            return
         self._record(trial, "failed", failure_reason(trial))
+
+
+class SweepStopper(Stopper):
+    """Ends the Tune run when the sweep's stop flag is set (Ctrl-C / SIGTERM). ``stop_all`` stops every trial
+    without ``on_trial_complete``, so nothing interrupted is recorded as finished."""
+
+    def __init__(self, flag: Any):
+        self.flag = flag
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.flag.is_set()
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its stopper with the experiment state
+        return {"flag": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.flag = None
 
 
 def failure_reason(trial: Any) -> str:

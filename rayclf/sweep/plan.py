@@ -10,7 +10,7 @@ from typing import Any
 
 from rayclf.config import TrialConfig
 from rayclf.data.catalog import DATASETS, describe, split_sizes
-from rayclf.sweep.spec import Sweep, Trial
+from rayclf.sweep.spec import Sweep, Trial, alias_note
 
 DRIVER_RESOURCE = "rayclf_driver"
 # Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
@@ -247,6 +247,8 @@ def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = Fal
              f"{len(file.seeds)} seeds = {len(trials)} trials" + (" (+1 final run)" if file.search.final else "")
              + (" in the first batch" if file.search.kind == "bayes" else "")]
     lines += notes
+    aliased = {t.arm.label: t.arm for t in trials if t.arm.aliases}
+    lines += [f"{alias_note(arm)}: one arm, trained once per seed" for arm in aliased.values()]
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")
     for t in trials:
         lines.append(f"{t.trial_id:<17} {t.arm.label[:48]:<48} {t.seed:<5} {t.config.total_epochs()}")

@@ -12,13 +12,10 @@ rounds are recomputed from the stored results, which give the same decisions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from scipy import stats as sps
-
-from rayclf.aggregate import arm_table, best_arm, value_rows
+from rayclf.aggregate import arm_table, best_arm, paired_comparison, value_rows
 from rayclf.sweep.spec import Arm, Sweep, Trial
 
 
@@ -29,20 +26,12 @@ def seed_values(sweep: Sweep, arm: Arm, trials: Sequence[Mapping[str, Any]]) -> 
     return {int(r["seed"]): float(r["metric_best"]) for r in value_rows(rows)}
 
 
-def one_sided_p(worse: Mapping[int, float], best: Mapping[int, float], mode: str, test: str) -> tuple[float, int]:
-    """p of "``worse`` is worse than ``best``" over their matched seeds, and the number of pairs (p = 1 under 2)."""
-    seeds = sorted(set(worse) & set(best))
-    if len(seeds) < 2:
-        return 1.0, len(seeds)
-    x, y = [worse[s] for s in seeds], [best[s] for s in seeds]
-    diffs = [(a - b) if mode == "max" else (b - a) for a, b in zip(x, y, strict=True)]  # < 0: worse
-    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):  # constant differences: no variance
-        return (0.0 if diffs[0] < 0 else 1.0), len(seeds)
-    if test == "wilcoxon":
-        p = sps.wilcoxon(diffs, alternative="less").pvalue
-    else:
-        p = sps.ttest_1samp(diffs, 0.0, alternative="less").pvalue
-    return (float(p) if math.isfinite(p) else 1.0), len(seeds)
+def one_sided_p(worse: Mapping[int, float], best: Mapping[int, float], mode: str,
+                test: str) -> tuple[float | None, int]:
+    """p of "``worse`` is worse than ``best``" over their matched seeds, and the number of pairs; no p (None)
+    under 2 pairs or when the differences do not vary (the arm then keeps racing)."""
+    c = paired_comparison(worse, best, mode, alternative="worse", test=test)  # type: ignore[arg-type]
+    return c.p, c.n_pairs
 
 
 def eliminate(sweep: Sweep, alive: Sequence[Arm], trials: Sequence[Mapping[str, Any]],
@@ -66,7 +55,7 @@ def eliminate(sweep: Sweep, alive: Sequence[Arm], trials: Sequence[Mapping[str, 
             out.append((arm, f"after round {round_no}: no seed produced a value (diverged or failed)"))
             continue
         p, n = one_sided_p(vals, best_vals, mode, s.test)
-        if p < s.level:
+        if p is not None and p < s.level:
             out.append((arm, f"after round {round_no} ({n} seeds): one-sided {test} vs {best.label}, "
                              f"p = {p:.3g} < {s.level:g}"))
     return out

@@ -11,7 +11,7 @@ import copy
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,6 +228,7 @@ class Arm:
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     stage: int | None = None
+    aliases: tuple[str, ...] = ()  # other labels of the file that resolve to this very config (one arm)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,25 @@ class Sweep:
         return self.file.name
 
     def arms(self, base_overrides: Mapping[str, Any] | None = None, stage: int | None = None) -> list[Arm]:
-        """The arms of a non-staged search, or of one stage (around ``base_overrides``)."""
+        """The arms of a non-staged search, or of one stage (around ``base_overrides``): one per distinct config,
+        under its first label (a level that repeats the baseline's value is the baseline, listed as its alias)."""
+        return self.unique(self._listed_arms(base_overrides, stage))
+
+    def unique(self, arms: list[Arm]) -> list[Arm]:
+        """Arms that resolve to the same config (same arm id) are one arm: the first label, the others aliases."""
+        first: dict[str, int] = {}
+        out: list[Arm] = []
+        for arm in arms:
+            aid = self.arm_id(arm)
+            if aid in first:
+                kept = out[first[aid]]
+                out[first[aid]] = replace(kept, aliases=(*kept.aliases, arm.label, *arm.aliases))
+            else:
+                first[aid] = len(out)
+                out.append(arm)
+        return out
+
+    def _listed_arms(self, base_overrides: Mapping[str, Any] | None, stage: int | None) -> list[Arm]:
         s = self.file.search
         if s.kind == "grid":
             return grid_arms(s.grid or {})
@@ -314,10 +333,16 @@ class Sweep:
         return [Arm(f"{self.stage_label(stage)}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
 
 
+def alias_note(arm: Arm) -> str:
+    """``lr=0.05 is the baseline's config``: how --dry-run and the summary name an arm listed twice."""
+    return f"{', '.join(arm.aliases)} {'is' if len(arm.aliases) == 1 else 'are'} {arm.label}'s config"
+
+
 # ------------------------------------------------------------------------------------- expansion
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}"
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)  # labels of distinct values never coincide
     if isinstance(value, list):
         return "/".join(_fmt(v) for v in value)
     return str(value)
@@ -387,7 +412,6 @@ def ablation_arms(ab: Ablation) -> list[Arm]:
 def random_arms(rs: RandomSearch) -> list[Arm]:
     """``num_samples`` seeded draws: the same file always gives the same arms."""
     rng = np.random.default_rng(rs.seed)
-    width = len(str(rs.num_samples))
     arms = []
     for i in range(rs.num_samples):
         overrides = {}
@@ -402,7 +426,7 @@ def random_arms(rs: RandomSearch) -> list[Arm]:
             else:
                 value = int(rng.integers(arg[0], arg[1]))
             overrides[key] = value
-        arms.append(Arm(f"sample-{i:0{width}d}", overrides))
+        arms.append(Arm(f"sample-{i}", overrides))  # never padded to num_samples: a label must not drift
     return arms
 
 
@@ -484,8 +508,9 @@ def arm_labels(sweep: Sweep) -> list[str] | None:
     if s.kind == "bayes" or any(st.bayes is not None for st in s.stages or []):
         return None
     if s.kind != "stages":
-        return [a.label for a in sweep.arms()]
-    labels = [a.label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
+        return [label for a in sweep.arms() for label in (a.label, *a.aliases)]
+    labels = [label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)
+              for label in (a.label, *a.aliases)]
     return labels + (["final"] if sweep.file.search.final else [])
 
 

@@ -146,8 +146,12 @@ def read_status(root: str, reader: PartReader | None = None, now: float | None =
 
 
 def arm_record(row: ArmRow) -> dict[str, Any]:
-    """One arm as a flat record: every ``ArmRow`` field plus its note (the JSON view and ``sweep.arms()``)."""
-    return {**asdict(row), "note": row.note}
+    """One arm as a flat record (the JSON view and ``sweep.arms()``): every ``ArmRow`` field, its effect against
+    the baseline flattened (delta, its CI, p, pairs, why p is missing) and its note."""
+    fields = {k: v for k, v in asdict(row).items() if k != "effect"}
+    effect = {"delta": row.delta, "delta_ci95": row.delta_ci95, "p_value": row.p_value, "pairs": row.pairs,
+              "p_note": row.effect.note if row.effect else ""}
+    return {**fields, **effect, "note": row.note}
 
 
 def decision_record(d: Decision) -> dict[str, Any]:
@@ -190,7 +194,7 @@ def status_lines(st: Status) -> list[str]:
             lines.append(f"{str(r.get('label') or r.get('arm') or r['trial_id'])[:44]:<44} {r.get('seed', ''):>4} "
                          f"{r.get('epoch', 0)}/{r.get('epochs', '?'):>3}  {r.get('node') or ''}".rstrip())
     if st.arms:
-        lines += ["", format_table(st.arms, data.metric), "",
+        lines += ["", format_table(st.arms, data.metric, effects=data.ablation), "",
                   f"{'cost per arm':<44} {'params':>12} {'s/epoch':>8} {'trial-h':>8}"]
         lines += [f"{r.arm[:44]:<44} {p:>12} {s:>8} {h:>8}" for r in st.arms for p, s, h in [cost_text(r)]]
     if st.decisions:

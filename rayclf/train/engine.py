@@ -652,8 +652,8 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
     t0 = time.perf_counter()
     test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
     test_seconds = time.perf_counter() - t0
-    vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
-    best_i = int(np.argmax(vals)) if vals else None
+    vals = [(h["val_accuracy"], i) for i, h in enumerate(history) if math.isfinite(h.get("val_accuracy", math.nan))]
+    best_val, best_i = max(vals, key=lambda v: v[0]) if vals else (float("nan"), None)  # a NaN epoch never counts
     last = history[-1] if history else {}
     return {
         "status": status,
@@ -662,7 +662,7 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
         "epochs": len(history),
         "test_accuracy": test.get("test_accuracy", float("nan")),
         "test_loss": test.get("test_loss", float("nan")),
-        "best_val_accuracy": max(vals) if vals else float("nan"),
+        "best_val_accuracy": best_val,
         "best_epoch": (best_i + 1) if best_i is not None else None,
         "final_val_accuracy": last.get("val_accuracy", float("nan")),
         "final_train_loss": last.get("train_loss", float("nan")),
