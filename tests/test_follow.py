@@ -314,7 +314,7 @@ def test_calibrated_estimate_arithmetic_with_a_fake_clock():
     per_epoch = 11 * t.seconds_per_step + 40 * t.eval_seconds_per_image
     trial = 3 * per_epoch + 200 * t.eval_seconds_per_image
     assert C.trial_seconds(cfg, t) == pytest.approx(trial)
-    est = C.estimate(trials, {C.shape_key(cfg): t}, slots=3)
+    est = C.estimate(trials, {C.timing_key(cfg): t}, slots=3)
     assert est.trial_hours == pytest.approx(4 * trial / 3600)
     assert est.wall_hours == pytest.approx(2 * trial / 3600)  # 4 equal trials on 3 slots: two rounds
     assert C.wall_seconds([3, 1, 1, 1], 2) == 3 and C.wall_seconds([1, 1, 1], 2) == 2

@@ -1,6 +1,7 @@
 """``rayclf sweep FILE --dry-run --calibrate``: measured cost estimates instead of the FLOP guess.
 
-Each distinct trial shape (model, image size, batch size, precision, data, augmentation: ``packing.shape_key``)
+Each distinct trial shape (model, image size, batch size, precision, data: ``packing.shape_key``, and the
+augmentation pipeline, which runs on the device inside each step)
 takes a warm-up step and a few timed steps of its own training loop (the engine's ``probe``) and one timed pass
 of evaluation, on this machine, or with ``--address`` in one Ray task holding one trial's resources on a worker
 node (which may make an autoscaler start a node). The images are a stand-in of the dataset's shape and class
@@ -31,6 +32,11 @@ from rayclf.sweep.spec import Trial
 
 WARMUP_STEPS = 1
 TIMED_STEPS = 3
+
+
+def timing_key(cfg: TrialConfig) -> str:
+    """What a training step's time depends on: the packing shape and the on-device augmentation."""
+    return shape_key(cfg) + "|" + cfg.augment.model_dump_json()
 
 
 @dataclass(frozen=True)
@@ -117,13 +123,13 @@ def estimate(trials: list[Trial], timings: dict[str, Timing], slots: int, scale:
     """Trial-hours and wall time of ``trials`` (× ``scale`` for a search listing its first batch only)."""
     durations = []
     for t in trials:
-        s = trial_seconds(t.config, timings[shape_key(t.config)])
+        s = trial_seconds(t.config, timings[timing_key(t.config)])
         if s is None:
             return None
         durations.append(s)
     shapes, seen = [], set()
     for t in trials:
-        key = shape_key(t.config)
+        key = timing_key(t.config)
         if key not in seen:
             seen.add(key)
             shapes.append((t.arm.label, timings[key].seconds_per_step, epoch_seconds(t.config, timings[key])))
@@ -152,7 +158,7 @@ def calibrate_lines(trials: list[Trial], slots: int, unit: str, scale: float, pr
     """Measure each distinct shape (here, or on a worker node of ``address``) and estimate the sweep."""
     shapes: dict[str, TrialConfig] = {}
     for t in trials:
-        shapes.setdefault(shape_key(t.config), t.config)
+        shapes.setdefault(timing_key(t.config), t.config)
     configs = [c.to_dict() for c in shapes.values()]
     if address:
         import ray
