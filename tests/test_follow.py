@@ -92,6 +92,8 @@ def test_driver_judged_by_heartbeat_and_pid(tmp_path):
     half_run(tmp_path, heartbeat_age=120.0)
     st = read_status(str(tmp_path))
     assert st.driver.state == "gone" and st.running == [] and st.counts["waiting"] == 2
+    res = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert "2 waiting of 4 trials; no driver running" in res.output and "--resume continues" in res.output
 
 
 def test_status_finished_sweep_json_schema_and_decisions(tmp_path):
@@ -117,6 +119,7 @@ def test_status_finished_sweep_json_schema_and_decisions(tmp_path):
             r.n, r.mean, r.std, r.delta, r.p_value, r.rank)
         assert (a["params"], a["epoch_seconds"], a["trial_hours"]) == (1000, 1.0, pytest.approx(9 / 3600))
     text = CliRunner().invoke(main, ["status", str(src)]).output
+    assert "36 done, 0 running, 0 failed, 0 waiting of 36 trials; nothing left to run" in text
     assert "stop      lr=0.001,opt=sgd,dropout=0.5 after 3 seed(s) (rule asha, rung 1)" in text
     assert "winner    stage 1: baseline" in text
     bad = CliRunner().invoke(main, ["status", str(tmp_path / "nothing")])

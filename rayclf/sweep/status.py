@@ -184,9 +184,14 @@ def status_lines(st: Status) -> list[str]:
     """The human view: counts, driver, time left, running trials, the arm table, costs, decisions."""
     c, data = st.counts, st.data
     eta = st.eta_seconds()
-    left = "0s" if c["running"] + c["waiting"] == 0 else duration(eta)
+    if c["running"] + c["waiting"] == 0:
+        left = "nothing left to run"
+    elif finished(st):
+        left = f"no driver running (about {duration(eta)} of trials left; rayclf sweep --resume continues)"
+    else:
+        left = f"about {duration(eta)} left"
     lines = [f"sweep '{data.name}' ({data.root}): {c['done']} done, {c['running']} running, {c['failed']} failed, "
-             f"{c['waiting']} waiting of {c['total']} trials; about {left} left",
+             f"{c['waiting']} waiting of {c['total']} trials; {left}",
              f"driver: {st.driver.state} ({st.driver.why})"]
     if st.running:
         lines += ["", f"{'running':<44} {'seed':>4} {'epoch':>7}  node"]
