@@ -130,6 +130,9 @@ class ArmRow:
     stopped_at: int | None = None  # the arm was stopped early at this epoch (its value is taken there)
     eliminated: str | None = None  # racing eliminated the arm: when and by what test
     rank: int | None = None  # 1 = best, by ``rank_key``
+    params: int | None = None  # trainable parameters (``add_costs``)
+    epoch_seconds: float | None = None  # measured seconds per trained epoch, over the arm's trials
+    trial_hours: float | None = None  # every trial of the arm, stopped and failed ones included
 
     @property
     def delta(self) -> float | None:
@@ -402,3 +405,47 @@ def format_table(stats: list[ArmRow], metric: str, effects: bool = False) -> str
     if effects:
         lines += ["", effects_legend(stats)]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- cost beside accuracy
+def arm_costs(trials: Sequence[Mapping[str, Any]]) -> list[tuple[int | None, float | None, float]]:
+    """Per arm (``group_arms``, the order ``arm_table`` lists them): (trainable parameters, seconds per trained
+    epoch, trial-hours). Time counts every trial that trained (completed, stopped, diverged, failed): what the
+    arm cost, not only what scored."""
+    out: list[tuple[int | None, float | None, float]] = []
+    for rows in group_arms(trials).values():
+        params = [int(r["params"]) for r in rows if r.get("params") is not None]
+        timed = [r for r in rows if _finite(r, "seconds") and r.get("epochs")]
+        seconds = sum(float(r["seconds"]) for r in timed)
+        epochs = sum(int(r["epochs"]) for r in timed)
+        out.append((max(params) if params else None, seconds / epochs if epochs else None, seconds / 3600))
+    return out
+
+
+def add_costs(rows: Sequence[ArmRow], trials: Sequence[Mapping[str, Any]]) -> Sequence[ArmRow]:
+    """Fill the ``params``, ``epoch_seconds`` and ``trial_hours`` of ``arm_table(trials, …)``'s rows; returns
+    ``rows``."""
+    for r, (params, per_epoch, hours) in zip(rows, arm_costs(trials), strict=True):
+        r.params, r.epoch_seconds, r.trial_hours = params, per_epoch, hours
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]], mode: str) -> list[int]:
+    """Indices of the points no other point beats: cost (first) no higher and value (second) no worse under
+    ``mode``, one of the two strictly. Sorted by cost."""
+    sign = 1.0 if mode == "max" else -1.0
+    front = []
+    for i, (c, v) in enumerate(points):
+        dominated = any(c2 <= c and sign * v2 >= sign * v and (c2 < c or sign * v2 > sign * v)
+                        for j, (c2, v2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -sign * points[i][1]))
+
+
+def cost_text(row: ArmRow) -> tuple[str, str, str]:
+    """(parameters, s/epoch, trial-hours) as tables print them; ``-`` when unknown."""
+    params = f"{row.params:,}" if row.params is not None else "-"
+    per_epoch = f"{row.epoch_seconds:.1f}" if row.epoch_seconds is not None else "-"
+    hours = f"{row.trial_hours:.3f}" if row.trial_hours is not None else "-"
+    return params, per_epoch, hours

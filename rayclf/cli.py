@@ -115,6 +115,11 @@ def validate(files: tuple[Path, ...]) -> None:
                    "continue from their last checkpoint, new arms or seeds run")
 @click.option("--rerun-stopped", is_flag=True, help="with --resume: also re-run trials the scheduler stopped early")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
+@click.option("--calibrate", is_flag=True,
+              help="with --dry-run: time a few training steps of each distinct trial shape (here, or on a worker "
+                   "node with --address) for measured seconds per epoch, trial-hours and wall time")
+@click.option("--price-per-hour", type=click.FloatRange(min=0), metavar="X",
+              help="with --dry-run: also print the cost at X per trial-hour (one trial's resources)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
@@ -126,16 +131,19 @@ def validate(files: tuple[Path, ...]) -> None:
               help="with --resume: decide this stage's winner (and every later stage) again from stored results")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool,
-          wandb_mode: str | None, redecide: tuple[str, ...]) -> None:
+          calibrate: bool, price_per_hour: float | None, overrides: tuple[str, ...], num_cpus: int | None,
+          quiet: bool, verbose: bool, wandb_mode: str | None, redecide: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.spec import load_sweep
 
+    if (calibrate or price_per_hour is not None) and not dry_run:
+        raise UserError("--calibrate and --price-per-hour go with --dry-run (they estimate a sweep, run nothing); "
+                        "add --dry-run.")
     spec = load_sweep(file, overrides)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text
 
-        click.echo(dry_run_text(spec, address=address))
+        click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo))
         return
     from rayclf.sweep.interrupt import SweepInterrupted
     from rayclf.sweep.runner import default_out, run_sweep
@@ -180,6 +188,33 @@ def report(sweep_dir: str, out: Path | None, wandb_mode: str | None, target_ci: 
         where = publish(sweep_dir, rep, wandb_mode)
         click.echo(f"logged the table and {len(rep.figures)} figures to W&B" + (f" ({where})" if where else
                                                                                   " (failed: see the warning)"))
+
+
+@main.command()
+@click.argument("sweep_dir")
+@click.option("--watch", is_flag=True, help="refresh until the sweep's driver is gone (reads only new parts)")
+@click.option("--json", "json_out", is_flag=True, help="one machine-readable JSON object (a line per change with "
+                                                       "--watch)")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds between refreshes with --watch")
+@user_errors
+def status(sweep_dir: str, watch: bool, json_out: bool, interval: float) -> None:
+    """Where a sweep stands, from its directory alone (local, s3:// or gs://), while it runs or after:
+    trials done / running / failed / waiting, the per-arm table, decisions, time left, the driver's heartbeat."""
+    import json
+
+    from rayclf.results import exists, join
+    from rayclf.sweep.status import read_status, status_json, status_lines
+    from rayclf.sweep.status import watch as watch_status
+
+    if not any(exists(join(sweep_dir, f)) for f in ("sweep.yaml", "trials.parquet", "_driver.json")):
+        raise UserError(f"{sweep_dir} is not a sweep directory (no sweep.yaml, trials.parquet or _driver.json); "
+                        "pass the --out of a rayclf sweep.")
+    if watch:
+        watch_status(sweep_dir, interval, lambda s: click.echo(s), sys.stdout.isatty(), json_out)
+        return
+    st = read_status(sweep_dir)
+    click.echo(json.dumps(status_json(st), indent=1) if json_out else "\n".join(status_lines(st)))
 
 
 @main.command("models")

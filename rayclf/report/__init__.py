@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rayclf.aggregate import (
     ArmRow,
-    arm_table,
+    cost_text,
     counts_text,
     delta_text,
     effects_legend,
@@ -26,12 +24,11 @@ from rayclf.aggregate import (
     p_text,
     stage_winners,
     status_counts,
-    value_key,
 )
 from rayclf.config import UserError
-from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
-from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
+from rayclf.results import TRIALS, exists, join
+from rayclf.sweepdir import read_sweep
 
 STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
 
@@ -64,14 +61,14 @@ def table_cells(rows: Sequence[ArmRow], metric: str, target: str = "1 pp") -> tu
     unit = " (%)" if pct else ""
     head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "Δ 95% CI ±", "paired p",
             "p (Holm)", f"seeds for Δ ±{target} (planning)", "test acc (%) mean ± std", "not completed", "rank",
-            "early stop / racing"]
+            "early stop / racing", "params", "s/epoch", "trial-h"]
     body = []
     for r in rows:
         body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
                      delta_text(r, pct), _pct(r.delta_ci95, metric), p_text(r), p_text(r, adjusted=True),
                      "–" if r.seeds_needed is None else str(r.seeds_needed),
                      f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r),
-                     "–" if r.rank is None else str(r.rank), r.note or "–"])
+                     "–" if r.rank is None else str(r.rank), r.note or "–", *cost_text(r)])
     return head, body
 
 
@@ -111,11 +108,12 @@ def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "p_holm", "p_note",
                     "pairs", "seeds_needed", "test_mean", "test_std", "statuses", "best", "rank", "stopped_at",
-                    "eliminated"])
+                    "eliminated", "params", "epoch_seconds", "trial_hours"])
         for r in rows:
             w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.p_holm,
                         r.effect.note if r.effect else "", r.pairs, r.seeds_needed, r.test_mean, r.test_std,
-                        json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated])
+                        json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated, r.params,
+                        r.epoch_seconds, r.trial_hours])
 
 
 def _tex(s: str) -> str:
@@ -183,10 +181,17 @@ def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
     return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
 
 
-def _save(fig, name: str, folder: Path) -> str:
-    """PNG + SVG on disk; returns the PNG as a data URI for the self-contained page."""
+Sink = Path | dict[str, Any]  # a figure folder (report), or a dict that keeps the Figure objects (notebooks)
+
+
+def _save(fig, name: str, folder: Sink) -> str:
+    """PNG + SVG on disk; returns the PNG as a data URI for the self-contained page. A dict sink keeps the
+    figure itself instead (``rayclf.open_sweep(...).figure``), drawn by the very code the report uses."""
     import matplotlib.pyplot as plt
 
+    if isinstance(folder, dict):
+        folder[name] = fig
+        return ""
     fig.savefig(folder / f"{name}.png", dpi=110)
     fig.savefig(folder / f"{name}.svg")
     buf = io.BytesIO()
@@ -195,7 +200,7 @@ def _save(fig, name: str, folder: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Path,
+def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Sink,
                  rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max",
                  bayes_params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     """(name, title, data URI) of every figure this sweep and its search kind support."""
@@ -218,6 +223,10 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
     if "optim.name" in factors and "optim.lr" in factors and kind != "ablation":
         out.append(("optimizer_lr", "Optimizer × learning rate",
                     _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
+    if sum(r.mean is not None and r.trial_hours is not None for r in rows) >= 2:
+        out.append(("pareto", "Cost beside accuracy: each arm's mean against trial-hours and parameters "
+                              "(ringed: the Pareto front, no arm both cheaper and better)",
+                    _save(F.pareto(rows, metric, mode), "pareto", folder)))
     done = [r for r in F.completed(trials) if r.get("confusion_matrix") not in (None, "[]")]
     if done:
         best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
@@ -249,7 +258,7 @@ def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: 
         return {}
 
 
-def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Path, mode: str,
+def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Sink, mode: str,
                   params: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """The optimisation history and (when Optuna can compute it) the parameter importance."""
     out = [("history", "Optimisation history (each proposal's mean over seeds, best so far)",
@@ -261,7 +270,7 @@ def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: 
     return out
 
 
-def _grid_figures(trials: list[dict[str, Any]], factors: list[str], metric: str, folder: Path,
+def _grid_figures(trials: list[dict[str, Any]], factors: list[str], metric: str, folder: Sink,
                   pooled: bool = True) -> list[tuple[str, str, str]]:
     """Marginal (pooled) factor plots (``pooled``) and two-factor heatmaps of a grid, random or staged search."""
     out = []
@@ -340,17 +349,14 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     ``target_ci``: the planning column's half-width of Δ's 95% CI, in the table's units (``target_half_width``)."""
     if not exists(join(sweep_dir, TRIALS)):
         raise UserError(f"{sweep_dir} has no {TRIALS} yet: is it a sweep directory (rayclf sweep --out)?")
-    trials = read_rows(join(sweep_dir, TRIALS))
-    epochs = read_rows(join(sweep_dir, EPOCHS))
-    spec = yaml.safe_load(read_text(join(sweep_dir, "sweep.yaml"))) if exists(join(sweep_dir, "sweep.yaml")) else {}
-    metric = trials[0].get("metric") or spec.get("metric", "val_accuracy")
-    mode = spec.get("mode") or metric_mode(metric)
+    data = read_sweep(sweep_dir)
+    trials, epochs, spec, metric, mode = data.trials, data.epochs, data.spec, data.metric, data.mode
     out = Path(out) if out else Path(sweep_dir if "://" not in sweep_dir else ".") / "report"
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     half_width, target = target_half_width(metric, target_ci)
-    rows = arm_table(trials, mode, value_key(spec.get("rank_by")), half_width)
-    name = spec.get("name") or trials[0].get("sweep", "sweep")
+    rows = data.arm_rows(half_width)
+    name = data.name
     (out / "results.md").write_text(to_markdown(rows, metric, target))
     to_csv(rows, out / "results.csv")
     (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -207,15 +208,34 @@ class PlacementGroupJanitor(Callback):
             self.release(pg)
 
 
+def node_names() -> dict[str, str]:
+    """Ray node id → the node's host name (its IP when it has none), for every node the cluster knows."""
+    import ray
+
+    return {n["NodeID"]: n.get("NodeManagerHostname") or n.get("NodeManagerAddress") or ""
+            for n in ray.nodes() if n.get("NodeID")}
+
+
 class LiveCallback(Callback):
     """Feeds Tune's trial events to the live view (``rayclf.sweep.live``); statuses come from the recorder,
-    so the view shows exactly what the results table holds. Must come after the ``Recorder``."""
+    so the view shows exactly what the results table holds. Must come after the ``Recorder``. Nodes are shown
+    by host name (looked up once per node Ray reports), not by Ray's node id."""
 
     def __init__(self, view: Any, recorder: Recorder):
         self.view, self.recorder = view, recorder
+        self.names: dict[str, str] = {}
+
+    def node(self, node_id: str | None) -> str | None:
+        from rayclf.sweep.live import node_label
+
+        if node_id and node_id not in self.names:
+            with contextlib.suppress(Exception):  # a display nicety: the short id stands in
+                self.names.update(node_names())
+            self.names.setdefault(node_id, "")  # asked once per node, not once per epoch
+        return node_label(node_id, self.names)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment; a terminal
-        return {"view": None, "recorder": self.recorder}  # display (locks, threads) stays with the driver
+        return {"view": None, "recorder": self.recorder, "names": {}}  # display (locks, threads) stays with the driver
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.view is None:
@@ -226,7 +246,7 @@ class LiveCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" in result and self.view is not None:
             self.view.result(trial_info(trial)["trial_id"], int(result["epoch"]), result.get(self.recorder.metric),
-                             result.get("epoch_seconds"), result.get("node"))
+                             result.get("epoch_seconds"), self.node(result.get("node")))
 
     def _finished(self, trial: Any) -> None:
         if self.view is None:

@@ -371,6 +371,52 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
                    autocast_dtype(cfg, device), channels_last, ds.num_classes, flipper, lookahead)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a few of a trial's own training steps measured on this device."""
+
+    steps: int
+    seconds_per_step: float  # mean over the timed steps (after the warm-up ones)
+    eval_seconds_per_image: float | None  # one pass over the test split, when asked
+    peak_bytes: int | None  # CUDA allocator peak over the steps (None on CPU)
+    total_bytes: int | None  # the GPU's memory
+
+
+def probe(cfg: TrialConfig, ds: Dataset, steps: int = 1, warmup: int = 0, evaluate: bool = False,
+          clock: Callable[[], float] = time.perf_counter) -> Probe:
+    """Build the trial's trainer and take ``warmup`` then ``steps`` of its own training steps (the engine's
+    ``train_epoch``), timed by ``clock``; with ``evaluate``, also one timed pass over the test split. One
+    function for the pre-flight's step, packing's GPU-memory calibration and the dry run's measured estimate."""
+    cuda = resolve_device(cfg.train.device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:  # the peak counts the trial's resident data and model too
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    tr = build_trainer(cfg, ds)
+    opt = create_optimizer(tr.model, cfg.optim, cuda=cuda)
+    scaler = torch.amp.GradScaler("cuda") if cuda and tr.amp == torch.float16 else None
+    sched = Schedule(opt, cfg.sched, cfg.total_epochs())
+    if warmup:
+        tr.train_epoch(opt, sched, 0, scaler, max_steps=warmup)
+    sync()
+    t0 = clock()
+    tr.train_epoch(opt, sched, 0, scaler, max_steps=steps)
+    sync()
+    per_step = (clock() - t0) / max(steps, 1)
+    per_image = None
+    if evaluate and len(ds.test):
+        t1 = clock()
+        tr.evaluate("test")
+        sync()
+        per_image = (clock() - t1) / len(ds.test)
+    peak = int(torch.cuda.max_memory_allocated()) if cuda else None
+    total = int(torch.cuda.get_device_properties(tr.device).total_memory) if cuda else None
+    del tr, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return Probe(steps, per_step, per_image, peak, total)
+
+
 class EarlyStopper:
     """Patience on a chosen metric; remembers the best weights for restoring."""
 
