@@ -91,3 +91,65 @@ def test_sweep_resume_and_report_on_s3(s3_server, tmp_path):
     assert [k for k, body in bucket_objects(s3_server).items() if SENTINEL_SECRET.encode() in body] == []
     sessions = [p for p in Path("/tmp/ray").glob("session_2*") if p.stat().st_mtime >= started - 1]
     assert files_containing([tmp_path, *sessions], SENTINEL_SECRET) == []
+
+
+def checkpointed_epoch(env: dict[str, str], prefix: str) -> int:
+    """The latest epoch any trial has checkpointed under ``prefix`` in the bucket (its ``rayclf.json``)."""
+    import json
+
+    import boto3
+
+    from rayclf.sweep.keys import CHECKPOINT_META
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                          aws_access_key_id="rayclf-test", aws_secret_access_key=SENTINEL_SECRET)
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="bkt", Prefix=prefix)
+            for o in page.get("Contents", []) if o["Key"].endswith("/" + CHECKPOINT_META)]
+    epochs = [json.loads(client.get_object(Bucket="bkt", Key=k)["Body"].read())["epoch"] for k in keys]
+    return max(epochs, default=0)
+
+
+@pytest.mark.timeout(420)
+def test_killed_trial_resumed_on_s3_matches_its_uninterrupted_twin(s3_server, ray_local, tmp_path):
+    """A trial whose process is SIGKILLed mid-run, with its checkpoints on S3, continues from the last one on
+    ``--resume`` and records exactly the epochs and result of an uninterrupted twin (same config and seed)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from rayclf.results import EPOCHS, TRIALS
+    from rayclf.sweep.runner import run_sweep
+    from rayclf.sweep.spec import parse_sweep
+
+    from .conftest import assert_continued, assert_same_run, exact_base, kill_trial_processes
+
+    spec = {"name": "s3crash", "base": exact_base(epochs=6), "max_failures": 0}
+    f = tmp_path / "crash.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, **s3_server, "RAY_ADDRESS": ""}
+    rayclf = str(Path(sys.executable).with_name("rayclf"))
+    cmd = [rayclf, "sweep", str(f), "--out", "s3://bkt/sweeps/s3crash", "--num-cpus", "2", "--quiet",
+           "--wandb", "disabled"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.monotonic() + 180, 0
+    while time.monotonic() < deadline and driver.poll() is None and not killed:
+        if checkpointed_epoch(s3_server, "sweeps/s3crash/_ray/") >= 2:
+            killed = kill_trial_processes(driver.pid)  # the trial's process, an OOM killer's way
+        time.sleep(0.2)
+    output = driver.communicate(timeout=180)[0]
+    assert killed, output[-3000:]
+    fs = pafs.S3FileSystem(endpoint_override=s3_server["AWS_ENDPOINT_URL_S3"], access_key="rayclf-test",
+                           secret_key=SENTINEL_SECRET, region="us-east-1")
+    (first,) = pq.read_table("bkt/sweeps/s3crash/" + TRIALS, filesystem=fs).to_pylist()
+    assert first["status"] == "failed" and 2 <= first["epochs"] < 6, first
+    before = pq.read_table("bkt/sweeps/s3crash/" + EPOCHS, filesystem=fs).to_pandas()
+
+    again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    (row,) = pq.read_table("bkt/sweeps/s3crash/" + TRIALS, filesystem=fs).to_pylist()
+    assert row["status"] == "completed" and 2 <= row["resumed_from_epoch"] <= first["epochs"], row
+    epochs = pq.read_table("bkt/sweeps/s3crash/" + EPOCHS, filesystem=fs).to_pandas()
+    assert sorted(epochs["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert_continued(before, epochs, row["resumed_from_epoch"])
+
+    twin = run_sweep(parse_sweep(spec), out=str(tmp_path / "twin"), live=False, wandb_mode="disabled")
+    assert_same_run((epochs, row), (pq.read_table(tmp_path / "twin" / EPOCHS).to_pandas(), twin.rows[0]))
