@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +293,54 @@ def test_concurrent_checkpoint_writers_do_not_collide(tmp_path):
     state = load_checkpoint(tmp_path)
     assert state["i"] == 39 and torch.equal(state["w"], torch.full((20000,), 39.0))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _ddp_twin_crash_resume(rank: int, port: int, raw: dict, root: str) -> None:
+    """One rank of a two-process gloo group: an uninterrupted run, a run that dies after epoch 2, and its
+    resume; each rank saves what its reporter saw and its final weights."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out = {}
+        for name, rep, resume in (("twin", Collect(), None), ("crash", CrashAfterEpoch(2), None),
+                                  ("resumed", Collect(), Path(root) / "crash")):
+            folder = Path(root) / (name if name != "resumed" else "crash")
+            try:
+                result = fit(build_config(raw), rep, checkpoint_dir=folder if rank == 0 else None, resume=resume)
+                out[name] = {"epochs": rep.epochs, "test_loss": result.summary["test_loss"]}
+            except RuntimeError:
+                out[name] = {"epochs": rep.epochs}
+            dist.barrier()
+        torch.save(out, f"{root}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_resume_continues_each_ranks_own_augmentation(tmp_path):
+    """Two data-parallel ranks draw their own augmentations (seeded by rank). A resumed run must give each rank
+    back its own augmentation state, not rank 0's (the one writing the checkpoint): then the resumed epochs
+    equal an uninterrupted twin's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = tiny(train={"epochs": 4}, augment={"crop": {"padding": 2}, "flip": {"p": 0.5}, "cutout": {"size": 4}},
+               sched={"name": "cosine"}, data={"synthetic": {"num_train": 320, "num_test": 80, "num_classes": 4,
+                                                            "image_size": 16, "difficulty": 0.5}})
+    mp.spawn(_ddp_twin_crash_resume, args=(port, raw, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        twin, resumed = out["twin"]["epochs"], out["resumed"]["epochs"]
+        assert [e["epoch"] for e in resumed] == [3, 4], rank
+        for a, b in zip(twin[2:], resumed, strict=True):
+            for key in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                assert b[key] == a[key], (rank, a["epoch"], key)
+        assert out["resumed"]["test_loss"] == out["twin"]["test_loss"]
