@@ -29,6 +29,7 @@ def _checkpointed_trials(out) -> set[str]:
     return {p.parts[-3] for p in (out / "_ray").rglob("checkpoint_*/checkpoint.pt") if p.parts[-3].startswith("trial-")}
 
 
+@pytest.mark.timeout(120)
 def test_two_node_sweep_survives_losing_a_node(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -84,6 +85,7 @@ def test_two_node_sweep_survives_losing_a_node(tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.timeout(90)
 def test_data_parallel_trial_trains_and_reports(ray_local, tmp_path):
     spec = {"name": "ddp", "base": _base(epochs=2), "resources": {"cpus": 1, "num_workers": 2}}
     outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "ddp"), live=False)
@@ -95,6 +97,7 @@ def test_data_parallel_trial_trains_and_reports(ray_local, tmp_path):
     assert all(e["train_loss"] > 0 for e in epochs)
 
 
+@pytest.mark.timeout(90)
 def test_data_parallel_workers_split_the_data_and_stay_in_sync(ray_local, tmp_path):
     """rayclf's own data-parallel worker function on a real two-worker Ray Train group: every epoch each rank
     draws its own half of the training set (disjoint halves that together cover it), trains n/2 images a

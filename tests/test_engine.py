@@ -321,6 +321,7 @@ def _ddp_twin_crash_resume(rank: int, port: int, raw: dict, root: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.timeout(120)
 def test_data_parallel_resume_continues_each_ranks_own_augmentation(tmp_path):
     """Two data-parallel ranks draw their own augmentations (seeded by rank). A resumed run must give each rank
     back its own augmentation state, not rank 0's (the one writing the checkpoint): then the resumed epochs

@@ -39,6 +39,7 @@ def checkpoint_epochs(storage: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.timeout(120)
 def test_failed_trial_continues_from_its_checkpoint(ray_local, tmp_path):
     """A trial whose process is killed mid-run continues from its checkpoint on ``--resume`` and ends exactly
     where an uninterrupted twin (same config, same seed) ends, epoch by epoch."""
@@ -78,6 +79,7 @@ def test_failed_trial_continues_from_its_checkpoint(ray_local, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(270)
 def test_kill_driver_mid_sweep_then_resume_loses_and_repeats_nothing(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     spec = {"name": "k9", "base": slow_base(epochs=5), "search": {"grid": {"optim.lr": [0.05, 0.02]}},

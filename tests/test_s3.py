@@ -50,6 +50,7 @@ def bucket_objects(env: dict[str, str]) -> dict[str, bytes]:
     return {k: client.get_object(Bucket="bkt", Key=k)["Body"].read() for k in keys}
 
 
+@pytest.mark.timeout(300)
 def test_sweep_resume_and_report_on_s3(s3_server, tmp_path):
     f = tmp_path / "s3.yaml"
     base = tiny(data={"synthetic": {"num_train": 300, "num_test": 100, "num_classes": 4, "image_size": 16,
@@ -109,7 +110,7 @@ def checkpointed_epoch(env: dict[str, str], prefix: str) -> int:
     return max(epochs, default=0)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(180)
 def test_killed_trial_resumed_on_s3_matches_its_uninterrupted_twin(s3_server, ray_local, tmp_path):
     """A trial whose process is SIGKILLed mid-run, with its checkpoints on S3, continues from the last one on
     ``--resume`` and records exactly the epochs and result of an uninterrupted twin (same config and seed)."""
