@@ -17,7 +17,8 @@ import yaml
 from rayclf.results import TRIALS
 from rayclf.sweep.decisions import read_decisions
 
-from .test_resume_ray import checkpoint_epochs, slow_base
+from .conftest import slow_base
+from .test_resume_ray import checkpoint_epochs
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
