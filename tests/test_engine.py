@@ -338,7 +338,7 @@ def test_data_parallel_resume_continues_each_ranks_own_augmentation(tmp_path):
                                                             "image_size": 16, "difficulty": 0.5}})
     mp.spawn(_ddp_twin_crash_resume, args=(port, raw, str(tmp_path)), nprocs=2)
     for rank in (0, 1):
-        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         twin, resumed = out["twin"]["epochs"], out["resumed"]["epochs"]
         assert [e["epoch"] for e in resumed] == [3, 4], rank
         for a, b in zip(twin[2:], resumed, strict=True):
