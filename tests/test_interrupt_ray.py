@@ -20,7 +20,7 @@ from rayclf.sweep.decisions import read_decisions
 from .conftest import slow_base
 from .test_resume_ray import checkpoint_epochs
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 
 
 def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path):
