@@ -257,6 +257,7 @@ def test_status_on_s3_reads_only_new_parts(s3_env, monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------------- a real running sweep
 @pytest.mark.ray
+@pytest.mark.timeout(90)
 def test_status_while_a_sweep_runs(tmp_path):
     f = tmp_path / "live.yaml"
     base = tiny(train={"epochs": 4, "batch_size": 16},

@@ -97,7 +97,7 @@ def test_racing_needs_two_seeds():
 
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.ray
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_in_the_report(
         ray_local, tmp_path, monkeypatch):
     from rayclf.report import build_report
