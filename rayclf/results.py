@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayclf.config import SEMANTICS_VERSION
+from rayclf.storage import exists, filesystem, join, read_text, write_atomically, write_text
 
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
@@ -54,55 +53,9 @@ EPOCH_COLUMNS: dict[str, str] = {
     "train_loss": "float", "train_accuracy": "float", "train_seconds": "float", "images_per_sec": "float",
     "val_loss": "float", "val_accuracy": "float", "epoch_seconds": "float", "node": "string",
 }
+# the filesystem helpers (exists, filesystem, join, read_text, write_atomically, write_text) live in
+# rayclf.storage, a leaf under data/, train/ and this store; they stay importable from here too
 FINISHED = ("completed", "diverged", "stopped_early", "eliminated")  # eliminated: racing gave it no seed
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or an ``s3://`` / ``gs://`` URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-
-def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
-    """``write`` a hidden temporary file beside ``uri``, then rename it over ``uri``: readers never see half a
-    file, and two writers never share a temporary name (results tables, checkpoints, the decoded-dataset
-    cache). The name starts with a dot and does not end in ``.parquet``, so table readers (pyarrow, pandas,
-    DuckDB globs) skip it."""
-    fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    try:
-        write(fs, tmp)
-        fs.move(tmp, path)
-    except BaseException:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
-        raise
-
-
-def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def write_text(uri: str, text: str) -> None:
-    def write(fs: pafs.FileSystem, tmp: str) -> None:
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-
-    write_atomically(uri, write)
-
-
-def read_text(uri: str) -> str:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 def clean(value: Any) -> Any:
