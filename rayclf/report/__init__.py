@@ -20,7 +20,7 @@ from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, stat
 from rayclf.config import UserError
 from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
-from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
+from rayclf.results import TRIALS, ResultsStore, exists, join, read_text
 
 STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
 
@@ -311,8 +311,8 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     """Read a sweep directory and write every table and figure into ``out`` (default SWEEP_DIR/report)."""
     if not exists(join(sweep_dir, TRIALS)):
         raise UserError(f"{sweep_dir} has no {TRIALS} yet: is it a sweep directory (rayclf sweep --out)?")
-    trials = read_rows(join(sweep_dir, TRIALS))
-    epochs = read_rows(join(sweep_dir, EPOCHS))
+    store = ResultsStore(sweep_dir, read_only=True)  # a reader never writes, even beside a pending migration
+    trials, epochs = store.trials, store.epochs
     spec = yaml.safe_load(read_text(join(sweep_dir, "sweep.yaml"))) if exists(join(sweep_dir, "sweep.yaml")) else {}
     metric = trials[0].get("metric") or spec.get("metric", "val_accuracy")
     mode = spec.get("mode") or metric_mode(metric)
