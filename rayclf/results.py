@@ -11,8 +11,9 @@ Every part of a table has the same typed schema. It is decided from the whole tr
 write and kept in ``_store.json`` beside the tables: a value missing from one trial keeps its column's type,
 lists and dicts are always canonical JSON text, and a value keeps its type and text across any number of
 resumes. Only a resume that brings a column a new type (an all-empty column gains values, int widens to
-float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged.
-Paths may be local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
+float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged:
+written ahead in ``_store.json`` and finished by whichever writer opens the store next if a crash cuts it
+short, while readers (``read_only``) apply it in memory. Paths may be local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
 """
 
 from __future__ import annotations
