@@ -13,7 +13,8 @@ lists and dicts are always canonical JSON text, and a value keeps its type and t
 resumes. Only a resume that brings a column a new type (an all-empty column gains values, int widens to
 float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged:
 written ahead in ``_store.json`` and finished by whichever writer opens the store next if a crash cuts it
-short, while readers (``read_only``) apply it in memory. Paths may be local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
+short, while readers (``read_only``) apply it in memory. Paths may be local or ``s3://`` / ``gs://`` URIs
+(pyarrow filesystems).
 """
 
 from __future__ import annotations

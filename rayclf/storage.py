@@ -8,9 +8,11 @@ configures its filesystem and never becomes part of an object key: ``join`` puts
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -88,3 +90,37 @@ def read_text(uri: str) -> str:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as f:
         return f.read().decode()
+
+
+def shown(uri: str) -> str:
+    """A URI as messages print it: without credentials written into it (``s3://KEY:SECRET@bucket``)."""
+    return re.sub(r"://[^/@?]*@", "://", uri)
+
+
+def _cause(exc: OSError) -> str:
+    """An object store's error without the request id noise: what a person can act on."""
+    return re.sub(r"\s*\(Request ID: [^)]*\)", "", str(exc)).strip() or type(exc).__name__
+
+
+@contextlib.contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Storage that refuses a read or write (unreachable, forbidden, full) becomes one message naming ``uri``
+    and the cause (``UserError``: exit 2, no traceback)."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot use {shown(uri)}: {_cause(exc)}") from None
+
+
+def check_bucket(uri: str) -> None:
+    """Before a sweep starts anything: an object-storage ``uri`` whose endpoint cannot be reached, whose bucket
+    does not exist or whose credentials are refused fails here, in one message. Local paths pass."""
+    if "://" not in uri:
+        return
+    fs, path = filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    with storage_errors(uri):
+        missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    if missing:
+        raise UserError(f"cannot use {shown(uri)}: the bucket '{bucket}' does not exist (or these credentials "
+                        "cannot see it); create it or choose another --out.")

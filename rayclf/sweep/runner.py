@@ -21,17 +21,21 @@ from typing import Any
 
 from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
 from rayclf.config import UserError
-from rayclf.results import TRIALS, ResultsStore, exists, join, write_text
+from rayclf.results import TRIALS, ResultsStore
+from rayclf.storage import check_bucket, exists, join, storage_errors, write_text
 from rayclf.sweep.connect import connect
+from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
-from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
+from rayclf.sweep.resume import find_checkpoints
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
 # the pre-flight of the sweep being run on a remote cluster (run_sweep sets it; None on a local instance)
 _preflight: Any = None
+# this sweep directory's driver lock while run_sweep runs (the live view keeps its running set current)
+_driver: DriverLock | None = None
 
 
 @dataclass
@@ -147,7 +151,7 @@ def storage_path(out: str) -> str:
 def _identity(sweep: Sweep, t: Trial, index: int) -> dict[str, Any]:
     """A trial's row identity; ``index`` is its place in the sweep's trial order (within its stage)."""
     return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "seed": t.seed, "stage": t.arm.stage,
-            "position": (t.arm.stage or 0) * 100_000 + index, "overrides": t.arm.overrides,
+            "arm_id": t.arm_id, "position": (t.arm.stage or 0) * 100_000 + index, "overrides": t.arm.overrides,
             "config": t.config.to_dict(), "epochs": t.config.total_epochs()}
 
 
@@ -236,7 +240,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     max_epochs = max(t.config.total_epochs() for _, t in todo)
     board = _arm_board(sweep, max_epochs)
     recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
-                        storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board)
+                        storage=out, board=board)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
     trainable, in_process = _trainable(sweep, cluster)
     janitor = PlacementGroupJanitor(recorder, {"CPU": res.cpus, "GPU": res.gpus}, res.num_workers)
@@ -248,7 +252,7 @@ def run_trials(sweep: Sweep, trials: list[Trial], store: ResultsStore, out: str,
     view = LiveView(len(trials), metric, mode, terminal=None if live else False, slots=slots,
                     stream=None if live else _Discard())
     view.skipped(len(trials) - len(todo))
-    callbacks.append(LiveCallback(view, recorder))
+    callbacks.append(LiveCallback(view, recorder, _driver))
     tuner = _tuner(sweep, trainable, in_process, space, scheduler, search_alg, len(descriptions), slots, storage,
                    callbacks)
     try:
@@ -299,18 +303,27 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     return True
 
 
-def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> tuple[str, ResultsStore]:
-    """The sweep directory and its store: never silently overwrite or mix finished results."""
+def prepare_out(sweep: Sweep, out: str | None, resume: bool,
+                echo: Callable[[str], None] = print) -> tuple[str, ResultsStore, DriverLock]:
+    """The sweep directory, its store and its driver lock: never silently overwrite or mix finished results.
+    Storage that cannot be used, or a live driver, stops the sweep here, before anything is written."""
     out = out or str(Path("runs") / sweep.name)
-    if exists(join(out, TRIALS)) and not resume:
-        raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished trials "
-                        "are skipped, new arms or seeds run) or choose another --out.")
-    store = ResultsStore(out)
-    problem = store.check_semantics()
-    if problem:
-        raise UserError(problem)
-    write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
-    return out, store
+    check_bucket(out)
+    with storage_errors(out):
+        if exists(join(out, TRIALS)) and not resume:
+            raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished "
+                            "trials are skipped, new arms or seeds run) or choose another --out.")
+        lock = DriverLock.acquire(out, echo)
+        try:
+            store = ResultsStore(out)
+            problem = store.check_semantics()
+            if problem:
+                raise UserError(problem)
+            write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
+        except BaseException:
+            lock.release()
+            raise
+    return out, store, lock
 
 
 def record_unstarted(sweep: Sweep, trials: list[Trial], order: list[Trial], store: ResultsStore, status: str,
@@ -403,14 +416,14 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
 
     from rayclf.sweep.preflight import Preflight
 
-    global _preflight
-    out, store = prepare_out(sweep, out, resume)
-    w = sweep.file.wandb
-    tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
-    check_previous_driver(out, echo)
-    started = _start_ray(address, num_cpus, verbose)
-    claim_driver(out, _session_dir() if started else None)
+    global _preflight, _driver
+    out, store, lock = prepare_out(sweep, out, resume, echo)
+    _driver, started = lock, False
     try:
+        w = sweep.file.wandb
+        tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
+        started = _start_ray(address, num_cpus, verbose)
+        lock.set_session(_session_dir() if started else None)
         unmet = unmet_resources(sweep, ray.cluster_resources())
         if unmet and started:  # a local instance never grows: the sweep would wait forever
             raise UserError(unmet)
@@ -430,7 +443,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             skipped = run_arms(sweep, sweep.arms(), store, out, live, echo, tracking, rerun_stopped)
     finally:
         _preflight = None
-        release_driver(out)
+        _driver = None
+        lock.release()
         if started:
             ray.shutdown()
     outcome = SweepOutcome(sweep, out, store.trials, skipped, winner)
