@@ -248,3 +248,16 @@ def test_recoding_is_idempotent_for_values_a_killed_rewrite_already_encoded():
     assert results.recode(0.25, "float", "json") == "0.25"
     assert results.recode("1", "string", "json") == '"1"'  # text is always text, however it looks
     assert results.recode('"1"', "json", "json") == '"1"'
+
+
+def test_a_uri_query_configures_the_filesystem_and_never_enters_a_key():
+    from rayclf.storage import filesystem, join, to_uri
+
+    out = "s3://bkt/out?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http"
+    part = join(join(out, TRIALS), "t1.parquet")
+    assert part == "s3://bkt/out/trials.parquet/t1.parquet?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http"
+    fs, path = filesystem(part)
+    assert path == "bkt/out/trials.parquet/t1.parquet" and fs.region == "eu-west-1"
+    assert to_uri(join(out, "_ray"), "bkt/out/_ray/run/trial-t1/checkpoint_000001") == (
+        "s3://bkt/out/_ray/run/trial-t1/checkpoint_000001?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http")
+    assert join("runs/x", STORE_FILE) == "runs/x/_store.json" and to_uri("/abs/_ray", "/abs/_ray/c") == "/abs/_ray/c"
