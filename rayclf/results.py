@@ -14,7 +14,8 @@ resumes. Only a resume that brings a column a new type (an all-empty column gain
 float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged:
 written ahead in ``_store.json`` and finished by whichever writer opens the store next if a crash cuts it
 short, while readers (``read_only``) apply it in memory. Paths may be local or ``s3://`` / ``gs://`` URIs
-(pyarrow filesystems).
+(pyarrow filesystems); the helpers for them (``filesystem``, ``join``, ``exists``, ``write_atomically``,
+``write_text``, ``read_text``) live in ``rayclf.storage`` and stay importable from here.
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ EPOCH_COLUMNS: dict[str, str] = {
     "train_loss": "float", "train_accuracy": "float", "train_seconds": "float", "images_per_sec": "float",
     "val_loss": "float", "val_accuracy": "float", "epoch_seconds": "float", "node": "string",
 }
-# the filesystem helpers (exists, filesystem, join, read_text, write_atomically, write_text) live in
-# rayclf.storage, a leaf under data/, train/ and this store; they stay importable from here too
 FINISHED = ("completed", "diverged", "stopped_early", "eliminated")  # eliminated: racing gave it no seed
 
 
@@ -270,7 +269,7 @@ class ResultsStore:
             table = pq.read_table(info.path, filesystem=fs)
             kinds = part_kinds(table) or pending["from"]
             part = table.to_pylist()
-            if kinds != schema:
+            if part and kinds != schema:
                 part = [{k: recode(r.get(k), kinds.get(k, "null"), kind) for k, kind in schema.items()} for r in part]
                 if not self.read_only:
                     self._write_part(TRIALS, part[0]["trial_id"], arrow_table(part, schema))

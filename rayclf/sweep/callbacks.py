@@ -13,6 +13,7 @@ from rayclf.config import flatten
 from rayclf.results import ResultsStore
 from rayclf.storage import to_uri
 from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.lock import DriverLock
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
@@ -223,7 +224,7 @@ class LiveCallback(Callback):
     lock (``rayclf.sweep.lock``: what ``rayclf status`` shows); statuses come from the recorder, so the view
     shows exactly what the results table holds. Must come after the ``Recorder``."""
 
-    def __init__(self, view: Any, recorder: Recorder, driver: Any = None):
+    def __init__(self, view: Any, recorder: Recorder, driver: DriverLock | None = None):
         self.view, self.recorder, self.driver = view, recorder, driver
         self.running: dict[str, dict[str, Any]] = {}
 
