@@ -18,7 +18,7 @@ import yaml
 
 from rayclf.results import EPOCHS, TRIALS
 from rayclf.sweep.keys import CHECKPOINT_META
-from rayclf.sweep.resume import DRIVER_FILE, _in_session
+from rayclf.sweep.lock import DRIVER_FILE, _in_session
 from rayclf.sweep.runner import run_sweep
 from rayclf.sweep.spec import parse_sweep
 
