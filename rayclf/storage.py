@@ -124,3 +124,28 @@ def check_bucket(uri: str) -> None:
     if missing:
         raise UserError(f"cannot use {shown(uri)}: the bucket '{bucket}' does not exist (or these credentials "
                         "cannot see it); create it or choose another --out.")
+
+
+# ---------------------------------------------------------------------------------------- the plan
+PLAN_FILE = "_plan.json"
+
+
+def write_plan(root: str, trial_ids: set[str]) -> None:
+    """The trial ids of the sweep file as last run to the end: readers (report, status, notebooks) list stored
+    rows of arms or seeds an edit removed apart instead of mixing them into the tables."""
+    import json
+
+    write_text(join(root, PLAN_FILE), json.dumps({"trial_ids": sorted(trial_ids)}))
+
+
+def read_plan(root: str) -> set[str] | None:
+    """The planned trial ids, or None when no run has finished writing them (every row is then planned)."""
+    import json
+
+    uri = join(root, PLAN_FILE)
+    if not exists(uri):
+        return None
+    try:
+        return set(json.loads(read_text(uri))["trial_ids"])
+    except (ValueError, KeyError, TypeError):
+        return None

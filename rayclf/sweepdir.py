@@ -19,6 +19,7 @@ import yaml
 from rayclf.aggregate import ArmRow, add_costs, arm_table, value_key
 from rayclf.metrics import metric_mode
 from rayclf.results import EPOCHS, TRIALS, exists, filesystem, join, read_text
+from rayclf.storage import read_plan
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -69,6 +70,7 @@ class SweepData:
     spec: dict[str, Any]
     trials: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
+    removed: list[dict[str, Any]] = field(default_factory=list)  # rows of arms or seeds the file no longer has
 
     @property
     def metric(self) -> str:
@@ -113,8 +115,14 @@ def read_sweep(root: str, reader: PartReader | None = None, epochs: bool = True)
         from rayclf.results import ResultsStore
 
         store = ResultsStore(root, read_only=True)
-        return SweepData(root, read_spec(root), store.trials, store.epochs if epochs else [])
-    return SweepData(root, read_spec(root), reader.rows(TRIALS), reader.rows(EPOCHS) if epochs else [])
+        trials, epoch_rows = store.trials, (store.epochs if epochs else [])
+    else:
+        trials, epoch_rows = reader.rows(TRIALS), (reader.rows(EPOCHS) if epochs else [])
+    plan = read_plan(root)
+    if plan is None:
+        return SweepData(root, read_spec(root), trials, epoch_rows)
+    return SweepData(root, read_spec(root), [r for r in trials if r["trial_id"] in plan],
+                     [e for e in epoch_rows if e["trial_id"] in plan], [r for r in trials if r["trial_id"] not in plan])
 
 
 def _migration_pending(root: str) -> bool:

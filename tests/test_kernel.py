@@ -154,6 +154,16 @@ def test_rows_of_removed_arms_stay_stored_but_leave_the_summary(tmp_path):
     assert {r["arm"] for r in outcome.rows} == {"baseline", "lr=0.1"}
     assert outcome.removed == 3 and len(ResultsStore(str(tmp_path)).trials) == 9
     assert "3 stored trials belong to arms or seeds no longer in the file" in outcome.summary_text()
+    from rayclf.report import build_report
+    from rayclf.sweepdir import read_sweep
+
+    data = read_sweep(str(tmp_path))  # what report, status and notebooks read: the same rows as the summary
+    assert {r["trial_id"] for r in data.trials} == {r["trial_id"] for r in outcome.rows}
+    assert {r["arm"] for r in data.removed} == {"dropout=0.3"}
+    rep = build_report(str(tmp_path), tmp_path / "report")
+    assert {r.arm for r in rep.rows} == {"baseline", "lr=0.1"}
+    assert "dropout=0.3" in (tmp_path / "report" / "removed.md").read_text()
+    assert "no longer in the sweep file" in (tmp_path / "report" / "index.html").read_text()
 
 
 # ----------------------------------------------------------------------------- random user actions

@@ -171,6 +171,15 @@ def stopped_markdown(trials: Sequence[dict[str, Any]], metric: str) -> str | Non
     return "\n".join(lines) + "\n"
 
 
+def removed_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str | None:
+    """Stored trials the sweep file no longer plans (an edit removed their arm or seed), listed apart."""
+    if not rows:
+        return None
+    lines = ["| arm | seed | status | best metric |", "|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['seed']} | {r.get('status')} | {_pct(r.get('metric_best'), metric)} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
     """grid, random, ablation or stages: from the sweep file, else stages when rows carry a stage, else grid
     (whose figures say they pool)."""
@@ -367,6 +376,9 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     stopped_md = stopped_markdown(trials, metric)
     if stopped_md:
         (out / "stopped.md").write_text(stopped_md)
+    removed_md = removed_markdown(data.removed, metric)
+    if removed_md:  # kept in the store, left out of every table and figure above
+        (out / "removed.md").write_text(removed_md)
     bayes = (spec.get("search") or {}).get("bayes") or {}
     figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
     reported_md = reported_section(spec, trials, out, figdir, figs)
@@ -377,5 +389,9 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     if reported_md:
         page = page.replace("<h2>Results per arm</h2>", "<h2>Reported vs reproduced</h2>" + md_table_html(reported_md)
                             + "<h2>Results per arm</h2>", 1)
+    if removed_md:
+        page = page.replace("</body>", "<h2>Stored trials no longer in the sweep file</h2><p>An edit removed their "
+                            "arm or seed: kept in the store, left out of every table and figure above.</p>"
+                            + md_table_html(removed_md) + "</body>", 1)
     (out / "index.html").write_text(page)
     return Report(out, rows, [n for n, _, _ in figs])

@@ -14,7 +14,8 @@ from typing import Any
 
 from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
 from rayclf.config import UserError
-from rayclf.results import TRIALS, ResultsStore, join
+from rayclf.results import TRIALS, ResultsStore
+from rayclf.storage import join, write_plan
 from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
@@ -254,6 +255,7 @@ def execute(run: SweepRun) -> SweepOutcome:
     else:
         skipped = run_arms(run, sweep.arms())
     rows = run.plan_rows()
+    write_plan(run.out, set(run.planned))
     return SweepOutcome(sweep, run.out, rows, skipped, winner, removed=len(run.store.trials) - len(rows),
                         aliased=list(run.aliased.values()))
 
