@@ -41,20 +41,37 @@ def main() -> None:
     """Declarative image-classifier ablation sweeps on Ray."""
 
 
+ARM_HELP = "an arm of the sweep file: its whole label (quote it) or a unique prefix of its arm id"
+FROM_HELP = "a finished directory of this sweep: later stages' arms take the earlier stage winners logged there"
+
+
 @main.command()
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--arm", help=ARM_HELP + "; trains it exactly as the sweep would (the same trial id)")
+@click.option("--seed", type=int, help="with --arm: the seed (default: the sweep's first)")
+@click.option("--from", "from_dir", help="with --arm: " + FROM_HELP)
 @click.option("--out", type=click.Path(path_type=Path), help="output folder (default runs/train-TIMESTAMP)")
 @click.option("--resume", type=click.Path(path_type=Path), help="continue from this checkpoint (file or folder)")
 @user_errors
-def train(config: Path | None, overrides: tuple[str, ...], out: Path | None, resume: Path | None) -> None:
-    """Train one config (a trial config, or a sweep file's base) on this machine.
+def train(config: Path | None, overrides: tuple[str, ...], arm: str | None, seed: int | None, from_dir: str | None,
+          out: Path | None, resume: Path | None) -> None:
+    """Train one config (a trial config, a sweep file's base, or one arm of a sweep file) on this machine.
 
     Writes summary.json, epochs.parquet and the checkpoint."""
     from rayclf.local import train_local
     from rayclf.sweep.spec import load_trial_config
 
-    cfg = load_trial_config(config, overrides)
+    if arm is None and (seed is not None or from_dir):
+        raise UserError("--seed and --from choose an arm's trial: they need --arm LABEL.")
+    if arm is not None:
+        from rayclf.sweep.select import arm_trial
+
+        trial = arm_trial(config, arm, seed, from_dir, overrides)
+        click.echo(f"arm {trial.arm.label!r} (arm id {trial.arm_id}), seed {trial.seed}: trial {trial.trial_id}")
+        cfg = trial.config
+    else:
+        cfg = load_trial_config(config, overrides)
     out = out or Path("runs") / f"train-{_stamp()}"
     if (out / "summary.json").exists() and resume is None:
         raise UserError(f"{out} already holds a finished run; choose another --out or pass --resume.")
@@ -114,6 +131,8 @@ def validate(files: tuple[Path, ...]) -> None:
                    "continue from their last checkpoint, new arms or seeds run")
 @click.option("--rerun-stopped", is_flag=True, help="with --resume: also re-run trials the scheduler stopped early")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
+@click.option("--arm", "arms", multiple=True, help=ARM_HELP + "; runs only these arms (repeatable; FIFO only)")
+@click.option("--from", "from_dir", help="with --arm: " + FROM_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
@@ -123,21 +142,24 @@ def validate(files: tuple[Path, ...]) -> None:
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool,
-          wandb_mode: str | None) -> None:
+          arms: tuple[str, ...], from_dir: str | None, overrides: tuple[str, ...], num_cpus: int | None, quiet: bool,
+          verbose: bool, wandb_mode: str | None) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
+    from rayclf.sweep.select import pick
     from rayclf.sweep.spec import load_sweep
 
     spec = load_sweep(file, overrides)
+    selection = pick(spec, arms, from_dir)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text
 
-        click.echo(dry_run_text(spec, address=address))
+        click.echo(dry_run_text(spec, address=address, picked=selection.arms if selection else None))
         return
     from rayclf.sweep.runner import run_sweep
 
     outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose)
+                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
+                        selection=selection)
     click.echo(outcome.summary_text())
 
 

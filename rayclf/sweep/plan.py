@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayclf.config import TrialConfig
-from rayclf.sweep.spec import Sweep, Trial
+from rayclf.sweep.spec import Arm, Sweep, Trial
 
 DRIVER_RESOURCE = "rayclf_driver"
 # Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
@@ -190,10 +190,12 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}, "this machine (local Ray)"
 
 
-def _planned(sweep: Sweep) -> tuple[list[Trial], list[str], float]:
+def _planned(sweep: Sweep, picked: list[Arm] | None = None) -> tuple[list[Trial], list[str], float]:
     """The trials the dry run lists, notes on how the search unfolds, and the factor from the listed trials
-    to the whole search's cost (bayes lists its first batch only)."""
+    to the whole search's cost (bayes lists its first batch only). ``picked``: only these arms (``--arm``)."""
     file = sweep.file
+    if picked is not None:
+        return sweep.trials(picked), [f"{len(picked)} arm(s) picked by --arm, each with all its seeds"], 1.0
     if file.search.kind == "stages":
         trials: list[Trial] = []
         for i in range(sweep.stage_count()):
@@ -237,13 +239,14 @@ def scheduler_text(sweep: Sweep, n_arms: int) -> str:
     return "scheduler: fifo (every trial trains to the end)"
 
 
-def dry_run_text(sweep: Sweep, address: str | None = None) -> str:
+def dry_run_text(sweep: Sweep, address: str | None = None, picked: list[Arm] | None = None) -> str:
     """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate."""
     file = sweep.file
-    trials, notes, scale = _planned(sweep)
+    trials, notes, scale = _planned(sweep, picked)
     n_arms = len(trials) // len(file.seeds)
+    final = " (+1 final run)" if file.search.final and picked is None else ""
     lines = [f"sweep '{sweep.name}' ({file.search.kind}): {n_arms} arms × "
-             f"{len(file.seeds)} seeds = {len(trials)} trials" + (" (+1 final run)" if file.search.final else "")
+             f"{len(file.seeds)} seeds = {len(trials)} trials" + final
              + (" in the first batch" if file.search.kind == "bayes" else "")]
     lines += notes
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")

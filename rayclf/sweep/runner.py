@@ -26,6 +26,7 @@ from rayclf.sweep.connect import connect
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
 from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
+from rayclf.sweep.select import Selection
 from rayclf.sweep.spec import Arm, Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, resolve_settings
 
@@ -387,7 +388,7 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
         if best is None:
             raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")
         winner = next(a for a in arms if a.label == best.arm)
-        carried = dict(winner.overrides)
+        carried = sweep.carried_after(i, winner.overrides)
         echo(f"stage {i + 1} winner: {winner.label} ({sweep.file.metric} {best.mean:.4f})")
     if sweep.file.search.final:
         final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
@@ -397,8 +398,10 @@ def run_staged(sweep: Sweep, store: ResultsStore, out: str, live: bool, echo: Ca
 
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
-              wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False) -> SweepOutcome:
-    """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows."""
+              wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
+              selection: Selection | None = None) -> SweepOutcome:
+    """Run every trial of a sweep (or of the ``selection``'s arms) that is not already finished in ``out``;
+    return the recorded rows."""
     import ray
 
     from rayclf.sweep.preflight import Preflight
@@ -419,7 +422,10 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         if address:  # a remote cluster: its worker nodes are not this machine
             _preflight = Preflight(sweep, storage_path(out))
         winner = None
-        if sweep.file.search.kind == "stages":
+        if selection is not None:  # a subset of arms, FIFO only (select.check_subset): nothing is decided
+            skipped = sum(run_arms(sweep, arms, store, out, live, echo, tracking, rerun_stopped, stage_arms)
+                          for arms, stage_arms in selection.groups())
+        elif sweep.file.search.kind == "stages":
             skipped, winner = run_staged(sweep, store, out, live, echo, tracking, rerun_stopped)
         elif sweep.file.search.kind == "bayes":
             from rayclf.sweep.bayes import run_bayes
