@@ -122,3 +122,25 @@ def test_sweep_arm_subset_runs_the_sweeps_trials_and_a_full_run_skips_them(ray_l
         (t.arm.label, t.trial_id) for t in sweep.trials(sweep.arms()) if t.arm.label == label]
     full = run_sweep(sweep, out=out, resume=True, live=False, wandb_mode="disabled")
     assert full.skipped == 1 and len(full.rows) == 4
+
+
+def test_a_stage_arm_that_sets_every_winner_value_itself_needs_no_winner():
+    spec = {"name": "st2", "base": BASE, "search": {"stages": [
+        {"name": "lr", "vary": {"optim.lr": [0.01, 0.1]}},
+        {"name": "pinned", "vary": {"recipe": {"full": {"optim.lr": 0.05, "model.widths": [6]},
+                                               "partial": {"model.widths": [6]}}}}]}}
+    sweep = parse_sweep(spec)
+    known, pending = sweep_arms(sweep)
+    assert [a.label for a in known] == ["lr:lr=0.01", "lr:lr=0.1", "pinned:recipe=full"]
+    assert pending == ["pinned:recipe=partial"]
+    winner = {"optim.lr": 0.01}  # whichever stage 1 picks, the full arm is this very trial
+    assert sweep.trials([known[-1]])[0].trial_id == sweep.trials(sweep.arms(winner, stage=1))[0].trial_id
+
+
+def test_estimate_counts_every_training_image_when_the_test_set_validates(tmp_path):
+    from rayclf.config import build_config
+    from rayclf.sweep.plan import train_images
+
+    data = {"name": "cifar10", "root": str(tmp_path), "download": False}
+    assert train_images(build_config({"data": data}))[0] == 45_000
+    assert train_images(build_config({"data": {**data, "validate_on": "test"}}))[0] == 50_000

@@ -111,8 +111,8 @@ def train_images(cfg: TrialConfig) -> tuple[int | None, str]:
             return None, "unknown"
     if cfg.data.train_subset:
         n = min(n, cfg.data.train_subset)
-    if cfg.data.name != "cinic10" or not cfg.data.official_val:
-        n = int(n * (1 - cfg.data.val_fraction))
+    if cfg.data.validate_on != "test" and (cfg.data.name != "cinic10" or not cfg.data.official_val):
+        n = int(n * (1 - cfg.data.val_fraction))  # validate_on: test trains on every training image
     return n * (2 if cfg.augment.double else 1), source
 
 
@@ -269,7 +269,8 @@ def dry_run_text(sweep: Sweep, address: str | None = None, picked: list[Arm] | N
     if hours is None:
         lines.append(f"estimate: not available ({basis})")
     else:  # FLOPs over one device's throughput is device time, however trials share or span devices
-        lines.append(f"estimate: {hours:.2f} {unit} ({basis}; a rough guide, not a measurement)")
+        minutes = f" = {hours * 60:.1f} min" if hours < 1 else ""
+        lines.append(f"estimate: {hours:.2f} {unit}{minutes} ({basis}; a rough guide, not a measurement)")
     lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
     lines += model_sizes(trials)
     return "\n".join(lines)

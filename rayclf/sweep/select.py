@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayclf.config import ConfigError, closest
-from rayclf.sweep.spec import Arm, Sweep, Trial, factor_levels
+from rayclf.sweep.spec import Arm, Sweep, Trial, factor_levels, grid_arms
 
 ADAPTIVE = ("asha", "median", "racing")
 
@@ -78,11 +78,12 @@ def sweep_arms(sweep: Sweep, winners: Mapping[int, Mapping[str, Any]] | None = N
         carried, unknown = _carried(sweep, i, winners)
         if s.stages[i].bayes is not None:  # type: ignore[index]
             continue  # its proposals exist only in a run's decision log
-        arms = sweep.arms(carried, stage=i)
-        if unknown:
-            pending += [a.label for a in arms]
-        else:
-            known += arms
+        levels = grid_arms(s.stages[i].vary or {})  # type: ignore[index]
+        for arm, level in zip(sweep.arms(carried, stage=i), levels, strict=True):
+            if unknown - set(level.overrides):  # an arm that sets every unknown value itself needs no winner
+                pending.append(arm.label)
+            else:
+                known.append(arm)
     if s.final is not None:
         carried, unknown = _carried(sweep, sweep.stage_count(), winners)
         if unknown - set(s.final):
