@@ -223,7 +223,7 @@ def record_cost(tmp: Path, trials: int) -> dict[str, Any]:
     """The cost of recording the 1st vs the Nth finished trial in the results store alone (no Ray)."""
     from rayclf.config import build_config
     from rayclf.results import ResultsStore
-    from rayclf.sweep.callbacks import trial_row
+    from rayclf.sweep.rows import trial_row
 
     store = ResultsStore(str(tmp / "record"))
     infos = [{"trial_id": f"t{i:05d}", "sweep": "s", "arm": f"a{i % 20}", "seed": i // 20, "stage": None,

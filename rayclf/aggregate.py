@@ -1,6 +1,8 @@
-"""Per-arm aggregation over seeds: mean ± std, 95% CI, Δ vs baseline and a paired t-test on matched seeds.
+"""Per-arm aggregation over seeds: mean ± std, 95% CI, and the effect against the baseline on matched seeds
+(Δ, its 95% CI and a paired test, all from the same seed pairs; p Holm-adjusted over the sweep's arms).
 
-One module serves the sweep summary, staged winners, W&B and reports, so every place shows the same numbers.
+One module serves the sweep summary, staged winners, racing, W&B and reports, so every place shows the same
+numbers.
 
 **The ranking rule** (the one place it is decided; tables, winners, stage winners and figures all use it):
 
@@ -17,23 +19,95 @@ One module serves the sweep summary, staged winners, W&B and reports, so every p
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from scipy import stats as sps
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value) of the finite values."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    xs = finite(values)
     if not xs:
         return None, None
     m = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return m, sd
+
+
+NO_VARIANCE = "no variance"  # what a table shows for p when every paired difference is the same
+TEST_UNDEFINED = "test undefined"  # scipy returned no finite p
+LEVEL = 0.05  # the significance mark of every table (on the Holm-adjusted p)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``a − b`` on the seeds both have: Δ, its CI and p all come from these same pairs."""
+
+    delta: float | None  # mean of the paired differences a − b (metric units); None without a pair
+    ci95: float | None  # half-width of the 95% Student t interval of that mean (None under 2 pairs or no variance)
+    p: float | None  # None under 2 pairs or when the differences do not vary (never 0 for that)
+    n_pairs: int
+    sd: float | None = None  # sample standard deviation of the differences (None under 2 pairs)
+    note: str = ""  # why p is missing: "no matched seeds", "1 pair", "no variance"
+
+
+def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], mode: str = "max",
+                      alternative: Literal["two-sided", "worse"] = "two-sided",
+                      test: Literal["ttest", "wilcoxon"] = "ttest") -> PairedComparison:
+    """Compare ``a`` with ``b`` over the seeds where both have a finite value.
+
+    ``alternative="worse"``: one-sided, "a is worse than b" under ``mode`` (racing); otherwise two-sided (tables).
+    Constant differences (quantized accuracies on few seeds) leave the test undefined: no p, note "no variance"."""
+    seeds = sorted(s for s in set(a) & set(b) if math.isfinite(float(a[s])) and math.isfinite(float(b[s])))
+    diffs = [float(a[s]) - float(b[s]) for s in seeds]
+    n = len(diffs)
+    if n == 0:
+        return PairedComparison(None, None, None, 0, note="no matched seeds")
+    delta, sd = mean_std(diffs)
+    if n < 2:
+        return PairedComparison(delta, None, None, n, note="1 pair")
+    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):
+        return PairedComparison(delta, None, None, n, 0.0, NO_VARIANCE)
+    better = diffs if mode == "max" else [-d for d in diffs]  # > 0: a is better than b
+    side = "less" if alternative == "worse" else "two-sided"
+    with warnings.catch_warnings():  # scipy warns about ties and zeros on tiny samples; the p stands
+        warnings.simplefilter("ignore")
+        res = sps.wilcoxon(better, alternative=side) if test == "wilcoxon" else sps.ttest_1samp(
+            better, 0.0, alternative=side)
+    p = float(res.pvalue)
+    if not math.isfinite(p):
+        return PairedComparison(delta, ci95(diffs), None, n, sd, TEST_UNDEFINED)
+    return PairedComparison(delta, ci95(diffs), p, n, sd)
+
+
+def holm(ps: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of one family of p-values (entries that are None are no test and stay None):
+    the k-th smallest of m becomes max over j ≤ k of min(1, (m − j + 1)·p_(j))."""
+    tested = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    out: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        out[i] = running
+    return out
+
+
+def seeds_for_half_width(sd: float | None, half_width: float) -> int | None:
+    """Planning figure (not post-hoc power): the fewest seeds n ≥ 2 at which the 95% t interval of a mean
+    difference with spread ``sd`` would be ± ``half_width``: t(0.975, n − 1)·sd/√n ≤ half_width."""
+    if sd is None or sd <= 0 or half_width <= 0:
+        return None
+    n = max(2, math.ceil((sps.norm.ppf(0.975) * sd / half_width) ** 2))  # t > z: the answer is at least this
+    while sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n) > half_width:
+        n += 1
+    return n
 
 
 @dataclass
@@ -46,15 +120,42 @@ class ArmRow:
     ci95: float | None  # half-width of the 95% t interval
     test_mean: float | None
     test_std: float | None
-    delta: float | None = None  # vs baseline, in metric units
-    delta_ci95: float | None = None  # half-width of the 95% t interval of the paired (matched-seed) differences
-    p_value: float | None = None  # paired t-test vs baseline on matched seeds
-    pairs: int = 0
+    effect: PairedComparison | None = None  # vs the baseline, on matched seeds (None for the baseline itself)
+    p_holm: float | None = None  # the paired p, Holm-adjusted over every arm compared with the baseline
+    unmatched: bool = False  # the pairs are fewer than this arm's or the baseline's seeds
+    seeds_needed: int | None = None  # planning: seeds for the target half-width of Δ's 95% CI
+    baseline: bool = False
     statuses: dict[str, int] = field(default_factory=dict)
     best: bool = False
     stopped_at: int | None = None  # the arm was stopped early at this epoch (its value is taken there)
     eliminated: str | None = None  # racing eliminated the arm: when and by what test
     rank: int | None = None  # 1 = best, by ``rank_key``
+    params: int | None = None  # trainable parameters (``add_costs``)
+    epoch_seconds: float | None = None  # measured seconds per trained epoch, over the arm's trials
+    trial_hours: float | None = None  # every trial of the arm, stopped and failed ones included
+
+    @property
+    def delta(self) -> float | None:
+        """Mean paired difference to the baseline over matched seeds, in metric units."""
+        return self.effect.delta if self.effect else None
+
+    @property
+    def delta_ci95(self) -> float | None:
+        return self.effect.ci95 if self.effect else None
+
+    @property
+    def p_value(self) -> float | None:
+        """Two-sided paired t-test against the baseline (None: under 2 pairs or no variance)."""
+        return self.effect.p if self.effect else None
+
+    @property
+    def pairs(self) -> int:
+        return self.effect.n_pairs if self.effect else 0
+
+    @property
+    def significant(self) -> bool:
+        """The Holm-adjusted p is below ``LEVEL``."""
+        return self.p_holm is not None and self.p_holm < LEVEL
 
     @property
     def note(self) -> str:
@@ -73,24 +174,6 @@ def ci95(values: Sequence[float]) -> float | None:
         return None
     _, sd = mean_std(values)
     return float(sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-
-
-def paired_p_value(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float | None, int]:
-    """Two-sided paired t-test of a vs b over the seeds both have; (p, number of pairs)."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None, len(seeds)
-    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
-    diffs = [u - v for u, v in zip(x, y, strict=True)]
-    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):  # constant differences: t is undefined
-        return (1.0 if diffs[0] == 0 else 0.0), len(seeds)
-    return float(sps.ttest_rel(x, y).pvalue), len(seeds)
-
-
-def paired_ci95(a: Mapping[int, float], b: Mapping[int, float]) -> float | None:
-    """Half-width of the 95% t interval of the mean of a − b over the seeds both have (None under 2 pairs)."""
-    seeds = sorted(set(a) & set(b))
-    return ci95([a[s] - b[s] for s in seeds])
 
 
 def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -116,12 +199,47 @@ def value_rows(rows: Sequence[Mapping[str, Any]], key: str = "metric_best") -> l
     return [r for r in rows if r.get("status") == "stopped_early" and r.get("epochs") and _finite(r, key)]
 
 
-def scored_trials(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
-    """Every trial that carries its arm's value under the ranking rule (what figures plot)."""
+def arm_key(row: Mapping[str, Any]) -> str:
+    """What makes trial rows one arm in every table: the arm id (the content address of the arm's config), so a
+    label never splits or merges an arm. Rows written before arm ids were stored derive it from their
+    ``config.*`` columns; rows with neither (hand-made tables) fall back to the label."""
+    if row.get("arm_id"):
+        return str(row["arm_id"])
+    config = {k[len("config."):]: _decoded(v) for k, v in row.items() if k.startswith("config.")}
+    return _derived_arm_id(json.dumps(config, sort_keys=True, default=str)) if config else row["arm"]
+
+
+def _decoded(value: Any) -> Any:
+    """A config value as stored: lists and dicts are canonical JSON text in the results tables."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_arm_id(flat_config: str) -> str:
+    from rayclf.config import build_config, set_path
+
+    tree: dict[str, Any] = {}
+    for key, value in json.loads(flat_config).items():
+        set_path(tree, key, value)
+    return build_config(tree).arm_fingerprint()
+
+
+def group_arms(trials: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Trial rows per arm (``arm_key``), in first-seen order."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in trials:
-        groups.setdefault(r["arm"], []).append(r)
-    keep = {id(r) for g in groups.values() for r in value_rows(g, key)}
+        groups.setdefault(arm_key(r), []).append(r)
+    return groups
+
+
+def scored_trials(trials: Sequence[Mapping[str, Any]], key: str = "metric_best") -> list[Mapping[str, Any]]:
+    """Every trial that carries its arm's value under the ranking rule (what figures plot)."""
+    keep = {id(r) for g in group_arms(trials).values() for r in value_rows(g, key)}
     return [r for r in trials if id(r) in keep]
 
 
@@ -141,10 +259,9 @@ def _eliminated(rows: Sequence[Mapping[str, Any]]) -> str | None:
     return next((r.get("reason") or "by racing" for r in rows if r.get("status") == "eliminated"), None)
 
 
-def baseline_arm(arms: Sequence[str]) -> str | None:
-    if "baseline" in arms:
-        return "baseline"
-    return arms[0] if arms else None
+def baseline_arm(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> str | None:
+    """The key of the arm labelled ``baseline``, else of the first arm."""
+    return next((k for k, g in groups.items() if g[0]["arm"] == "baseline"), next(iter(groups), None))
 
 
 RANK_BY = {"best": "metric_best", "final": "metric_final"}  # a trial's value: its best epoch, or its last
@@ -155,29 +272,28 @@ def value_key(rank_by: str | None) -> str:
     return RANK_BY[rank_by or "best"]
 
 
-def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "metric_best") -> list[ArmRow]:
-    """One row per arm (first-seen order) with everything the results table shows."""
-    order: list[str] = []
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in trials:
-        if r["arm"] not in groups:
-            order.append(r["arm"])
-        groups.setdefault(r["arm"], []).append(r)
-    base = baseline_arm(order)
-    base_vals = _values(groups[base], value_key) if base else {}
+def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "metric_best",
+              target_ci: float | None = None) -> list[ArmRow]:
+    """One row per arm (first-seen order) with everything the results table shows; ``target_ci``: the
+    half-width of Δ's 95% CI (metric units) the planning column ``seeds_needed`` aims at."""
+    groups = group_arms(trials)
+    base = baseline_arm(groups)
+    base_vals = _values(groups[base], value_key) if base is not None else {}
     rows = []
-    for arm in order:
-        vals = _values(groups[arm], value_key)
+    for key, group in groups.items():
+        vals = _values(group, value_key)
         m, sd = mean_std(vals.values())
-        tm, tsd = mean_std(_values(groups[arm], "test_accuracy").values())
-        row = ArmRow(arm, groups[arm][0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
-                     statuses=status_counts(groups[arm]), stopped_at=_stopped_at(groups[arm]),
-                     eliminated=_eliminated(groups[arm]))
-        if base and arm != base and m is not None and base_vals:
-            row.delta = m - (mean_std(base_vals.values())[0] or 0.0)
-            row.p_value, row.pairs = paired_p_value(vals, base_vals)
-            row.delta_ci95 = paired_ci95(vals, base_vals)
+        tm, tsd = mean_std(_values(group, "test_accuracy").values())
+        row = ArmRow(group[0]["arm"], group[0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
+                     baseline=key == base, statuses=status_counts(group), stopped_at=_stopped_at(group),
+                     eliminated=_eliminated(group))
+        if not row.baseline and vals and base_vals:
+            row.effect = paired_comparison(vals, base_vals, mode)
+            row.unmatched = row.effect.n_pairs != len(vals) or row.effect.n_pairs != len(base_vals)
+            row.seeds_needed = seeds_for_half_width(row.effect.sd, target_ci) if target_ci else None
         rows.append(row)
+    for row, p in zip(rows, holm([r.p_value for r in rows]), strict=True):  # the family: every arm vs baseline
+        row.p_holm = p
     for i, r in enumerate(sorted((r for r in rows if r.mean is not None), key=lambda r: rank_key(r, mode))):
         r.rank = i + 1
     best = best_arm(rows, mode)
@@ -204,11 +320,23 @@ def stage_winners(rows: Sequence[ArmRow], mode: str) -> dict[int, str]:
     return {stage: w.arm for stage, w in winners.items() if w is not None}
 
 
-def best_value(values: Sequence[float], mode: str) -> float | None:
-    """The best of ``values`` under ``mode`` (max or min); None when there are none."""
-    if not values:
+def finite(values: Iterable[float | None]) -> list[float]:
+    """The values that are numbers (no None, NaN or ±inf): a NaN epoch never decides a best or final value."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def best_value(values: Iterable[float | None], mode: str) -> float | None:
+    """The best finite value under ``mode`` (max or min); None when there is none."""
+    xs = finite(values)
+    if not xs:
         return None
-    return max(values) if mode == "max" else min(values)
+    return max(xs) if mode == "max" else min(xs)
+
+
+def final_value(values: Iterable[float | None]) -> float | None:
+    """The last finite value; None when there is none."""
+    xs = finite(values)
+    return xs[-1] if xs else None
 
 
 def best_arm(stats: Sequence[ArmRow], mode: str) -> ArmRow | None:
@@ -227,12 +355,97 @@ def pm(mean: float | None, std: float | None, pct: bool = True) -> str:
     return f"{mean:.4f} ± {std or 0:.4f}"
 
 
-def format_table(stats: list[ArmRow], metric: str) -> str:
+def number(v: float | None, pct: bool, signed: bool = False) -> str:
+    """A value as every table prints it: percent (2 decimals) for accuracies, 4 decimals otherwise."""
+    if v is None:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{100 * v:{sign}.2f}" if pct else f"{v:{sign}.4f}"
+
+
+def delta_text(row: ArmRow, pct: bool) -> str:
+    """Δ vs baseline, with the number of pairs when it is not every seed of the arm and of the baseline."""
+    text = number(row.delta, pct, signed=True)
+    if row.delta is None or not row.unmatched:
+        return text
+    return f"{text} ({row.pairs} pair{'s' if row.pairs != 1 else ''})"
+
+
+def p_text(row: ArmRow, adjusted: bool = False) -> str:
+    """The raw or Holm-adjusted p (adjusted: ``*`` below ``LEVEL``), or why there is none ("no variance")."""
+    p = row.p_holm if adjusted else row.p_value
+    if p is not None:
+        return f"{p:.3g}" + (" *" if adjusted and row.significant else "")
+    return row.effect.note if row.effect and row.effect.note in (NO_VARIANCE, TEST_UNDEFINED) else "–"
+
+
+def effects_legend(rows: Sequence[ArmRow]) -> str:
+    """What Δ, its CI and both p columns mean, for every table that shows them."""
+    m = sum(r.p_value is not None for r in rows)
+    return ("Δ: mean paired difference to the baseline over matched seeds (the seeds both ran; the number of "
+            "pairs is shown when it is not every seed), with the 95% Student t CI of those differences. "
+            "p: two-sided paired t-test on the same pairs; \"no variance\" where every paired difference is the "
+            f"same (the test is undefined). p (Holm): Holm-adjusted over the {m} arm{'s' if m != 1 else ''} "
+            f"tested against the baseline (family-wise error); * adjusted p < {LEVEL:g}.")
+
+
+def format_table(stats: list[ArmRow], metric: str, effects: bool = False) -> str:
+    """The per-arm table ``rayclf sweep`` prints; ``effects`` adds Δ vs baseline, its CI and the Holm p."""
     pct = metric.endswith("accuracy")
-    head = f"{'arm':<44} {'n':>3}  {metric + (' %' if pct else ''):>18}  {'test acc %':>16}  status"
+    unit = " %" if pct else ""
+    eff = f"  {'Δ vs baseline' + unit:>17}  {'Δ 95% CI ±':>10}  {'p (Holm)':>11}" if effects else ""
+    head = f"{'arm':<44} {'n':>3}  {metric + unit:>18}{eff}  {'test acc %':>16}  status"
     lines = [head, "-" * len(head)]
     for s in stats:
         note = f"; {s.note}" if s.note else ""
-        lines.append(f"{s.arm[:44]:<44} {s.n:>3}  {pm(s.mean, s.std, pct):>18}  {pm(s.test_mean, s.test_std):>16}  "
-                     f"{counts_text(s.statuses)}{note}")
+        eff = (f"  {delta_text(s, pct):>17}  {number(s.delta_ci95, pct):>10}  {p_text(s, adjusted=True):>11}"
+               if effects else "")
+        lines.append(f"{s.arm[:44]:<44} {s.n:>3}  {pm(s.mean, s.std, pct):>18}{eff}  "
+                     f"{pm(s.test_mean, s.test_std):>16}  {counts_text(s.statuses)}{note}")
+    if effects:
+        lines += ["", effects_legend(stats)]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- cost beside accuracy
+def arm_costs(trials: Sequence[Mapping[str, Any]]) -> list[tuple[int | None, float | None, float]]:
+    """Per arm (``group_arms``, the order ``arm_table`` lists them): (trainable parameters, seconds per trained
+    epoch, trial-hours). Time counts every trial that trained (completed, stopped, diverged, failed): what the
+    arm cost, not only what scored."""
+    out: list[tuple[int | None, float | None, float]] = []
+    for rows in group_arms(trials).values():
+        params = [int(r["params"]) for r in rows if r.get("params") is not None]
+        timed = [r for r in rows if _finite(r, "seconds") and r.get("epochs")]
+        seconds = sum(float(r["seconds"]) for r in timed)
+        epochs = sum(int(r["epochs"]) for r in timed)
+        out.append((max(params) if params else None, seconds / epochs if epochs else None, seconds / 3600))
+    return out
+
+
+def add_costs(rows: Sequence[ArmRow], trials: Sequence[Mapping[str, Any]]) -> Sequence[ArmRow]:
+    """Fill the ``params``, ``epoch_seconds`` and ``trial_hours`` of ``arm_table(trials, …)``'s rows; returns
+    ``rows``."""
+    for r, (params, per_epoch, hours) in zip(rows, arm_costs(trials), strict=True):
+        r.params, r.epoch_seconds, r.trial_hours = params, per_epoch, hours
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]], mode: str) -> list[int]:
+    """Indices of the points no other point beats: cost (first) no higher and value (second) no worse under
+    ``mode``, one of the two strictly. Sorted by cost."""
+    sign = 1.0 if mode == "max" else -1.0
+    front = []
+    for i, (c, v) in enumerate(points):
+        dominated = any(c2 <= c and sign * v2 >= sign * v and (c2 < c or sign * v2 > sign * v)
+                        for j, (c2, v2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -sign * points[i][1]))
+
+
+def cost_text(row: ArmRow) -> tuple[str, str, str]:
+    """(parameters, s/epoch, trial-hours) as tables print them; ``-`` when unknown."""
+    params = f"{row.params:,}" if row.params is not None else "-"
+    per_epoch = f"{row.epoch_seconds:.1f}" if row.epoch_seconds is not None else "-"
+    hours = f"{row.trial_hours:.3f}" if row.trial_hours is not None else "-"
+    return params, per_epoch, hours

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -131,6 +132,11 @@ def validate(files: tuple[Path, ...]) -> None:
                    "continue from their last checkpoint, new arms or seeds run")
 @click.option("--rerun-stopped", is_flag=True, help="with --resume: also re-run trials the scheduler stopped early")
 @click.option("--dry-run", is_flag=True, help="print the trial table and resources; train nothing")
+@click.option("--calibrate", is_flag=True,
+              help="with --dry-run: time a few training steps of each distinct trial shape (here, or on a worker "
+                   "node with --address) for measured seconds per epoch, trial-hours and wall time")
+@click.option("--price-per-hour", type=click.FloatRange(min=0), metavar="X",
+              help="with --dry-run: also print the cost at X per trial-hour (one trial's resources)")
 @click.option("--arm", "arms", multiple=True, help=ARM_HELP + "; runs only these arms (repeatable; FIFO only)")
 @click.option("--from", "from_dir", help="with --arm: " + FROM_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -140,26 +146,47 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--verbose", is_flag=True, help="show Ray's own log output (kept in Ray's log files otherwise)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
+@click.option("--redecide", multiple=True, metavar="STAGE",
+              help="with --resume: decide this stage's winner (and every later stage) again from stored results")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          arms: tuple[str, ...], from_dir: str | None, overrides: tuple[str, ...], num_cpus: int | None, quiet: bool,
-          verbose: bool, wandb_mode: str | None) -> None:
+          calibrate: bool, price_per_hour: float | None, arms: tuple[str, ...], from_dir: str | None,
+          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool, wandb_mode: str | None,
+          redecide: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.select import pick
     from rayclf.sweep.spec import load_sweep
 
+    if (calibrate or price_per_hour is not None) and not dry_run:
+        raise UserError("--calibrate and --price-per-hour go with --dry-run (they estimate a sweep, run nothing); "
+                        "add --dry-run.")
     spec = load_sweep(file, overrides)
     selection = pick(spec, arms, from_dir)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text
 
-        click.echo(dry_run_text(spec, address=address, picked=selection.arms if selection else None))
+        click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo,
+                                picked=selection.arms if selection else None))
         return
-    from rayclf.sweep.runner import run_sweep
+    from rayclf.sweep.interrupt import SweepInterrupted
+    from rayclf.sweep.runner import default_out, run_sweep
 
-    outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                        echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                        selection=selection)
+    if redecide and not resume:
+        raise UserError("--redecide re-opens decisions of an existing sweep directory: pass --resume with it.")
+    out = out or default_out(spec)
+    try:
+        outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
+                            echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
+                            redecide=redecide, selection=selection)
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
+        again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
+                          *(f"--set {shlex.quote(o)}" for o in overrides), *(f"--arm {shlex.quote(a)}" for a in arms),
+                          *([f"--from {shlex.quote(from_dir)}"] if from_dir else [])])
+        click.echo(f"\nsweep interrupted: finished trials are recorded; interrupted trials keep their last "
+                   f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
+                   err=True)
+        sys.exit(code)
     click.echo(outcome.summary_text())
 
 
@@ -168,12 +195,15 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 @click.option("--out", type=click.Path(path_type=Path), help="report folder (default SWEEP_DIR/report)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline"]),
               help="also log the table and figures to the sweep's W&B run")
+@click.option("--target-ci", "target_ci", type=click.FloatRange(min=0, min_open=True), metavar="W",
+              help="planning column: seeds for a 95%% CI of Δ of ±W (percentage points for accuracies, default 1; "
+                   "metric units otherwise, default 0.01)")
 @user_errors
-def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
+def report(sweep_dir: str, out: Path | None, wandb_mode: str | None, target_ci: float | None) -> None:
     """Tables (Markdown, CSV, LaTeX), figures (PNG, SVG) and index.html from a sweep directory."""
     from rayclf.report import build_report
 
-    rep = build_report(sweep_dir, out)
+    rep = build_report(sweep_dir, out, target_ci)
     click.echo(f"wrote {rep.out}/index.html, results.md/.csv/.tex and {len(rep.figures)} figures "
                f"({', '.join(rep.figures)})")
     if wandb_mode:
@@ -182,6 +212,33 @@ def report(sweep_dir: str, out: Path | None, wandb_mode: str | None) -> None:
         where = publish(sweep_dir, rep, wandb_mode)
         click.echo(f"logged the table and {len(rep.figures)} figures to W&B" + (f" ({where})" if where else
                                                                                   " (failed: see the warning)"))
+
+
+@main.command()
+@click.argument("sweep_dir")
+@click.option("--watch", is_flag=True, help="refresh until the sweep's driver is gone (reads only new parts)")
+@click.option("--json", "json_out", is_flag=True, help="one machine-readable JSON object (a line per change with "
+                                                       "--watch)")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds between refreshes with --watch")
+@user_errors
+def status(sweep_dir: str, watch: bool, json_out: bool, interval: float) -> None:
+    """Where a sweep stands, from its directory alone (local, s3:// or gs://), while it runs or after:
+    trials done / running / failed / waiting, the per-arm table, decisions, time left, the driver's heartbeat."""
+    import json
+
+    from rayclf.results import exists, join
+    from rayclf.sweep.status import read_status, status_json, status_lines
+    from rayclf.sweep.status import watch as watch_status
+
+    if not any(exists(join(sweep_dir, f)) for f in ("sweep.yaml", "trials.parquet", "_driver.json")):
+        raise UserError(f"{sweep_dir} is not a sweep directory (no sweep.yaml, trials.parquet or _driver.json); "
+                        "pass the --out of a rayclf sweep.")
+    if watch:
+        watch_status(sweep_dir, interval, lambda s: click.echo(s), sys.stdout.isatty(), json_out)
+        return
+    st = read_status(sweep_dir)
+    click.echo(json.dumps(status_json(st), indent=1) if json_out else "\n".join(status_lines(st)))
 
 
 @main.command("models")

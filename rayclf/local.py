@@ -99,11 +99,11 @@ def _images_in(folder: Path) -> list[Path]:
 def load_predict_split(cfg: TrialConfig, data_root: Path, split: str, classes: list[str], size: int) -> Split:
     """The images to predict: a flat folder of images (unlabelled), a class-per-folder tree, or the
     training dataset's own layout (e.g. a ``cifar-10-batches-py`` folder) under ``data_root``."""
-    from rayclf.data.sources import _decode
+    from rayclf.data.sources import read_image
 
     flat = _images_in(data_root)
     if flat:
-        return Split(np.stack([_decode(p, size) for p in flat]), np.full(len(flat), -1, dtype=np.int64))
+        return Split(np.stack([read_image(p, size) for p in flat]), np.full(len(flat), -1, dtype=np.int64))
     if cfg.data.name == "imagefolder":
         folder = data_root / split if (data_root / split).is_dir() else data_root
         found = list_classes(folder)

@@ -39,7 +39,8 @@ ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "st
                "json": pa.string(), "null": pa.string()}
 
 TRIAL_COLUMNS: dict[str, str] = {
-    "trial_id": "string", "sweep": "string", "arm": "string", "stage": "int", "seed": "int", "position": "int",
+    "trial_id": "string", "sweep": "string", "arm": "string", "arm_id": "string", "stage": "int", "seed": "int",
+    "position": "int",
     "status": "string", "reason": "string", "epochs": "int", "stopped_at_epoch": "int",
     "resumed_from_epoch": "int", "data_seconds": "float", "metric": "string", "metric_best": "float",
     "metric_final": "float",
@@ -237,9 +238,9 @@ class ResultsStore:
         return None
 
     def finished_ids(self, rerun_stopped: bool = False) -> set[str]:
-        """Trials that never run again: completed, diverged, eliminated by racing and (unless asked) stopped
-        early."""
-        keep = [s for s in FINISHED if not (rerun_stopped and s == "stopped_early")]
+        """Trials that never run again: completed, diverged and (unless ``--rerun-stopped``) stopped early or
+        eliminated by racing."""
+        keep = [s for s in FINISHED if not (rerun_stopped and s in ("stopped_early", "eliminated"))]
         return {tid for tid, r in self._trials.items() if r.get("status") in keep}
 
     def prepare(self, template_rows: Iterable[Mapping[str, Any]]) -> None:

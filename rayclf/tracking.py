@@ -106,6 +106,7 @@ class WandbReporter(_Guarded):
         run = _open_run(self.settings, run_id(t["sweep"], t["trial_id"]), group=t["sweep"], job_type=t["arm"][:64],
                         name=f"{t['arm']} s{t['seed']}", tags=[*self.settings.tags, t["sweep"]],
                         config={**t["config"], "rayclf": {"trial_id": t["trial_id"], "arm": t["arm"],
+                                                          "arm_id": t.get("arm_id"),
                                                           "seed": t["seed"], "sweep": t["sweep"],
                                                           "overrides": t.get("overrides", {})}})
         run.define_metric("epoch")

@@ -90,7 +90,7 @@ def test_cinic10_decoded_once_and_uses_official_valid(tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(sources, "_decode", no_decoding)
+    monkeypatch.setattr(sources, "read_image", no_decoding)
     again = load_dataset(DataConfig(name="cinic10", root=str(tmp_path)))
     np.testing.assert_array_equal(again.train.x, ds.train.x)
 

@@ -30,6 +30,9 @@ STAGED = {"name": "st", "base": BASE, "search": {"stages": [
     "final": {"optim.lr": 0.05, "model.widths": [6], "train.epochs": 2}}}
 
 
+BASE_LR = 0.05  # the default optim.lr of BASE
+
+
 def write(tmp_path: Path, spec: dict, name: str = "s.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -127,7 +130,7 @@ def test_sweep_arm_subset_runs_the_sweeps_trials_and_a_full_run_skips_them(ray_l
 def test_a_stage_arm_that_sets_every_winner_value_itself_needs_no_winner():
     spec = {"name": "st2", "base": BASE, "search": {"stages": [
         {"name": "lr", "vary": {"optim.lr": [0.01, 0.1]}},
-        {"name": "pinned", "vary": {"recipe": {"full": {"optim.lr": 0.05, "model.widths": [6]},
+        {"name": "pinned", "vary": {"recipe": {"full": {"optim.lr": 0.02, "model.widths": [6]},
                                                "partial": {"model.widths": [6]}}}}]}}
     sweep = parse_sweep(spec)
     known, pending = sweep_arms(sweep)
@@ -135,6 +138,13 @@ def test_a_stage_arm_that_sets_every_winner_value_itself_needs_no_winner():
     assert pending == ["pinned:recipe=partial"]
     winner = {"optim.lr": 0.01}  # whichever stage 1 picks, the full arm is this very trial
     assert sweep.trials([known[-1]])[0].trial_id == sweep.trials(sweep.arms(winner, stage=1))[0].trial_id
+    # a level equal to the base's lr around the base aliases the partial arm, but not around a real winner:
+    # aliasing that depends on the winner is never taken for granted
+    aliasing = parse_sweep({**spec, "search": {"stages": [spec["search"]["stages"][0], {"name": "pinned", "vary": {
+        "recipe": {"full": {"optim.lr": BASE_LR, "model.widths": [6]}, "partial": {"model.widths": [6]}}}}]}})
+    assert aliasing.arms({}, stage=1)[0].aliases == ("pinned:recipe=partial",)
+    known, pending = sweep_arms(aliasing)
+    assert known[-1].label == "pinned:recipe=full" and not known[-1].aliases and pending == ["pinned:recipe=partial"]
 
 
 def test_estimate_counts_every_training_image_when_the_test_set_validates(tmp_path):
@@ -144,3 +154,31 @@ def test_estimate_counts_every_training_image_when_the_test_set_validates(tmp_pa
     data = {"name": "cifar10", "root": str(tmp_path), "download": False}
     assert train_images(build_config({"data": data}))[0] == 45_000
     assert train_images(build_config({"data": {**data, "validate_on": "test"}}))[0] == 50_000
+
+
+def test_from_a_finished_staged_sweep_picks_the_very_trials_it_ran(tmp_path):
+    """The kernel logs each stage winner (its full overrides); --from reads them back, so a later stage's arm and
+    the final run picked from that directory are the trials the sweep ran (carry included)."""
+    from rayclf.sweep.kernel import execute
+
+    from .fake_runner import FakeTrials, fake_run
+
+    spec = {**STAGED, "seeds": [0, 1]}
+    sweep = parse_sweep(spec)
+    done = str(tmp_path / "done")
+    execute(fake_run(sweep, done))
+    ran = {(r["arm"], r["seed"]): r["trial_id"] for r in fake_run(sweep, done).store.trials}
+    # stage 3's carry (batch 20) reached stage 4 whatever stage 3 picked
+    assert {r["config.train.batch_size"] for r in fake_run(sweep, done).store.trials if r["stage"] == 3} == {20}
+    labels = ["width:widths=8", "bs:batch_size=10", "epochs:epochs=2", "final"]
+    picked = select_arms(sweep, labels, done)
+    got = {(t.arm.label, t.seed): t.trial_id for t in sweep.trials(picked.arms)}
+    assert got == {k: v for k, v in ran.items() if k[0] in labels} and len(got) == 8
+
+    # the same arms run alone into a fresh directory (FIFO, nothing decided): the same trial ids, and a full run
+    # there afterwards skips them
+    fresh = str(tmp_path / "fresh")
+    runner = FakeTrials()
+    sub = execute(fake_run(sweep, fresh, runner, selection=picked))
+    assert {r["trial_id"] for r in sub.rows} == set(got.values()) and sub.winner is None
+    assert not (tmp_path / "fresh" / "decisions.parquet").exists()

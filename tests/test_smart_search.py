@@ -6,6 +6,7 @@ import pytest
 
 from rayclf.aggregate import arm_table, best_arm, stage_winners
 from rayclf.config import ConfigError
+from rayclf.results import ResultsStore
 from rayclf.sweep.schedulers import ArmBoard, rung_rule
 from rayclf.sweep.spec import parse_sweep
 
@@ -42,26 +43,28 @@ def test_ranking_rule_keeps_stopped_and_eliminated_arms_and_ranks_them_below_fin
     assert stage_winners(arm_table(staged, "max"), "max") == {0: "full"}
 
 
-def test_arm_board_waits_for_every_started_seed_then_stops_the_arm():
+def test_arm_board_waits_for_every_planned_seed_then_stops_the_arm():
     board = ArmBoard(rung_rule("asha", 1, 2, 4), "max", "val_accuracy")
     assert board.rule.rungs == [1, 2]
-    for t in ("g0", "g1"):
-        board.start("good", t)
+    board.add_arm("good", "good", [("g0", 0), ("g1", 1)])
     board.observe("g0", 1, 0.9)
     board.decide("good")
-    assert 1 not in board.decided["good"]  # g1 has not reached epoch 1 yet
+    assert 1 not in board.decided["good"]  # g1 has not reached epoch 1 yet (whether it started or not)
     board.observe("g1", 1, 0.8)
     board.decide("good")
     assert board.recorded[1] == {"good": pytest.approx(0.85)}
-    for t in ("b0", "b1"):
-        board.start("bad", t)
+    board.add_arm("bad", "bad", [("b0", 0), ("b1", 1)])
     board.observe("b0", 1, 0.2)
     board.observe("b0", 2, 0.3)  # the first seed runs ahead of the rung while the second catches up
     board.decide("bad")
     assert "bad" not in board.stopped
-    board.ended.add("b1")  # the second seed ended (failed) before the rung: the decision goes ahead without it
-    board.decide("bad")
-    assert board.stopped["bad"][0] == 1 and "mean val_accuracy 0.2" in board.stopped["bad"][1]
+    board.end("b1")  # the second seed ended (failed) before the rung: the decision goes ahead without it
+    assert board.stopped["bad"][0] == 1 and "mean val_accuracy 0.2 over 1 of 2 seed(s)" in board.stopped["bad"][1]
+    board.add_arm("nan", "nan", [("n0", 0), ("n1", 1)])
+    board.observe("n0", 1, float("nan"))  # a seed at the rung with no usable value has still reached it
+    board.observe("n1", 1, 0.95)
+    board.decide("nan")
+    assert 1 in board.decided["nan"] and board.recorded[1]["nan"] == pytest.approx(0.95)
 
 
 # ----------------------------------------------------------------------------- the sweep file
@@ -94,35 +97,58 @@ def test_racing_needs_two_seeds():
 
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.ray
-def test_asha_by_arm_stops_every_seed_of_an_arm_together_and_keeps_it_in_the_report(ray_local, tmp_path):
+def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_in_the_report(
+        ray_local, tmp_path, monkeypatch):
     from rayclf.report import build_report
+    from rayclf.sweep import schedulers
+    from rayclf.sweep.decisions import STOP, DecisionLog
+    from rayclf.sweep.keys import RESUMED_KEY
     from rayclf.sweep.runner import run_sweep
 
-    spec = {"name": "asha_arm", "base": quick_base(epochs=3),
+    seen: list[tuple[str, int, int, str]] = []  # (trial id, epoch, resumed from, decision) in Tune's order
+    decide = schedulers.ArmScheduler.on_trial_result
+
+    def spy(self, controller, trial, result):
+        decision = decide(self, controller, trial, result)
+        if "epoch" in result:
+            seen.append((trial.config["trial"]["trial_id"], int(result["epoch"]), int(result.get(RESUMED_KEY) or 0),
+                         decision))
+        return decision
+
+    monkeypatch.setattr(schedulers.ArmScheduler, "on_trial_result", spy)
+    base = quick_base(epochs=3)
+    base["train"]["checkpoint_every"] = 0  # only the rungs' forced checkpoints (and the last) to continue from
+    spec = {"name": "asha_arm", "base": base,
             "search": {"grid": {"optim.lr": [0.1, 0.05, 0.00001]}},  # the good arms come first
-            "seeds": [0, 1, 2], "resources": {"max_concurrent": 1},  # one slot: rungs reached in a fixed order
+            "seeds": [0, 1, 2], "resources": {"max_concurrent": 2},  # 3 seeds on 2 slots: a seed waits at a rung
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}
     out = str(tmp_path / "a")
     outcome = run_sweep(parse_sweep(spec), out=out, live=False, wandb_mode="disabled")
     rows = outcome.rows
     assert len(rows) == 9  # one row per trial, whatever happened
+    paused = [(tid, epoch) for tid, epoch, _, d in seen if d == "PAUSE"]
+    assert paused, "with 3 seeds on 2 slots a seed that reached a rung first pauses"
+    for tid, epoch in paused:  # ... and continues from its forced rung checkpoint (checkpoint_every: 0)
+        later = [(e, r) for t, e, r, _ in seen if t == tid and e > epoch]
+        assert not later or later[0] == (epoch + 1, epoch)
+    stops = DecisionLog(out).of_kind(STOP)
+    assert stops and all(d.n_seeds == 3 and len(d.detail["values"]) == 3 for d in stops)  # always all 3 seeds
     bad = [r for r in rows if r["arm"] == "lr=1e-05"]
-    assert {r["status"] for r in bad} == {"stopped_early"}
-    assert {r["stopped_at_epoch"] for r in bad} == {1}
-    assert all("asha over its seeds" in r["reason"] for r in bad)
-    started = [r for r in bad if r["epochs"]]
-    # judged at the rung on the seeds it had started (one, with one slot), then stopped with all its seeds
-    assert len(started) == 1 and started[0]["epochs"] == 1
+    assert {r["status"] for r in bad} == {"stopped_early"} and {r["stopped_at_epoch"] for r in bad} == {1}
+    assert all("asha over its seeds" in r["reason"] and "over 3 of 3 seed(s)" in r["reason"] for r in bad)
+    assert all(r["epochs"] >= 1 for r in bad)  # every seed trained to the rung: none judged unseen
     assert {r["status"] for r in rows if r["arm"] == "lr=0.1"} == {"completed"}  # the first arm is never cut
-    never = [r for r in bad if not r["epochs"]]
-    assert len(never) == 2 and all("never started" in r["reason"] for r in never)  # its other seeds never ran
+    epochs = [e for e in ResultsStore(out).epochs if e["trial_id"] in
+              {r["trial_id"] for r in rows if r["status"] == "completed"}]
+    for tid in {e["trial_id"] for e in epochs}:  # a paused seed's epochs once each, none lost or repeated
+        assert sorted(e["epoch"] for e in epochs if e["trial_id"] == tid) == [1, 2, 3]
     stats = {s.arm: s for s in arm_table(rows, "max")}
     assert stats["lr=1e-05"].stopped_at == 1 and stats["lr=1e-05"].mean is not None
     assert stats["lr=1e-05"].rank > stats["lr=0.1"].rank  # a stopped arm ranks below the one that finished
     assert "stopped at epoch 1" in outcome.summary_text()
     rep = build_report(out)
     assert "stopped at epoch 1" in (rep.out / "results.md").read_text()
-    # resume: the stopped arm's seeds (the unstarted one included) never run again
+    # resume: the stopped arm's seeds never run again
     again = run_sweep(parse_sweep(spec), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 9
 
@@ -162,22 +188,27 @@ def _bayes_run(spec, fail_after=None, flip=False):
     return sweep, run_bayes, run_arms, stored, seen
 
 
-def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
+def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence(tmp_path):
+    from rayclf.sweep.decisions import DecisionLog
+
+    def log(name):
+        return DecisionLog(str(tmp_path / name))
+
     sweep, run_bayes, run_arms, stored, seen = _bayes_run(BAYES)
-    run_bayes(sweep, run_arms, lambda: stored, lambda _: None)
+    run_bayes(sweep, run_arms, lambda: stored, lambda _: None, log("a"))
     first = [a.overrides for a in seen]
     assert len(first) == 6 and len({a["optim.lr"] for a in first}) == 6
     assert all(a["model.widths"] in ([4, 8], [8, 16]) and 0 <= a["model.dropout"] <= 0.5 for a in first)
     assert [a.label for a in seen] == [f"bayes-{i}" for i in range(6)]
 
     sweep2, _, run2, stored2, seen2 = _bayes_run(BAYES)
-    run_bayes(sweep2, run2, lambda: stored2, lambda _: None)
+    run_bayes(sweep2, run2, lambda: stored2, lambda _: None, log("b"))
     assert [a.overrides for a in seen2] == first  # same search seed, same sequence
 
     # a driver killed after the first batch; --resume tells the stored results back and continues
     sweep3, _, run3, stored3, _ = _bayes_run(BAYES, fail_after=2)
     with pytest.raises(RuntimeError):
-        run_bayes(sweep3, run3, lambda: stored3, lambda _: None)
+        run_bayes(sweep3, run3, lambda: stored3, lambda _: None, log("c"))
     assert len(stored3) == 4
     seen4 = []
     stored4 = list(stored3)
@@ -188,17 +219,17 @@ def test_bayes_proposals_are_reproducible_and_resume_continues_the_sequence():
         stored4.extend(r for r in _bayes_rows(sweep3, batch, stored) if r["trial_id"] not in done)
         return sum(t.trial_id in done for t in sweep3.trials(batch))
 
-    skipped, _ = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None)
+    skipped, _ = run_bayes(sweep3, resumed, lambda: stored4, lambda _: None, log("c"))
     assert skipped == 4 and [a.overrides for a in seen4] == first
 
     # the results are told: other results, same first (random) batch, different later proposals
     flipped = _bayes_run(BAYES, flip=True)
-    flipped[1](flipped[0], flipped[2], lambda: flipped[3], lambda _: None)
+    flipped[1](flipped[0], flipped[2], lambda: flipped[3], lambda _: None, log("d"))
     got = [a.overrides for a in flipped[4]]
     assert got[:2] == first[:2] and got[2:] != first[2:]
 
     other = _bayes_run({**BAYES, "seed": 4})
-    other[1](other[0], other[2], lambda: other[3], lambda _: None)
+    other[1](other[0], other[2], lambda: other[3], lambda _: None, log("e"))
     assert [a.overrides for a in other[4]] != first
 
 
@@ -207,7 +238,8 @@ def _bayes_rows(sweep, batch, reference):
     return [by_id[t.trial_id] for t in sweep.trials(batch)]
 
 
-def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
+def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one(tmp_path):
+    from rayclf.sweep.decisions import DecisionLog
     from rayclf.sweep.racing import run_racing
 
     sweep = parse_sweep({"name": "r", "base": tiny(), "search": {"grid": {"optim.lr": [0.1, 0.11, 0.001]}},
@@ -226,7 +258,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
         stored.extend({"trial_id": t.trial_id, "arm": t.arm.label, "seed": t.seed, "status": "eliminated",
                        "reason": reason, "epochs": 0, "metric_best": None, "stage": None} for t in trials)
 
-    run_racing(sweep, sweep.arms(), run, record, lambda: stored, lambda _: None)
+    run_racing(sweep, sweep.arms(), run, record, lambda: stored, lambda _: None, DecisionLog(str(tmp_path)))
     assert sorted(t.seed for t in ran if t.arm.label == "lr=0.001") == [0, 1]  # no seed after round 1
     assert sorted(t.seed for t in eliminated) == [2, 3] and {t.arm.label for t in eliminated} == {"lr=0.001"}
     assert sorted(t.seed for t in ran if t.arm.label == "lr=0.11") == [0, 1, 2, 3]  # the tied arm races on
@@ -241,6 +273,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one():
 @pytest.mark.ray
 def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
     from rayclf.report import build_report
+    from rayclf.sweep.decisions import read_decisions
     from rayclf.sweep.runner import run_sweep
 
     racing = {"name": "race", "base": quick_base(epochs=1), "search": {"grid": {"optim.lr": [0.1, 0.000001]}},
@@ -254,6 +287,9 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     assert "after round 1 (2 seeds)" in rows[("lr=1e-06", 2)]["reason"]
     assert rows[("lr=0.1", 2)]["status"] == "completed"
     assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
+    (d,) = read_decisions(out)  # the elimination was logged in the sweep directory, with what it saw
+    assert (d.kind, d.label, d.detail["seeds"], d.detail["reason"]) == \
+        ("eliminate", "lr=1e-06", [0, 1], rows[("lr=1e-06", 2)]["reason"])
     again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 5  # the 5 trained trials; the eliminated seed is neither run nor re-recorded
     assert {(r["arm"], r["seed"]): r["status"] for r in again.rows} == {k: r["status"] for k, r in rows.items()}
@@ -269,6 +305,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     rep = build_report(out)
     assert "history" in rep.figures and "importance" in rep.figures
     assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6
+    assert [(d.key, d.label) for d in read_decisions(out)] == [(f"/{i}", f"bayes-{i}") for i in range(3)]
 
 
 def test_heatmap_keeps_a_stopped_arm_at_its_rung_and_marks_it():
@@ -327,3 +364,6 @@ def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
     assert set(rows) == {"lr:lr=1e-06", "lr:lr=0.1", "reg:bayes-0", "reg:bayes-1"}
     assert all(rows[a]["stage"] == 1 and rows[a]["config.optim.lr"] == 0.1 for a in ("reg:bayes-0", "reg:bayes-1"))
     assert outcome.winner is not None and outcome.winner.label.startswith("reg:bayes-")
+    from rayclf.sweep.decisions import read_decisions
+
+    assert [d.key for d in read_decisions(str(tmp_path / "sbr"))] == ["1/0", "1/1"]

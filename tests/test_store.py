@@ -12,7 +12,7 @@ import pytest
 import rayclf.results as results
 from rayclf.config import UserError, build_config
 from rayclf.results import EPOCHS, STORE_FILE, TRIALS, ResultsStore
-from rayclf.sweep.callbacks import trial_row
+from rayclf.sweep.rows import trial_row
 from rayclf.sweep.runner import prepare_out
 from rayclf.sweep.spec import parse_sweep
 

@@ -19,6 +19,7 @@ import numpy as np
 from filelock import FileLock
 
 from rayclf.config import DataConfig
+from rayclf.data.catalog import DATASETS, DatasetInfo
 from rayclf.data.prepare import Archive, DataError, ensure_extracted
 from rayclf.results import write_atomically
 
@@ -102,27 +103,30 @@ def official_folder(cfg: DataConfig, archive: Archive, folder: str) -> tuple[Pat
     return base, f"restore it from the official archive {archive.filename} ({archive.url}) into {base}"
 
 
+def _load_cifar(cfg: DataConfig, info: DatasetInfo, archive: Archive) -> Dataset:
+    """A CIFAR python-version folder, its files and keys as ``data.catalog`` describes them."""
+    assert info.folder and info.label_key and info.meta_file and info.classes_key
+    base, hint = official_folder(cfg, archive, info.folder)
+    train = _concat([_cifar_split(base / f, info.label_key, hint) for f in info.train_files])
+    test = _concat([_cifar_split(base / f, info.label_key, hint) for f in info.test_files])
+    classes = list(_unpickle(base / info.meta_file, hint)[info.classes_key])
+    return Dataset(info.name, train, test, classes)
+
+
 def load_cifar10(cfg: DataConfig) -> Dataset:
-    base, hint = official_folder(cfg, CIFAR10, "cifar-10-batches-py")
-    train = _concat([_cifar_split(base / f"data_batch_{i}", "labels", hint) for i in range(1, 6)])
-    test = _cifar_split(base / "test_batch", "labels", hint)
-    classes = list(_unpickle(base / "batches.meta", hint)["label_names"])
-    return Dataset("cifar10", train, test, classes)
+    return _load_cifar(cfg, DATASETS["cifar10"], CIFAR10)
 
 
 def load_cifar100(cfg: DataConfig) -> Dataset:
-    base, hint = official_folder(cfg, CIFAR100, "cifar-100-python")
-    train = _cifar_split(base / "train", "fine_labels", hint)
-    test = _cifar_split(base / "test", "fine_labels", hint)
-    classes = list(_unpickle(base / "meta", hint)["fine_label_names"])
-    return Dataset("cifar100", train, test, classes)
+    return _load_cifar(cfg, DATASETS["cifar100"], CIFAR100)
 
 
 # ----------------------------------------------------------------------- folders of images (cached)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def _decode(path: Path, size: int | None) -> np.ndarray:
+def read_image(path: Path, size: int | None) -> np.ndarray:
+    """One image file as uint8 C×H×W (RGB), resized to ``size`` when given (training and ``rayclf predict``)."""
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
@@ -154,7 +158,7 @@ def decode_tree(folder: Path, classes: list[str], size: int | None, cache: Path)
         for label, name in enumerate(classes):
             sub = folder / name
             files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_EXTS) if sub.is_dir() else []
-            xs += [_decode(p, size) for p in files]
+            xs += [read_image(p, size) for p in files]
             ys += [label] * len(files)
         if not xs:
             raise DataError(f"no images found under {folder} (expected one sub-folder per class with "
@@ -179,14 +183,16 @@ CINIC_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def load_cinic10(cfg: DataConfig) -> Dataset:
-    root, folder = data_root(cfg), "cinic-10"
+    info = DATASETS["cinic10"]
+    root, folder = data_root(cfg), str(info.folder)
     base = root / folder
-    cached = all((base / "cache" / f"{s}.npz").is_file() for s in ("train", "valid", "test"))
-    if not cached and not all((base / s).is_dir() for s in ("train", "valid", "test")):
+    names = {"train": info.train_files[0], "val": info.val_files[0], "test": info.test_files[0]}
+    cached = all((base / "cache" / f"{s}.npz").is_file() for s in names.values())
+    if not cached and not all((base / s).is_dir() for s in names.values()):
         ensure_extracted(CINIC10, root, folder, cfg.download)
-    splits = {s: decode_tree(base / s, CINIC_CLASSES, 32, base / "cache" / f"{s}.npz")
-              for s in ("train", "valid", "test")}
-    return Dataset("cinic10", splits["train"], splits["test"], CINIC_CLASSES, val=splits["valid"])
+    splits = {k: decode_tree(base / s, CINIC_CLASSES, info.image_size, base / "cache" / f"{s}.npz")
+              for k, s in names.items()}
+    return Dataset("cinic10", splits["train"], splits["test"], CINIC_CLASSES, val=splits["val"])
 
 
 def load_imagefolder(cfg: DataConfig) -> Dataset:

@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rayclf.aggregate import ArmRow, arm_table, counts_text, stage_winners, status_counts, value_key
+from rayclf.aggregate import (
+    ArmRow,
+    cost_text,
+    counts_text,
+    delta_text,
+    effects_legend,
+    number,
+    p_text,
+    stage_winners,
+    status_counts,
+)
 from rayclf.config import UserError
-from rayclf.metrics import metric_mode
 from rayclf.report import figures as F
-from rayclf.results import EPOCHS, TRIALS, exists, join, read_rows, read_text
+from rayclf.results import TRIALS, exists, join
+from rayclf.sweepdir import read_sweep
 
 STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
 
@@ -33,29 +41,34 @@ class Report:
 
 
 def _pct(v: float | None, metric: str = "accuracy", signed: bool = False) -> str:
-    if v is None:
-        return "–"
-    sign = "+" if signed else ""
-    if metric.endswith("accuracy"):
-        return f"{100 * v:{sign}.2f}"
-    return f"{v:{sign}.4f}"
+    return number(v, metric.endswith("accuracy"), signed)
 
 
 def _marks(r: ArmRow) -> str:
     return "".join(f"{STATUS_MARK[s]}{n}" for s, n in sorted(r.statuses.items()) if s in STATUS_MARK)
 
 
-def table_cells(rows: Sequence[ArmRow], metric: str) -> tuple[list[str], list[list[str]]]:
-    unit = " (%)" if metric.endswith("accuracy") else ""
+def target_half_width(metric: str, target_ci: float | None) -> tuple[float, str]:
+    """The planning column's target: (half-width in metric units, as the table prints it). ``target_ci`` is in
+    the table's units: percentage points for accuracies (default 1), metric units otherwise (default 0.01)."""
+    pct = metric.endswith("accuracy")
+    w = target_ci if target_ci is not None else (1.0 if pct else 0.01)
+    return (w / 100 if pct else w), (f"{w:g} pp" if pct else f"{w:g}")
+
+
+def table_cells(rows: Sequence[ArmRow], metric: str, target: str = "1 pp") -> tuple[list[str], list[list[str]]]:
+    pct = metric.endswith("accuracy")
+    unit = " (%)" if pct else ""
     head = ["arm", "n", f"{metric}{unit} mean ± std", "95% CI ±", f"Δ vs baseline{unit}", "Δ 95% CI ±", "paired p",
-            "test acc (%) mean ± std", "not completed", "rank", "early stop / racing"]
+            "p (Holm)", f"seeds for Δ ±{target} (planning)", "test acc (%) mean ± std", "not completed", "rank",
+            "early stop / racing", "params", "s/epoch", "trial-h"]
     body = []
     for r in rows:
         body.append([r.arm, str(r.n), f"{_pct(r.mean, metric)} ± {_pct(r.std, metric)}", _pct(r.ci95, metric),
-                     _pct(r.delta, metric, signed=True), _pct(r.delta_ci95, metric),
-                     "–" if r.p_value is None else f"{r.p_value:.3g}",
+                     delta_text(r, pct), _pct(r.delta_ci95, metric), p_text(r), p_text(r, adjusted=True),
+                     "–" if r.seeds_needed is None else str(r.seeds_needed),
                      f"{_pct(r.test_mean)} ± {_pct(r.test_std)}", _marks(r),
-                     "–" if r.rank is None else str(r.rank), r.note or "–"])
+                     "–" if r.rank is None else str(r.rank), r.note or "–", *cost_text(r)])
     return head, body
 
 
@@ -64,28 +77,43 @@ RANK_NOTE = ("Rank: arms that trained to the last epoch first, then arms racing 
              "was stopped.")
 
 
-def to_markdown(rows: Sequence[ArmRow], metric: str) -> str:
-    head, body = table_cells(rows, metric)
+def planning_note(target: str) -> str:
+    return (f"Seeds for Δ ±{target}: a planning figure, not post-hoc power: the number of seeds (paired with the "
+            f"baseline's) at which the 95% CI of Δ would be ±{target}, if the paired differences kept the spread "
+            "seen here (Student t); – without a spread (under 2 pairs, or no variance). Set the width with "
+            "rayclf report --target-ci W.")
+
+
+def legend(rows: Sequence[ArmRow], target: str) -> str:
+    """The note under every results table: marks, effects and their tests, the planning column, the rank."""
+    return ("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by racing "
+            "(never started) (counts). 95% CI: Student t over seeds. " + effects_legend(rows) + " "
+            + planning_note(target) + " " + RANK_NOTE)
+
+
+def to_markdown(rows: Sequence[ArmRow], metric: str, target: str = "1 pp") -> str:
+    head, body = table_cells(rows, metric, target)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r, cells in zip(rows, body, strict=True):
         if r.best:
             cells = [f"**{c}**" if i == 2 else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Best arm in bold. Not completed: † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by racing "
-                 "(never started) (counts). p: two-sided paired t-test against the baseline on matched seeds. "
-                 + RANK_NOTE)
+    lines.append(legend(rows, target))
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[ArmRow], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "pairs",
-                    "test_mean", "test_std", "statuses", "best", "rank", "stopped_at", "eliminated"])
+        w.writerow(["arm", "stage", "n", "mean", "std", "ci95", "delta", "delta_ci95", "p_value", "p_holm", "p_note",
+                    "pairs", "seeds_needed", "test_mean", "test_std", "statuses", "best", "rank", "stopped_at",
+                    "eliminated", "params", "epoch_seconds", "trial_hours"])
         for r in rows:
-            w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.pairs,
-                        r.test_mean, r.test_std, json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated])
+            w.writerow([r.arm, r.stage, r.n, r.mean, r.std, r.ci95, r.delta, r.delta_ci95, r.p_value, r.p_holm,
+                        r.effect.note if r.effect else "", r.pairs, r.seeds_needed, r.test_mean, r.test_std,
+                        json.dumps(r.statuses), r.best, r.rank, r.stopped_at, r.eliminated, r.params,
+                        r.epoch_seconds, r.trial_hours])
 
 
 def _tex(s: str) -> str:
@@ -96,8 +124,8 @@ def _tex(s: str) -> str:
     return s
 
 
-def to_latex(rows: Sequence[ArmRow], metric: str, caption: str) -> str:
-    head, body = table_cells(rows, metric)
+def to_latex(rows: Sequence[ArmRow], metric: str, caption: str, target: str = "1 pp") -> str:
+    head, body = table_cells(rows, metric, target)
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
              " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
     for r, cells in zip(rows, body, strict=True):
@@ -153,10 +181,17 @@ def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
     return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
 
 
-def _save(fig, name: str, folder: Path) -> str:
-    """PNG + SVG on disk; returns the PNG as a data URI for the self-contained page."""
+Sink = Path | dict[str, Any]  # a figure folder (report), or a dict that keeps the Figure objects (notebooks)
+
+
+def _save(fig, name: str, folder: Sink) -> str:
+    """PNG + SVG on disk; returns the PNG as a data URI for the self-contained page. A dict sink keeps the
+    figure itself instead (``rayclf.open_sweep(...).figure``), drawn by the very code the report uses."""
     import matplotlib.pyplot as plt
 
+    if isinstance(folder, dict):
+        folder[name] = fig
+        return ""
     fig.savefig(folder / f"{name}.png", dpi=110)
     fig.savefig(folder / f"{name}.svg")
     buf = io.BytesIO()
@@ -165,7 +200,7 @@ def _save(fig, name: str, folder: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Path,
+def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Sink,
                  rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max",
                  bayes_params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     """(name, title, data URI) of every figure this sweep and its search kind support."""
@@ -176,7 +211,7 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
             _save(F.learning_curves(epochs, colors, stopped), "learning_curves", folder))]
     if kind == "ablation" and any(r.delta is not None for r in rows):
         out.append(("effects", "Effect of each arm against the baseline (Δ, 95% CI over matched seeds)",
-                    _save(F.effect_forest(rows, metric, colors), "effects", folder)))
+                    _save(F.effect_forest(rows, metric, colors, mode), "effects", folder)))
     if kind == "bayes":
         out += bayes_figures(trials, rows, metric, folder, mode, bayes_params)
     if kind == "stages" and any(r.stage is not None for r in rows):
@@ -188,6 +223,10 @@ def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], met
     if "optim.name" in factors and "optim.lr" in factors and kind != "ablation":
         out.append(("optimizer_lr", "Optimizer × learning rate",
                     _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
+    if sum(r.mean is not None and r.trial_hours is not None for r in rows) >= 2:
+        out.append(("pareto", "Cost beside accuracy: each arm's mean against trial-hours and parameters "
+                              "(ringed: the Pareto front, no arm both cheaper and better)",
+                    _save(F.pareto(rows, metric, mode), "pareto", folder)))
     done = [r for r in F.completed(trials) if r.get("confusion_matrix") not in (None, "[]")]
     if done:
         best = max(done, key=lambda r: r["test_accuracy"] or 0.0)
@@ -219,7 +258,7 @@ def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: 
         return {}
 
 
-def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Path, mode: str,
+def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: str, folder: Sink, mode: str,
                   params: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """The optimisation history and (when Optuna can compute it) the parameter importance."""
     out = [("history", "Optimisation history (each proposal's mean over seeds, best so far)",
@@ -231,7 +270,7 @@ def bayes_figures(trials: list[dict[str, Any]], rows: Sequence[ArmRow], metric: 
     return out
 
 
-def _grid_figures(trials: list[dict[str, Any]], factors: list[str], metric: str, folder: Path,
+def _grid_figures(trials: list[dict[str, Any]], factors: list[str], metric: str, folder: Sink,
                   pooled: bool = True) -> list[tuple[str, str, str]]:
     """Marginal (pooled) factor plots (``pooled``) and two-factor heatmaps of a grid, random or staged search."""
     out = []
@@ -271,15 +310,13 @@ def md_table_html(md: str) -> str:
 
 
 def to_html(title: str, subtitle: str, rows: Sequence[ArmRow], metric: str, figs: list[tuple[str, str, str]],
-            stage_md: str | None, stopped_md: str | None = None) -> str:
-    head, body = table_cells(rows, metric)
+            stage_md: str | None, stopped_md: str | None = None, target: str = "1 pp") -> str:
+    head, body = table_cells(rows, metric, target)
     t = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r, cells in zip(rows, body, strict=True):
         t.append(f"<tr class='{'best' if r.best else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                  + "</tr>")
-    t.append("</table><p class='note'>Best arm in bold. † stopped early, ‡ diverged, ✗ failed, ⊘ eliminated by "
-             "racing. p: two-sided paired t-test against the baseline on matched seeds; 95% CI: Student t over "
-             f"seeds. {html.escape(RANK_NOTE)}</p>")
+    t.append(f"</table><p class='note'>{html.escape(legend(rows, target))}</p>")
     parts = ["<h2>Results per arm</h2>", "".join(t)]
     if stage_md:
         parts.append("<h2>Stages</h2>" + md_table_html(stage_md) + "<p class='note'>★ the stage's winner (best "
@@ -307,23 +344,23 @@ def reported_section(spec: dict[str, Any], trials: list[dict[str, Any]], out: Pa
     return md
 
 
-def build_report(sweep_dir: str, out: Path | None = None) -> Report:
-    """Read a sweep directory and write every table and figure into ``out`` (default SWEEP_DIR/report)."""
+def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | None = None) -> Report:
+    """Read a sweep directory and write every table and figure into ``out`` (default SWEEP_DIR/report);
+    ``target_ci``: the planning column's half-width of Δ's 95% CI, in the table's units (``target_half_width``)."""
     if not exists(join(sweep_dir, TRIALS)):
         raise UserError(f"{sweep_dir} has no {TRIALS} yet: is it a sweep directory (rayclf sweep --out)?")
-    trials = read_rows(join(sweep_dir, TRIALS))
-    epochs = read_rows(join(sweep_dir, EPOCHS))
-    spec = yaml.safe_load(read_text(join(sweep_dir, "sweep.yaml"))) if exists(join(sweep_dir, "sweep.yaml")) else {}
-    metric = trials[0].get("metric") or spec.get("metric", "val_accuracy")
-    mode = spec.get("mode") or metric_mode(metric)
+    data = read_sweep(sweep_dir)
+    trials, epochs, spec, metric, mode = data.trials, data.epochs, data.spec, data.metric, data.mode
     out = Path(out) if out else Path(sweep_dir if "://" not in sweep_dir else ".") / "report"
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    rows = arm_table(trials, mode, value_key(spec.get("rank_by")))
-    name = spec.get("name") or trials[0].get("sweep", "sweep")
-    (out / "results.md").write_text(to_markdown(rows, metric))
+    half_width, target = target_half_width(metric, target_ci)
+    rows = data.arm_rows(half_width)
+    name = data.name
+    (out / "results.md").write_text(to_markdown(rows, metric, target))
     to_csv(rows, out / "results.csv")
-    (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds."))
+    (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds.",
+                                              target))
     stage_md = stage_markdown(rows, metric, mode) if any(r.stage is not None for r in rows) else None
     if stage_md:
         (out / "stages.md").write_text(stage_md)
@@ -336,7 +373,7 @@ def build_report(sweep_dir: str, out: Path | None = None) -> Report:
     which = "final-epoch" if spec.get("rank_by") == "final" else "best"
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: {which} "
                 f"{metric} per trial ({mode}); source: {sweep_dir}")
-    page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md)
+    page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md, target)
     if reported_md:
         page = page.replace("<h2>Results per arm</h2>", "<h2>Reported vs reproduced</h2>" + md_table_html(reported_md)
                             + "<h2>Results per arm</h2>", 1)

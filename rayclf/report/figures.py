@@ -108,11 +108,11 @@ def _mark_stopped(ax: Any, key: str, epochs: Sequence[Mapping[str, Any]], stoppe
                        label="stopped early" if t is stopped[0] else None)
 
 
-def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any]) -> Figure:
+def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any], mode: str = "max") -> Figure:
     """Ablation: each arm's Δ against the baseline with the 95% CI of the matched-seed differences, sorted
-    (best on top). ``rows`` are aggregate.ArmRow; the baseline and arms without a Δ are left out."""
-    base = next((r for r in rows if r.delta is None and r.mean is not None), None)
-    arms = sorted([r for r in rows if r.delta is not None], key=lambda r: r.delta)
+    (best on top under ``mode``). ``rows`` are aggregate.ArmRow; the baseline and arms without a Δ are left out."""
+    base = next((r for r in rows if r.baseline and r.mean is not None), None)
+    arms = sorted([r for r in rows if r.delta is not None], key=lambda r: r.delta if mode == "max" else -r.delta)
     fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.55 * max(len(arms), 1)))
     ys = np.arange(len(arms))
     deltas = [_scale(metric, r.delta) for r in arms]
@@ -122,9 +122,9 @@ def effect_forest(rows: Sequence[Any], metric: str, colors: Mapping[str, Any]) -
     ax.axvline(0, color="k", lw=1, ls="--")
     ax.set_yticks(ys, [r.arm for r in arms])
     for y, r, d, c in zip(ys, arms, deltas, cis, strict=True):
-        p = "p n/a" if r.p_value is None else f"p = {r.p_value:.2g}"
+        p = f"p (Holm) = {r.p_holm:.2g}" if r.p_holm is not None else (r.effect.note or "no p")
         ci = f"± {c:.2f}" if r.delta_ci95 is not None else "(no CI)"
-        ax.annotate(f"{d:+.2f} {ci}, {p}, n = {r.pairs}", (1.01, y), xycoords=("axes fraction", "data"),
+        ax.annotate(f"{d:+.2f} {ci}, {p}, {r.pairs} pairs", (1.01, y), xycoords=("axes fraction", "data"),
                     va="center", fontsize=8)
     unit = "percentage points" if metric.endswith("accuracy") else "metric units"
     ax.set_xlabel(f"Δ best {metric.replace('_', ' ')} vs baseline ({unit}); bar: 95% CI over matched seeds")
@@ -330,4 +330,39 @@ def param_importance(importances: Mapping[str, float]) -> Figure:
     ax.set_title("Parameter importance")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
+    return fig
+
+
+def pareto(rows: Sequence[Any], metric: str, mode: str) -> Figure:
+    """Each arm's mean against its cost: trial-hours (left) and trainable parameters (right), the Pareto
+    front (no arm both cheaper and better) joined and ringed. ``rows`` are aggregate.ArmRow with costs."""
+    from rayclf.aggregate import pareto_front
+
+    axes_spec = [("trial_hours", "trial-hours per arm (all seeds)"), ("params", "trainable parameters")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = arm_colors([r.arm for r in rows])
+    for ax, (key, label) in zip(axes, axes_spec, strict=True):
+        shown = [r for r in rows if r.mean is not None and getattr(r, key) is not None]
+        points = [(float(getattr(r, key)), float(r.mean)) for r in shown]
+        front = pareto_front(points, mode)
+        for r, (x, y) in zip(shown, points, strict=True):
+            ax.scatter([x], [_scale(metric, y)], color=colors[r.arm], s=50, edgecolors="k", zorder=3, label=r.arm)
+        if front:
+            fx, fy = [points[i][0] for i in front], [_scale(metric, points[i][1]) for i in front]
+            ax.step(fx, fy, where="post", color="k", lw=1, ls="--", zorder=2)
+            ax.scatter(fx, fy, s=180, facecolors="none", edgecolors="tab:red", lw=1.8, zorder=4,
+                       label="Pareto front")
+            for i in front:
+                ax.annotate(shown[i].arm, (points[i][0], _scale(metric, points[i][1])), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        if key == "params" and points and max(p[0] for p in points) / max(min(p[0] for p in points), 1) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"mean {_label(metric)} over seeds")
+        ax.set_title(f"{metric.replace('_', ' ')} vs {label.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) <= 16:
+        fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     return fig

@@ -18,8 +18,10 @@ from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_setting
 
 
 def arm_rows(rep: Report) -> list[dict[str, Any]]:
-    return [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "test_accuracy_mean": s.test_mean,
-             "test_accuracy_std": s.test_std, "statuses": str(s.statuses)} for s in rep.rows]
+    return [{"arm": s.arm, "n": s.n, "metric_mean": s.mean, "metric_std": s.std, "delta": s.delta,
+             "delta_ci95": s.delta_ci95, "pairs": s.pairs, "p_value": s.p_value, "p_holm": s.p_holm,
+             "test_accuracy_mean": s.test_mean, "test_accuracy_std": s.test_std, "statuses": str(s.statuses)}
+            for s in rep.rows]
 
 
 def figure_files(rep: Report) -> list[Path]:

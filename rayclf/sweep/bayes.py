@@ -8,8 +8,12 @@ module's ranking rule (the mean over seeds; arms stopped early are told as prune
 
 Reproducibility and resume: the sampler of batch k is seeded from (search seed, k) and told every earlier
 proposal's result, in order, from the results store. So a fixed search seed gives the same sequence of
-proposals, and ``--resume`` rebuilds the sampler from the finished trials and continues the sequence instead
-of starting over (finished trials are skipped as usual; their results are told back).
+proposals. Every proposal (index, config, label) is logged in the decision log before it runs, and
+``--resume`` replays the logged proposals first, as logged: proposal k is the same config under the same label
+on every resume, whatever a result changed since (a failed seed re-run, ``--rerun-stopped``, a seed added).
+Optuna is asked only for the indexes after the last logged one, told the stored results of all earlier
+proposals, so new proposals continue the sequence. Labels are display names of logged indexes; two proposals
+that resolve to one config are one arm (it runs once, under the first label).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from rayclf.aggregate import ArmRow, arm_table, value_key
+from rayclf.config import UserError
+from rayclf.sweep.decisions import PROPOSAL, Decision, DecisionLog
 from rayclf.sweep.spec import Arm, Sweep
 
 PREFIX = "bayes-"
@@ -137,26 +143,109 @@ def results_of(sweep: Sweep, arms: Sequence[Arm], trials: Sequence[Mapping[str, 
     return out
 
 
+def proposal_key(stage: int | None, index: int) -> str:
+    """The decision-log key of proposal ``index`` (``/3`` in a bayes search, ``1/3`` in stage 1's)."""
+    return f"{'' if stage is None else stage}/{index}"
+
+
+def logged_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> list[Arm]:
+    """The proposals already logged for this search, in index order (up to ``num_samples``, without gaps), each
+    under the label it was logged with."""
+    spec = sweep.file.search.bayes
+    assert spec is not None
+    out = []
+    for index in range(spec.num_samples):
+        d = log.get(PROPOSAL, proposal_key(stage, index))
+        if d is None:
+            break
+        out.append(Arm(d.label, dict(d.detail["overrides"])))
+    return out
+
+
+def _in_space(value: Any, dist: Mapping[str, Any]) -> bool:
+    """Whether ``value`` is one the distribution (a ``search.bayes.params`` entry) can propose."""
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        return value in arg
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return arg[0] <= value < arg[1] if kind == "randint" else arg[0] <= value <= arg[1]
+
+
+def check_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> None:
+    """Refuse a resume under which a logged proposal could not have been made: a parameter added or removed, a
+    value now outside its range, or (for proposals TPE chose from results) another ``rank_by``."""
+    spec = sweep.file.search.bayes
+    assert spec is not None
+    where = "search.bayes" if stage is None else f"search.stages.{stage}.bayes"
+    key = value_key(sweep.file.rank_by)
+    for d in (log.get(PROPOSAL, proposal_key(stage, i)) for i in range(spec.num_samples)):
+        if d is None:
+            return
+        o, index = d.detail["overrides"], d.detail["index"]
+        bad = next((k for k in o if k in spec.params and not _in_space(o[k], spec.params[k])), None)
+        if set(o) != set(spec.params):
+            problem = f"over {', '.join(sorted(o))}; {where}.params now has {', '.join(sorted(spec.params))}"
+        elif bad is not None:
+            problem = f"with {bad} = {o[bad]!r}, outside {where}.params.{bad} = {spec.params[bad]} now"
+        elif index >= spec.startup and d.detail.get("value", key) != key:
+            problem = f"from results ranked by {d.detail['value']}; rank_by now ranks by {key}"
+        else:
+            continue
+        raise UserError(f"--resume: bayes proposal {index} ({d.label}) was made {problem}. Restore the file's "
+                        "setting, or run the search in a new --out.")
+
+
+def _log_batch(sweep: Sweep, log: DecisionLog, stage: int | None, start: int, batch: list[Arm]) -> None:
+    """Log each new proposal (index, config) before it runs: on resume it is the same config, same label."""
+    for k, arm in enumerate(batch):
+        detail = {"index": start + k, "overrides": arm.overrides, "value": value_key(sweep.file.rank_by)}
+        log.record(Decision(PROPOSAL, proposal_key(stage, start + k), sweep.arm_id(arm), arm.label, stage,
+                            len(sweep.file.seeds), detail))
+
+
+def next_batch(sweep: Sweep, log: DecisionLog, stage: int | None, replay: list[Arm], proposals: list[Arm],
+               stored: Callable[[], list[dict[str, Any]]]) -> list[Arm]:
+    """The next batch: logged proposals first (as logged, whatever the results say now), then Optuna's, asked
+    with every earlier proposal's stored result told in index order, so the sequence continues."""
+    spec = sweep.file.search.bayes
+    assert spec is not None
+    start, count = len(proposals), min(spec.batch, spec.num_samples - len(proposals))
+    if start < len(replay):
+        return replay[start:start + count]
+    told = list(zip(proposals, results_of(sweep, proposals, stored()), strict=True))
+    batch = propose(sweep, told, count)
+    _log_batch(sweep, log, stage, start, batch)
+    return batch
+
+
 RunArms = Callable[[list[Arm], list[Arm]], int]
 
 
 def run_bayes(sweep: Sweep, run_arms: RunArms, stored: Callable[[], list[dict[str, Any]]],
-              echo: Callable[[str], None]) -> tuple[int, list[Arm]]:
+              echo: Callable[[str], None], log: DecisionLog, stage: int | None = None) -> tuple[int, list[Arm]]:
     """Ask, run (all seeds), tell, batch after batch, until ``num_samples`` proposals; return trials skipped as
-    already done and every proposal. ``run_arms(batch, every proposal so far)`` runs a batch's arms with the
-    sweep's scheduler; ``stored`` reads the store's trial rows."""
+    already done and the distinct arms proposed (first label kept). ``run_arms(batch, every arm so far)`` runs
+    a batch's new arms with the sweep's scheduler (raising ``SweepInterrupted`` on Ctrl-C, before any further
+    proposal); ``stored`` reads the store's trial rows; ``log`` keeps proposals across resumes (``stage``: the
+    stage of a bayes stage). A proposal whose config an earlier one already has is that arm: it runs once."""
     spec = sweep.file.search.bayes
     assert spec is not None
-    arms: list[Arm] = []
+    check_proposals(sweep, log, stage)
+    replay = logged_proposals(sweep, log, stage)
+    proposals: list[Arm] = []
+    arms: dict[str, Arm] = {}
     skipped = 0
-    while len(arms) < spec.num_samples:
-        told = list(zip(arms, results_of(sweep, arms, stored()), strict=True))
-        batch = propose(sweep, told, min(spec.batch, spec.num_samples - len(arms)))
-        arms += batch
-        skipped += run_arms(batch, arms)
-        best = best_so_far(results_of(sweep, arms, stored()), sweep.file.mode or "max")
-        echo(f"bayes: {len(arms)}/{spec.num_samples} proposals" + (f", best mean {best:.4f}" if best else ""))
-    return skipped, arms
+    while len(proposals) < spec.num_samples:
+        batch = next_batch(sweep, log, stage, replay, proposals, stored)
+        proposals += batch
+        new = [a for a in batch if arms.setdefault(sweep.arm_id(a), a) is a]
+        if new:
+            skipped += run_arms(new, list(arms.values()))
+        best = best_so_far(results_of(sweep, list(arms.values()), stored()), sweep.file.mode or "max")
+        shown = f", best mean {best:.4f}" if best is not None else ""
+        echo(f"bayes: {len(proposals)}/{spec.num_samples} proposals{shown}")
+    return skipped, list(arms.values())
 
 
 def best_so_far(rows: Sequence[ArmRow | None], mode: str) -> float | None:

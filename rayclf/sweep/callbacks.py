@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 
-from rayclf.aggregate import best_value
-from rayclf.config import flatten
 from rayclf.results import ResultsStore
 from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.rows import trial_row
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
     """Our trial description, carried through Tune's param space."""
     return trial.config["trial"]
-
-
-def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
-              epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
-              resumed_from: int | None = None, rung: int | None = None) -> dict[str, Any]:
-    """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
-
-    A trial whose arm was stopped at epoch ``rung`` carries that epoch as ``stopped_at_epoch`` and its best up
-    to it as ``metric_best`` (the arm's value there; epochs it trained past the rung stay in epochs.parquet).
-    Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
-    s = summary or {}
-    judged = [e for e in epochs if rung is None or int(e.get("epoch") or 0) <= rung]
-    best = best_value([e[metric] for e in judged if e.get(metric) is not None], mode)
-    last = epochs[-1] if epochs else {}
-    stopped_at = (rung if rung is not None else last.get("epoch")) if status == "stopped_early" else None
-    row: dict[str, Any] = {
-        "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "stage": info.get("stage"),
-        "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
-        "epochs": len(epochs), "stopped_at_epoch": stopped_at,
-        "resumed_from_epoch": resumed_from,
-        "metric": metric, "metric_best": best, "metric_final": last.get(metric),
-        "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e.get("val_accuracy") is not None),
-                                 default=None),
-        "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
-        "final_train_loss": last.get("train_loss"), "final_train_accuracy": last.get("train_accuracy"),
-        "test_accuracy": s.get("test_accuracy"), "test_loss": s.get("test_loss"), "params": s.get("params"),
-        "seconds": s.get("seconds", sum(e.get("epoch_seconds") or 0.0 for e in epochs)),
-        "train_seconds": s.get("train_seconds", sum(e.get("train_seconds") or 0.0 for e in epochs)),
-        "images_per_sec": s.get("images_per_sec") or _mean([e.get("images_per_sec") for e in epochs]),
-        "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
-        "world_size": s.get("world_size"), "node": last.get("node"), "checkpoint": checkpoint,
-        "per_class_accuracy": s.get("per_class_accuracy", []), "confusion_matrix": s.get("confusion_matrix", []),
-        "classes": s.get("classes", []), "overrides": info.get("overrides", {}),
-    }
-    row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
-    return row
-
-
-def _mean(values: list[Any]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 class Recorder(Callback):
@@ -68,8 +27,9 @@ class Recorder(Callback):
 
     def __init__(self, store: ResultsStore, metric: str, mode: str,
                  prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = "",
-                 board: Any = None):
+                 board: Any = None, stop: Any = None):
         self.store, self.metric, self.mode, self.scheme = store, metric, mode, storage_scheme
+        self.stop = stop  # interrupt.StopFlag: once set, a trial that did not finish by itself is not recorded
         self.board = board  # schedulers.ArmBoard when arms stop together: why and where a trial stopped
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         for tid, history in (prior or {}).items():
@@ -116,23 +76,53 @@ class Recorder(Callback):
         self.rows[tid] = row
 
     def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
-        """A trial that never trains (its arm was stopped or eliminated first): still exactly one row."""
-        row = trial_row(info, status, reason, None, [], self.metric, self.mode, rung=rung)
-        self.store.add(row, [])
-        self.rows[info["trial_id"]] = row
+        """A trial that does not train in this run (its arm was stopped or eliminated first): still exactly
+        one row, with the epochs an earlier run trained before its checkpoint, if any."""
+        tid = info["trial_id"]
+        epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
+        row = trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung)
+        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+        self.rows[tid] = row
+
+    def _interrupted(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary = self.summaries.get(trial_info(trial)["trial_id"])
+        if summary is None and self._interrupted():  # stopped by Ctrl-C: continues from its checkpoint
+            return
         if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
         elif self.board is not None:
-            rung, why = self.board.why_stopped(trial_info(trial)["arm"])
+            rung, why = self.board.why_stopped(trial_info(trial)["arm_id"])
             self._record(trial, "stopped_early", why, rung)
         else:
             self._record(trial, "stopped_early", "stopped by the scheduler")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._interrupted():  # its process went down with the stop: continues from its checkpoint
+            return
         self._record(trial, "failed", failure_reason(trial))
+
+
+class SweepStopper(Stopper):
+    """Ends the Tune run when the sweep's stop flag is set (Ctrl-C / SIGTERM). ``stop_all`` stops every trial
+    without ``on_trial_complete``, so nothing interrupted is recorded as finished."""
+
+    def __init__(self, flag: Any):
+        self.flag = flag
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.flag.is_set()
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its stopper with the experiment state
+        return {"flag": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.flag = None
 
 
 def failure_reason(trial: Any) -> str:
@@ -218,15 +208,34 @@ class PlacementGroupJanitor(Callback):
             self.release(pg)
 
 
+def node_names() -> dict[str, str]:
+    """Ray node id → the node's host name (its IP when it has none), for every node the cluster knows."""
+    import ray
+
+    return {n["NodeID"]: n.get("NodeManagerHostname") or n.get("NodeManagerAddress") or ""
+            for n in ray.nodes() if n.get("NodeID")}
+
+
 class LiveCallback(Callback):
     """Feeds Tune's trial events to the live view (``rayclf.sweep.live``); statuses come from the recorder,
-    so the view shows exactly what the results table holds. Must come after the ``Recorder``."""
+    so the view shows exactly what the results table holds. Must come after the ``Recorder``. Nodes are shown
+    by host name (looked up once per node Ray reports), not by Ray's node id."""
 
     def __init__(self, view: Any, recorder: Recorder):
         self.view, self.recorder = view, recorder
+        self.names: dict[str, str] = {}
+
+    def node(self, node_id: str | None) -> str | None:
+        from rayclf.sweep.live import node_label
+
+        if node_id and node_id not in self.names:
+            with contextlib.suppress(Exception):  # a display nicety: the short id stands in
+                self.names.update(node_names())
+            self.names.setdefault(node_id, "")  # asked once per node, not once per epoch
+        return node_label(node_id, self.names)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment; a terminal
-        return {"view": None, "recorder": self.recorder}  # display (locks, threads) stays with the driver
+        return {"view": None, "recorder": self.recorder, "names": {}}  # display (locks, threads) stays with the driver
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.view is None:
@@ -237,7 +246,7 @@ class LiveCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" in result and self.view is not None:
             self.view.result(trial_info(trial)["trial_id"], int(result["epoch"]), result.get(self.recorder.metric),
-                             result.get("epoch_seconds"), result.get("node"))
+                             result.get("epoch_seconds"), self.node(result.get("node")))
 
     def _finished(self, trial: Any) -> None:
         if self.view is None:

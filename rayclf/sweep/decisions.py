@@ -74,6 +74,7 @@ class DecisionLog:
     def __init__(self, root: str):
         self.root = root
         self._by_key: dict[tuple[str, str], Decision] = {(d.kind, d.key): d for d in read_decisions(root)}
+        self._forgotten = 0  # the highest seq forgotten: numbers are never reused within a run
 
     def get(self, kind: str, key: str) -> Decision | None:
         return self._by_key.get((kind, key))
@@ -90,6 +91,7 @@ class DecisionLog:
         if decision.kind not in KINDS:
             raise ValueError(f"unknown decision kind {decision.kind!r}; kinds: {', '.join(KINDS)}")
         seq = max((d.seq for d in self._by_key.values()), default=0) + 1
+        seq = max(seq, self._forgotten + 1)
         logged = Decision(**{**decision.__dict__, "seq": seq, "time": time.time()})
         table = arrow_table([logged.row()], {k: ("string" if v == "json" else v) for k, v in COLUMNS.items()})
         write_atomically(join(join(self.root, DECISIONS), _part(logged.kind, logged.key)),
@@ -103,6 +105,7 @@ class DecisionLog:
         gone = [d for d in self._by_key.values() if d.kind == kind and (keys is None or d.key in keys)]
         fs, folder = filesystem(join(self.root, DECISIONS))
         for d in gone:
+            self._forgotten = max(self._forgotten, d.seq)
             fs.delete_file(f"{folder}/{_part(d.kind, d.key)}")
             del self._by_key[(d.kind, d.key)]
         return len(gone)

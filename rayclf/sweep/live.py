@@ -63,6 +63,14 @@ def duration(seconds: float | None) -> str:
     return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def node_label(node_id: str | None, names: dict[str, str]) -> str | None:
+    """A node as people name it: its host name or IP from ``names``; else the first 8 characters of Ray's
+    56-character node id."""
+    if not node_id:
+        return None
+    return names.get(node_id) or (node_id[:8] if len(node_id) > 16 else node_id)
+
+
 class LiveView:
     """Progress of one sweep; see the module docstring for the events and what each mode shows."""
 

@@ -26,28 +26,15 @@ class Calibration:
 
 
 def calibrate(config: dict[str, Any], steps: int = 3) -> Calibration:
-    """Peak CUDA memory of the trial's own training step (the engine's, run ``steps`` times) on this GPU."""
-    import torch
-
+    """Peak CUDA memory of the trial's own training step (the engine's probe, ``steps`` steps) on this GPU."""
     from rayclf.config import build_config
     from rayclf.data.sources import load_dataset
-    from rayclf.train.engine import build_trainer
-    from rayclf.train.optim import Schedule, create_optimizer
+    from rayclf.train.engine import probe
 
     cfg = build_config(config)
     cfg.train.device = "cuda"
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    tr = build_trainer(cfg, load_dataset(cfg.data))
-    opt = create_optimizer(tr.model, cfg.optim, cuda=True)
-    scaler = torch.amp.GradScaler("cuda") if tr.amp == torch.float16 else None
-    tr.train_epoch(opt, Schedule(opt, cfg.sched, cfg.total_epochs()), 0, scaler, max_steps=steps)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    total = torch.cuda.get_device_properties(tr.device).total_memory
-    del tr, opt
-    torch.cuda.empty_cache()
-    return Calibration(int(peak), int(total))
+    found = probe(cfg, load_dataset(cfg.data), steps=steps)
+    return Calibration(int(found.peak_bytes or 0), int(found.total_bytes or 0))
 
 
 def safe_fraction(cal: Calibration) -> float:

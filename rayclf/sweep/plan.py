@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rayclf.config import TrialConfig
-from rayclf.sweep.spec import Arm, Sweep, Trial
+from rayclf.data.catalog import DATASETS, describe, split_sizes
+from rayclf.sweep.spec import Arm, Sweep, Trial, alias_note
 
 DRIVER_RESOURCE = "rayclf_driver"
 # Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
 # H100's ~990 dense bf16 TFLOP/s, typical of small CNNs at study batch sizes.
 ASSUMED_GPU_FLOPS = 0.15 * 990e12
 ASSUMED_CPU_FLOPS = 50e9
-
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "cinic10": 90_000}
 
 
 @dataclass
@@ -77,21 +77,18 @@ def counted_train_images(cfg: TrialConfig) -> int | None:
     CIFAR: the label lists of the official pickles; CINIC-10 and imagefolder: image files per class folder."""
     from rayclf.data.sources import IMAGE_EXTS, data_root
 
-    root = data_root(cfg.data)
+    root, info = data_root(cfg.data), DATASETS[cfg.data.name]
     try:
-        if cfg.data.name in ("cifar10", "cifar100"):
-            if cfg.data.name == "cifar10":
-                folder, files, key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels"
-            else:
-                folder, files, key = root / "cifar-100-python", ["train"], "fine_labels"
-            if not all((folder / f).is_file() for f in files):
+        if info.label_key is not None:  # CIFAR: the official pickles
+            folder = root / str(info.folder)
+            if not all((folder / f).is_file() for f in info.train_files):
                 return None
             total = 0
-            for f in files:
+            for f in info.train_files:
                 with (folder / f).open("rb") as fh:
-                    total += len(pickle.load(fh, encoding="latin1")[key])
+                    total += len(pickle.load(fh, encoding="latin1")[info.label_key])
             return total
-        folder = root / "cinic-10" / "train" if cfg.data.name == "cinic10" else root
+        folder = root / str(info.folder) / info.train_files[0] if info.folder else root
         if not folder.is_dir():
             return None
         return sum(1 for c in folder.iterdir() if c.is_dir() for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -106,13 +103,10 @@ def train_images(cfg: TrialConfig) -> tuple[int | None, str]:
         n, source = cfg.data.synthetic.num_train, "synthetic"
     else:
         counted = counted_train_images(cfg)
-        n, source = (counted, "counted") if counted is not None else (TRAIN_SIZES.get(cfg.data.name), "assumed")
+        n, source = (counted, "counted") if counted is not None else (describe(cfg.data).train_size, "assumed")
         if n is None:
             return None, "unknown"
-    if cfg.data.train_subset:
-        n = min(n, cfg.data.train_subset)
-    if cfg.data.validate_on != "test" and (cfg.data.name != "cinic10" or not cfg.data.official_val):
-        n = int(n * (1 - cfg.data.val_fraction))  # validate_on: test trains on every training image
+    n = split_sizes(cfg.data, n)[0]
     return n * (2 if cfg.augment.double else 1), source
 
 
@@ -123,9 +117,8 @@ def flops_per_image(cfg: TrialConfig) -> float:
 
     from rayclf.models import create_model
 
-    size = cfg.data.synthetic.image_size if cfg.data.name == "synthetic" else (cfg.data.image_size or 32)
-    classes = cfg.data.synthetic.num_classes if cfg.data.name == "synthetic" else (
-        100 if cfg.data.name == "cifar100" else 10)
+    info = describe(cfg.data)
+    size, classes = info.image_size or 32, info.num_classes or 10
     opts = cfg.model
     if getattr(opts, "pretrained", False) or getattr(opts, "checkpoint", None):
         opts = opts.model_copy(update={"pretrained": False, "checkpoint": None})  # the shape is enough
@@ -223,6 +216,12 @@ def _planned(sweep: Sweep, picked: list[Arm] | None = None) -> tuple[list[Trial]
     return sweep.trials(sweep.arms()), [], 1.0
 
 
+def planned_count(sweep: Sweep) -> int:
+    """How many trials the whole sweep plans (a bayes search: all its proposals × seeds; +1 final run)."""
+    trials, _, scale = _planned(sweep)
+    return round(len(trials) * scale) + (1 if sweep.file.search.final else 0)
+
+
 def scheduler_text(sweep: Sweep, n_arms: int) -> str:
     """What the scheduler will do, in one line."""
     s, n_seeds = sweep.file.scheduler, len(sweep.file.seeds)
@@ -239,8 +238,11 @@ def scheduler_text(sweep: Sweep, n_arms: int) -> str:
     return "scheduler: fifo (every trial trains to the end)"
 
 
-def dry_run_text(sweep: Sweep, address: str | None = None, picked: list[Arm] | None = None) -> str:
-    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate."""
+def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = False, price: float | None = None,
+                 echo: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None,
+                 picked: list[Arm] | None = None) -> str:
+    """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate: a FLOP guess,
+    or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``)."""
     file = sweep.file
     trials, notes, scale = _planned(sweep, picked)
     n_arms = len(trials) // len(file.seeds)
@@ -249,6 +251,8 @@ def dry_run_text(sweep: Sweep, address: str | None = None, picked: list[Arm] | N
              f"{len(file.seeds)} seeds = {len(trials)} trials" + final
              + (" in the first batch" if file.search.kind == "bayes" else "")]
     lines += notes
+    aliased = {t.arm.label: t.arm for t in trials if t.arm.aliases}
+    lines += [f"{alias_note(arm)}: one arm, trained once per seed" for arm in aliased.values()]
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")
     for t in trials:
         lines.append(f"{t.trial_id:<17} {t.arm.label[:48]:<48} {t.seed:<5} {t.config.total_epochs()}")
@@ -263,20 +267,32 @@ def dry_run_text(sweep: Sweep, address: str | None = None, picked: list[Arm] | N
         grows = ("" if address is None else
                  " (unless the cluster's autoscaler adds such nodes; a fixed cluster never will)")
         lines.append(f"CANNOT RUN on {have}{grows}: {unmet}")
-    hours, basis = estimate_hours(trials, res.gpus > 0)
-    hours = hours * scale if hours is not None else None
     unit = "GPU-hours" if res.gpus > 0 else "CPU trial-hours"
-    if hours is None:
-        lines.append(f"estimate: not available ({basis})")
-    else:  # FLOPs over one device's throughput is device time, however trials share or span devices
-        minutes = f" = {hours * 60:.1f} min" if hours < 1 else ""
-        lines.append(f"estimate: {hours:.2f} {unit}{minutes} ({basis}; a rough guide, not a measurement)")
+    if calibrate:
+        from rayclf.sweep.calibrate import calibrate_lines
+        from rayclf.sweep.preflight import task_resources
+
+        lines += calibrate_lines(trials, concurrency(sweep, cluster), unit, scale, price, address,
+                                 task_resources(sweep), echo, clock)
+    else:
+        lines += guess_lines(trials, res.gpus > 0, scale, unit, price)
     lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
     lines += model_sizes(trials)
     return "\n".join(lines)
 
 
-CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10}
+def guess_lines(trials: list[Trial], use_gpu: bool, scale: float, unit: str, price: float | None) -> list[str]:
+    """The FLOP-count estimate, labelled the guess it is."""
+    hours, basis = estimate_hours(trials, use_gpu)
+    if hours is None:
+        return [f"estimate: not available ({basis})"]
+    hours *= scale  # FLOPs over one device's throughput is device time, however trials share or span devices
+    minutes = f" = {hours * 60:.1f} min" if hours < 1 else ""
+    lines = [f"estimate: {hours:.2f} {unit}{minutes} (a guess from FLOPs, not a measurement; --calibrate measures it; "
+             f"{basis})"]
+    if price is not None:
+        lines.append(f"cost (guessed): {hours * price:,.2f} at {price:g} per trial-hour")
+    return lines
 
 
 def model_sizes(trials: list[Trial]) -> list[str]:
@@ -290,9 +306,8 @@ def model_sizes(trials: list[Trial]) -> list[str]:
 
     seen: dict[str, tuple[str, int]] = {}
     for t in trials:
-        d = t.config.data
-        classes = d.synthetic.num_classes if d.name == "synthetic" else CLASSES.get(d.name)
-        size = d.synthetic.image_size if d.name == "synthetic" else 32
+        info = describe(t.config.data)
+        classes, size = info.num_classes, info.image_size or 32
         key = json.dumps([t.config.model.model_dump(mode="json"), classes], sort_keys=True)
         if key in seen or classes is None:
             continue

@@ -53,25 +53,15 @@ def _uses_gpu(cfg: Any, gpus: float) -> bool:
 
 
 def _one_step(config: dict[str, Any], device: str | None) -> None:
-    """One optimizer step of the trial's own training loop (engine.build_trainer + train_epoch)."""
-    import torch
-
+    """One optimizer step of the trial's own training loop (the engine's probe)."""
     from rayclf.config import build_config
     from rayclf.data.sources import load_dataset
-    from rayclf.train.engine import build_trainer
-    from rayclf.train.optim import Schedule, create_optimizer
+    from rayclf.train.engine import probe
 
     cfg = build_config(config)
     if device is not None and cfg.train.device == "auto":
         cfg.train.device = device
-    tr = build_trainer(cfg, load_dataset(cfg.data))
-    cuda = tr.device.type == "cuda"
-    opt = create_optimizer(tr.model, cfg.optim, cuda=cuda)
-    scaler = torch.amp.GradScaler("cuda") if cuda and tr.amp == torch.float16 else None
-    tr.train_epoch(opt, Schedule(opt, cfg.sched, cfg.total_epochs()), 0, scaler, max_steps=1)
-    del tr, opt
-    if cuda:
-        torch.cuda.empty_cache()
+    probe(cfg, load_dataset(cfg.data), steps=1)
 
 
 def check_node(marker: str, token: str, shapes: list[tuple[str, str, dict[str, Any]]], gpus: float) -> NodeReport:

@@ -1,33 +1,41 @@
-"""Early stopping that decides per arm: ASHA and the median rule over the mean of an arm's seeds.
+"""Early stopping that decides per arm: ASHA and the median rule over the mean of *all* of an arm's seeds.
 
 rayclf's results are per arm (mean over seeds), so its early stopping is too. Ray Tune's own ASHA and median
 rule judge each trial alone: an arm's three seeds could be judged separately at a rung, and every stopped
 trial drops out of the per-arm tables. Here three pieces share one ``ArmBoard`` in the sweep driver:
 
-- ``TrialQueue`` (a Tune ``Searcher``) hands Tune rayclf's trial list in order, and never hands out a seed
-  of an arm that is already stopped: that seed is recorded at once (status ``stopped_early``, no epochs), so
-  every trial still gets exactly one row and a resumed sweep does not start it.
-- ``ArmScheduler`` (a Tune ``FIFOScheduler``) records each seed's best-so-far metric at every rung. When
-  every *started* seed of an arm has reached a rung (or ended before it), it takes the arm's mean there and
-  applies the rule (ASHA: below the top 1/reduction_factor of the arms recorded at that rung so far;
-  median: worse than the median of the other arms at that epoch). A stopped arm's running seeds stop at
-  their next result. Seeds that reached the rung first keep training while they wait for the slower ones.
+- ``TrialQueue`` (a Tune ``Searcher``) hands Tune rayclf's trial list in order, an arm's seeds together once
+  that many slots are free, and never hands out a seed of an arm that is already stopped: that seed is
+  recorded at once (status ``stopped_early``), so every trial still gets exactly one row.
+- ``ArmScheduler`` (a Tune ``FIFOScheduler``) records each seed's best-so-far metric. An arm's decision at a
+  rung waits until every *planned* seed has reached it (or ended before it): every decision sees the planned
+  number of seeds. Then it takes the arm's mean and applies the rule (ASHA: below the top 1/reduction_factor
+  of the arms recorded at that rung so far; median: worse than the median of the other arms). Only an arm
+  with more seeds than slots has a seed that reached the rung first *pause* (Tune's ``PAUSE``, at the rung's
+  checkpoint, which the trial forces) until its arm is decided; then it continues or stops.
 - ``Recorder`` asks the board why a trial stopped and at which rung, so the row says so and carries the
   value at that rung.
 
+A stop is written to the decision log (``rayclf.sweep.decisions``, kind ``stop``, keyed by arm id) before any
+trial stops; ``--resume`` rebuilds the board from that log and from the stored epochs of every seed
+(``build_board``). Nothing is decided once the run is halting (``ArmBoard.halted``: Ctrl-C).
 Racing over seeds is a loop of rounds in ``rayclf.sweep.racing``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from ray.tune.experiment import Trial as TuneTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+
+from rayclf.sweep.decisions import STOP, Decision
+from rayclf.sweep.keys import SUMMARY_KEY
 
 
 @dataclass
@@ -39,17 +47,17 @@ class RungRule:
     reduction_factor: float = 2.0
     min_arms: int = 2
 
-    def stops(self, score: float, others: list[float]) -> tuple[bool, str]:
-        """Whether an arm scoring ``score`` (higher is better) stops, against the other arms at this rung."""
+    def cutoff(self, others: list[float]) -> float | None:
+        """The score (higher is better) an arm must reach at a rung, given the other arms there; None: no rule
+        applies yet (ASHA: no other arm; median: fewer than ``min_arms``)."""
         if self.name == "asha":
-            if not others:
-                return False, ""
-            cutoff = float(np.percentile(others, (1 - 1 / self.reduction_factor) * 100))
-            return score < cutoff, f"below the top 1/{self.reduction_factor:g} cutoff {cutoff:.4g}"
-        if len(others) < self.min_arms:
-            return False, ""
-        median = float(np.median(others))
-        return score < median, f"worse than the median {median:.4g} of {len(others)} other arms"
+            return float(np.percentile(others, (1 - 1 / self.reduction_factor) * 100)) if others else None
+        return float(np.median(others)) if len(others) >= self.min_arms else None
+
+    def describe(self, n_others: int) -> str:
+        if self.name == "asha":
+            return f"the top 1/{self.reduction_factor:g} cutoff"
+        return f"the median of {n_others} other arms"
 
 
 def rung_rule(name: str, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> RungRule:
@@ -63,27 +71,52 @@ def rung_rule(name: str, grace: int, reduction_factor: float, max_epochs: int, m
     return RungRule(name, list(range(grace, max_epochs)), reduction_factor, min_arms)
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class ArmBoard:
-    """What the queue, the scheduler and the recorder share about arms: started seeds, rung values, stops."""
+    """What the queue, the scheduler and the recorder share about arms (keyed by arm id, never by label):
+    planned seeds, rung values, paused seeds, stops. ``log`` (a ``DecisionLog``) gets every stop before it
+    acts; ``slots`` is how many trials run at once (0: no limit); ``halted`` says the run is being stopped
+    (Ctrl-C), when no decision may be taken on what happens to be known."""
 
     rule: RungRule
     mode: str
     metric: str
-    started: dict[str, list[str]] = field(default_factory=dict)  # arm -> trial ids handed to Tune
+    log: Any = None
+    slots: int = 0
+    halted: Callable[[], bool] = _never
+    plan: dict[str, list[str]] = field(default_factory=dict)  # arm -> planned trial ids (every seed)
+    arm_of: dict[str, str] = field(default_factory=dict)  # trial id -> arm
+    seed_of: dict[str, int] = field(default_factory=dict)
+    names: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # arm -> (label, stage) for the log
+    started: set[str] = field(default_factory=set)  # trial ids handed to Tune in this run
     ended: set[str] = field(default_factory=set)
+    paused: dict[str, int] = field(default_factory=dict)  # trial id -> the rung it waits at
     best: dict[str, dict[int, float]] = field(default_factory=dict)  # trial id -> epoch -> best so far
+    last: dict[str, int] = field(default_factory=dict)  # trial id -> the latest epoch it reported
     decided: dict[str, set[int]] = field(default_factory=dict)  # arm -> rungs already judged
     recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rung -> arm -> score
     stopped: dict[str, tuple[int, str]] = field(default_factory=dict)  # arm -> (rung, why)
 
-    def start(self, arm: str, tid: str) -> None:
-        self.started.setdefault(arm, []).append(tid)
+    def add_arm(self, arm: str, label: str, seeds: Iterable[tuple[str, int]], stage: int | None = None) -> None:
+        """Plan an arm: its (trial id, seed) pairs, finished ones included (they count in every decision)."""
+        self.names.setdefault(arm, (label, stage))
+        for tid, seed in seeds:
+            if tid not in self.arm_of:
+                self.plan.setdefault(arm, []).append(tid)
+                self.arm_of[tid], self.seed_of[tid] = arm, seed
+
+    def start(self, tid: str) -> None:
+        self.started.add(tid)
 
     def observe(self, tid: str, epoch: int, value: float | None) -> None:
         """A seed's metric at an epoch: kept as the best so far (NaN/None keep the previous best)."""
+        self.last[tid] = max(self.last.get(tid, 0), epoch)  # reached, even with no usable value
         seen = self.best.setdefault(tid, {})
-        prev = seen[max(seen)] if seen else None
+        prev = seen[max(e for e in seen if e < epoch)] if any(e < epoch for e in seen) else None
         if value is None or not math.isfinite(value):
             value = prev
         elif prev is not None:
@@ -96,94 +129,284 @@ class ArmBoard:
         return self.best[tid][max(epochs)] if epochs else None
 
     def _reached(self, tid: str, rung: int) -> bool:
-        return max(self.best.get(tid, {0: 0.0}), default=0) >= rung
+        return self.last.get(tid, 0) >= rung
 
-    def decide(self, arm: str) -> None:
-        """Judge every rung the arm's started seeds have all reached (or ended before); may stop the arm."""
+    def end(self, tid: str) -> bool:
+        """A seed ended (finished, failed for good, stopped): the decision its arm waited for may be due."""
+        self.ended.add(tid)
+        self.paused.pop(tid, None)
+        return tid in self.arm_of and self.decide(self.arm_of[tid])
+
+    def decide(self, arm: str) -> bool:
+        """Judge every rung all of the arm's planned seeds have reached (or ended before); True when this
+        call stopped the arm. Nothing is judged while the run halts."""
+        if self.halted():
+            return False
         done = self.decided.setdefault(arm, set())
+        seeds = self.plan.get(arm, [])
         for rung in self.rule.rungs:
             if arm in self.stopped:
-                return
+                return False
             if rung in done:
                 continue
-            seeds = self.started.get(arm, [])
             if any(not self._reached(t, rung) and t not in self.ended for t in seeds):
-                return  # a started seed is still on its way to this rung: wait for it
-            done.add(rung)
-            values = [v for t in seeds if self._reached(t, rung) and (v := self._at(t, rung)) is not None]
-            if not values:
-                continue
-            mean = float(np.mean(values))
-            score = mean if self.mode == "max" else -mean
-            others = [s for a, s in self.recorded.get(rung, {}).items() if a != arm]
-            stop, why = self.rule.stops(score, others)
-            self.recorded.setdefault(rung, {})[arm] = score
-            if stop:
-                self.stopped[arm] = (rung, f"arm stopped at epoch {rung} by {self.rule.name} over its seeds: "
-                                           f"mean {self.metric} {mean:.4g} over {len(values)} seed(s) {why}")
+                return False  # a planned seed is still on its way to this rung: wait for it
+            if self._judge(arm, rung, seeds):
+                return True
+        return False
+
+    def _judge(self, arm: str, rung: int, seeds: list[str]) -> bool:
+        """One rung's decision for an arm, from the values of its seeds that reached it."""
+        self.decided[arm].add(rung)
+        values = {t: v for t in seeds if self._reached(t, rung) and (v := self._at(t, rung)) is not None}
+        if not values:
+            return False
+        mean = float(np.mean(list(values.values())))
+        sign = 1.0 if self.mode == "max" else -1.0
+        others = [s for a, s in self.recorded.get(rung, {}).items() if a != arm]
+        cutoff = self.rule.cutoff(others)
+        self.recorded.setdefault(rung, {})[arm] = sign * mean
+        if cutoff is None or sign * mean >= cutoff:
+            return False
+        self._stop(arm, rung, values, mean, sign * cutoff, len(others))
+        return True
+
+    def _stop(self, arm: str, rung: int, values: Mapping[str, float], mean: float, cutoff: float,
+              n_others: int) -> None:
+        """Log the stop (data first), then mark the arm stopped (the action)."""
+        side = "below" if self.mode == "max" else "above"
+        planned = self.plan.get(arm, [])
+        why = (f"arm stopped at epoch {rung} by {self.rule.name} over its seeds: mean {self.metric} {mean:.4g} "
+               f"over {len(values)} of {len(planned)} seed(s) {side} {self.rule.describe(n_others)} {cutoff:.4g}")
+        if self.log is not None:
+            label, stage = self.names.get(arm, ("", None))
+            self.log.record(Decision(STOP, arm, arm, label, stage, len(planned), {
+                "rule": self.rule.name, "rung": rung, "metric": self.metric, "mode": self.mode,
+                "values": {str(self.seed_of[t]): v for t, v in values.items()},
+                "seeds": [self.seed_of[t] for t in planned], "cutoff": cutoff, "mean": mean, "reason": why}))
+        self.stopped[arm] = (rung, why)
 
     def why_stopped(self, arm: str) -> tuple[int | None, str]:
         rung, why = self.stopped.get(arm, (None, "stopped by the scheduler"))
         return rung, why
 
+    # ------------------------------------------------------------------ pausing and slots
+    def should_pause(self, tid: str, epoch: int) -> bool:
+        """A seed at a rung its arm has not judged yet waits there (paused) when the arm has more seeds than
+        slots: its siblings need the slot to reach the rung. With enough slots it keeps training."""
+        arm = self.arm_of.get(tid)
+        if arm is None or arm in self.stopped or epoch not in self.rule.rungs:
+            return False
+        if not self.slots or len(self.plan[arm]) <= self.slots or epoch in self.decided.get(arm, set()):
+            return False
+        self.paused[tid] = epoch
+        return True
+
+    def ready(self, tid: str) -> bool:
+        """A paused seed may continue: its arm was judged at the rung it waits at (and not stopped)."""
+        arm = self.arm_of.get(tid, "")
+        return tid in self.paused and arm not in self.stopped and self.paused[tid] in self.decided.get(arm, set())
+
+    def unpause(self, tid: str) -> None:
+        self.paused.pop(tid, None)
+
+    def running(self) -> int:
+        """Handed-out trials that hold a slot (running or about to): neither ended nor paused."""
+        return len(self.started - self.ended - set(self.paused))
+
+    def has_room(self) -> bool:
+        return not self.slots or self.running() < self.slots
+
+    def free(self) -> int:
+        """Slots for new trials: none held, none kept for a paused seed that may continue."""
+        waking = sum(1 for t in self.paused if self.ready(t))
+        return (self.slots or 1 << 30) - self.running() - waking
+
+
+# ---------------------------------------------------------------------------------------- replay on --resume
+def replay(board: ArmBoard, trials: Iterable[Any], store: Any, log: Any,
+           histories: Mapping[str, list[dict[str, Any]]], rerun_stopped: bool = False) -> ArmBoard:
+    """Rebuild the board of a (resumed) run: plan every seed of its arms (``trials``: ``spec.Trial``s, finished
+    ones included), keep every logged stop (``--rerun-stopped`` forgets them), and feed every seed's epochs:
+    stored ones for finished seeds, the checkpoint's for interrupted ones (``histories``), so a resumed seed
+    keeps its earlier rung values. An arm whose seeds all ended earlier was judged at every rung they passed;
+    any other arm is judged now where all its planned seeds reached a rung (a kill before the log was written)."""
+    for t in trials:
+        board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage)
+    board.log = log
+    if log is not None and rerun_stopped:
+        log.forget(STOP, set(board.plan))
+    finished = store.finished_ids(rerun_stopped) & set(board.arm_of)
+    stored: dict[str, list[dict[str, Any]]] = {}
+    for e in store.epochs:
+        if e.get("trial_id") in finished:
+            stored.setdefault(e["trial_id"], []).append(e)
+    for tid in board.arm_of:
+        history = stored.get(tid) if tid in finished else histories.get(tid)
+        for e in sorted(history or [], key=lambda e: int(e.get("epoch") or 0)):
+            if e.get("epoch") is not None:
+                board.observe(tid, int(e["epoch"]), e.get(board.metric))
+    board.ended |= finished
+    rows = {r["trial_id"]: r for r in store.trials if r["trial_id"] in finished}
+    for arm, seeds in board.plan.items():
+        logged = log.get(STOP, arm) if log is not None else None
+        if logged is not None:
+            board.stopped[arm] = (int(logged.detail.get("rung") or 0), str(logged.detail.get("reason") or ""))
+        earlier = [t for t in seeds if t in finished or t in histories]
+        if arm in board.stopped or _stopped_before_the_log(board, arm, [rows[t] for t in seeds if t in rows]):
+            _settle(board, arm, earlier, board.stopped[arm][0])
+        elif earlier and all(t in board.ended for t in earlier):
+            _settle(board, arm, earlier)
+    for arm in board.plan:
+        if arm not in board.stopped:
+            board.decide(arm)
+    return board
+
+
+def _stopped_before_the_log(board: ArmBoard, arm: str, rows: list[dict[str, Any]]) -> bool:
+    """A sweep directory older than the decision log: an arm whose stored seeds were all stopped at one rung
+    stays stopped (the stop is logged now, from its rows)."""
+    rungs = {r.get("stopped_at_epoch") for r in rows}
+    if not rows or any(r.get("status") != "stopped_early" for r in rows) or len(rungs) != 1 or None in rungs:
+        return False
+    rung, why = int(rungs.pop()), str(rows[0].get("reason") or "")
+    if board.log is not None:
+        label, stage = board.names.get(arm, ("", None))
+        board.log.record(Decision(STOP, arm, arm, label, stage, len(rows), {
+            "rule": board.rule.name, "rung": rung, "seeds": sorted(r["seed"] for r in rows), "reason": why,
+            "from": "trials.parquet"}))
+    board.stopped[arm] = (rung, why)
+    return True
+
+
+def _settle(board: ArmBoard, arm: str, earlier: list[str], upto: int | None = None) -> None:
+    """An arm judged in an earlier run (at every rung its finished seeds passed, or up to the rung it was
+    stopped at): record its score at those rungs for the other arms' decisions, and never judge it there again
+    (a seed added later waits for no decision there)."""
+    sign = 1.0 if board.mode == "max" else -1.0
+    for rung in board.rule.rungs:
+        values = [v for t in earlier if board._reached(t, rung) and (v := board._at(t, rung)) is not None]
+        if values and (upto is None or rung <= upto):
+            board.decided.setdefault(arm, set()).add(rung)
+            board.recorded.setdefault(rung, {})[arm] = sign * float(np.mean(values))
+
 
 class ArmScheduler(FIFOScheduler):
-    """Tune scheduler side of the arm-level rule: feeds the board, returns STOP for every seed of a stopped arm."""
+    """Tune scheduler side of the arm-level rule: feeds the board, pauses a seed that reached an undecided
+    rung first (arms with more seeds than slots), returns STOP for every seed of a stopped arm."""
 
     def __init__(self, board: ArmBoard):
         super().__init__()
         self.board = board
+        self._supports_buffered_results = False  # a PAUSE must come at the rung's own result
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         info = trial.config["trial"]
-        if "epoch" in result:
-            self.board.observe(info["trial_id"], int(result["epoch"]), result.get(self.board.metric))
-            self.board.decide(info["arm"])
-        return TrialScheduler.STOP if info["arm"] in self.board.stopped else TrialScheduler.CONTINUE
+        tid, arm = info["trial_id"], info["arm_id"]
+        if "epoch" in result and arm not in self.board.stopped:
+            epoch = int(result["epoch"])
+            self.board.observe(tid, epoch, result.get(self.board.metric))
+            if self.board.decide(arm):
+                self._stop_waiting(tune_controller, arm, trial)
+            elif SUMMARY_KEY not in result and self.board.should_pause(tid, epoch):
+                return TrialScheduler.PAUSE
+        return TrialScheduler.STOP if arm in self.board.stopped else TrialScheduler.CONTINUE
 
-    def _ended(self, trial: Any) -> None:
+    def _stop_waiting(self, tune_controller: Any, arm: str, current: Any = None) -> None:
+        """The arm was stopped: its seeds paused at a rung (or pausing) stop now; running ones at their next
+        result (Tune stops other trials only when they are paused, as its HyperBand does)."""
+        for t in list(tune_controller.get_trials()):
+            info = t.config.get("trial", {})
+            if t is not current and info.get("arm_id") == arm and (t.status == TuneTrial.PAUSED or t.is_saving):
+                tune_controller.stop_trial(t)
+
+    def _ended(self, tune_controller: Any, trial: Any) -> None:
         info = trial.config["trial"]
-        self.board.ended.add(info["trial_id"])
-        self.board.decide(info["arm"])  # this seed may have been the one the arm's decision waited for
+        if self.board.end(info["trial_id"]):  # this seed may have been the one the arm's decision waited for
+            self._stop_waiting(tune_controller, info["arm_id"], trial)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        self._ended(trial)
+        self._ended(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._ended(tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self._ended(trial)
+        if trial.status == TuneTrial.ERROR:  # Tune retries it (it set ERROR before requeueing): not ended
+            return
+        self._ended(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """Pending trials first (in order), then a paused seed whose arm was judged, while a slot is free."""
+        trials = tune_controller.get_trials()
+        for t in trials:
+            if t.status == TuneTrial.PENDING:
+                return t
+        for t in trials:
+            tid = t.config.get("trial", {}).get("trial_id")
+            if t.status == TuneTrial.PAUSED and self.board.ready(tid) and self.board.has_room():
+                self.board.unpause(tid)
+                return t
+        return None
 
     def debug_string(self) -> str:
         return f"rayclf arm-level {self.board.rule.name} at epochs {self.board.rule.rungs}"
 
 
 class TrialQueue(Searcher):
-    """Hands Tune rayclf's trials in order; a seed whose arm is already stopped is recorded, never started."""
+    """Hands Tune rayclf's trials in order, an arm's seeds together once that many slots are free (all slots
+    for an arm with more seeds than slots); a seed whose arm is already stopped is recorded, never started.
+
+    Tune polls a searcher that returns None every second, ignoring Ctrl-C, when no trial is running, pending or
+    paused: the queue returns None only while the board counts a trial holding a slot (or about to)."""
 
     def __init__(self, descriptions: list[dict[str, Any]], board: ArmBoard,
                  skip: Callable[[dict[str, Any], int | None, str], None]):
         super().__init__()
-        self.todo, self.board, self.skip, self.next = descriptions, board, skip, 0
+        self.todo, self.board, self.skip, self.next, self.current = descriptions, board, skip, 0, ""
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's ``max_concurrent_trials``: the queue limits concurrency itself (a paused seed frees its
+        slot, which Tune's ``ConcurrencyLimiter`` would keep counting)."""
+        self.board.slots = max_concurrent
+        return True
+
+    def _needs(self, arm: str) -> int:
+        """Free slots the next seed needs: one within the arm being handed out, else the whole arm's."""
+        if arm == self.current:
+            return 1
+        left = sum(1 for d in self.todo[self.next:] if d["arm_id"] == arm)
+        return min(left, self.board.slots) if self.board.slots else 1
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while self.next < len(self.todo):
             d = self.todo[self.next]
-            self.next += 1
-            if d["arm"] in self.board.stopped:
-                rung, why = self.board.why_stopped(d["arm"])
-                self.skip(d, rung, f"{why}; this seed never started")
+            if d["arm_id"] in self.board.stopped:
+                self.next += 1
+                self._skip(d)
                 continue
-            self.board.start(d["arm"], d["trial_id"])
-            return {"trial": d}
+            if self.board.free() < self._needs(d["arm_id"]):
+                return None  # a handed-out trial holds the slots (safe: Tune does not block on None then)
+            self.next += 1
+            self.current = d["arm_id"]
+            self.board.start(d["trial_id"])
+            return {"trial": {**d, "rungs": list(self.board.rule.rungs)}}
         return Searcher.FINISHED
 
+    def _skip(self, d: dict[str, Any]) -> None:
+        rung, why = self.board.why_stopped(d["arm_id"])
+        trained = d["trial_id"] in self.board.last
+        self.skip(d, rung, f"{why}; this seed was not continued" if trained else f"{why}; this seed never started")
+        self.board.end(d["trial_id"])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
+        pass  # the scheduler hears every end (with Tune's controller, to stop the arm's paused seeds)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-        pass  # rayclf resumes from its own results store, not from Tune's experiment state
+        pass  # rayclf resumes from its own results store and decision log, not from Tune's experiment state
 
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         pass

@@ -79,11 +79,12 @@ def sweep_arms(sweep: Sweep, winners: Mapping[int, Mapping[str, Any]] | None = N
         if s.stages[i].bayes is not None:  # type: ignore[index]
             continue  # its proposals exist only in a run's decision log
         levels = grid_arms(s.stages[i].vary or {})  # type: ignore[index]
-        for arm, level in zip(sweep.arms(carried, stage=i), levels, strict=True):
-            if unknown - set(level.overrides):  # an arm that sets every unknown value itself needs no winner
-                pending.append(arm.label)
-            else:
-                known.append(arm)
+        # label by label (which labels alias one another depends on the winners too): an arm that sets every
+        # unknown value itself needs no winner; the known ones are deduplicated as the sweep does
+        sure = [unknown <= set(lv.overrides) for lv in levels]
+        arms = sweep.place(levels, i, carried)
+        known += sweep.unique([a for a, ok in zip(arms, sure, strict=True) if ok])
+        pending += [a.label for a, ok in zip(arms, sure, strict=True) if not ok]
     if s.final is not None:
         carried, unknown = _carried(sweep, sweep.stage_count(), winners)
         if unknown - set(s.final):
@@ -109,7 +110,7 @@ def _find(sweep: Sweep, name: str, listed: list[Arm], ids: list[str], pending: l
           from_dir: str | None) -> int:
     """The index of one arm by whole label, else by arm-id prefix; otherwise an error saying what would make
     it known."""
-    by_label = [i for i, a in enumerate(listed) if a.label == name]
+    by_label = [i for i, a in enumerate(listed) if name == a.label or name in a.aliases]
     if by_label:
         return by_label[0]
     if name in pending:
@@ -123,7 +124,7 @@ def _find(sweep: Sweep, name: str, listed: list[Arm], ids: list[str], pending: l
     if by_id:
         raise ConfigError(f"arm id prefix {name!r} matches {len(by_id)} arms of sweep '{sweep.name}' "
                           f"({', '.join(listed[i].label for i in by_id[:4])}); give more of the id.")
-    labels = [a.label for a in listed] + pending
+    labels = [label for a in listed for label in (a.label, *a.aliases)] + pending
     hint = closest(name, labels)
     raise ConfigError(f"--arm {name!r} is neither an arm label nor an arm id of sweep '{sweep.name}'"
                       + (f"; did you mean '{hint}'?" if hint else f"; arms: {', '.join(labels[:8])}"

@@ -11,7 +11,7 @@ import copy
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,7 +156,21 @@ class SchedulerSpec(Strict):
         rung_only = {"grace_period", "reduction_factor", "max_epochs"} & given
         if rung_only and self.name in ("racing", "fifo"):
             raise ValueError(f"scheduler.{sorted(rung_only)[0]} only applies to asha and median, not {self.name}")
+        if self.name == "racing" and self.test == "wilcoxon" and self.first_round < wilcoxon_pairs(self.level):
+            raise ValueError(f"scheduler.first_round = {self.first_round} with test: wilcoxon can never eliminate an "
+                             f"arm after round 1 at level {self.level:g}: the smallest one-sided Wilcoxon p over "
+                             f"{self.first_round} pairs is {0.5 ** self.first_round:g}; use first_round: "
+                             f"{wilcoxon_pairs(self.level)} or more, or test: ttest")
         return self
+
+
+def wilcoxon_pairs(level: float) -> int:
+    """The fewest pairs with which the exact one-sided Wilcoxon signed-rank test can give p < ``level``: its
+    smallest p over n pairs is 1/2^n (every difference on one side)."""
+    n = 1
+    while 0.5 ** n >= level:
+        n += 1
+    return n
 
 
 class ResourcesSpec(Strict):
@@ -232,6 +246,7 @@ class Arm:
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     stage: int | None = None
+    aliases: tuple[str, ...] = ()  # other labels of the file that resolve to this very config (one arm)
 
 
 @dataclass(frozen=True)
@@ -260,7 +275,25 @@ class Sweep:
         return self.file.name
 
     def arms(self, base_overrides: Mapping[str, Any] | None = None, stage: int | None = None) -> list[Arm]:
-        """The arms of a non-staged search, or of one stage (around ``base_overrides``)."""
+        """The arms of a non-staged search, or of one stage (around ``base_overrides``): one per distinct config,
+        under its first label (a level that repeats the baseline's value is the baseline, listed as its alias)."""
+        return self.unique(self._listed_arms(base_overrides, stage))
+
+    def unique(self, arms: list[Arm]) -> list[Arm]:
+        """Arms that resolve to the same config (same arm id) are one arm: the first label, the others aliases."""
+        first: dict[str, int] = {}
+        out: list[Arm] = []
+        for arm in arms:
+            aid = self.arm_id(arm)
+            if aid in first:
+                kept = out[first[aid]]
+                out[first[aid]] = replace(kept, aliases=(*kept.aliases, arm.label, *arm.aliases))
+            else:
+                first[aid] = len(out)
+                out.append(arm)
+        return out
+
+    def _listed_arms(self, base_overrides: Mapping[str, Any] | None, stage: int | None) -> list[Arm]:
         s = self.file.search
         if s.kind == "grid":
             return grid_arms(s.grid or {})
@@ -321,10 +354,16 @@ class Sweep:
         return [Arm(f"{self.stage_label(stage)}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
 
 
+def alias_note(arm: Arm) -> str:
+    """``lr=0.05 is the baseline's config``: how --dry-run and the summary name an arm listed twice."""
+    return f"{', '.join(arm.aliases)} {'is' if len(arm.aliases) == 1 else 'are'} {arm.label}'s config"
+
+
 # ------------------------------------------------------------------------------------- expansion
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}"
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)  # labels of distinct values never coincide
     if isinstance(value, list):
         return "/".join(_fmt(v) for v in value)
     return str(value)
@@ -394,7 +433,6 @@ def ablation_arms(ab: Ablation) -> list[Arm]:
 def random_arms(rs: RandomSearch) -> list[Arm]:
     """``num_samples`` seeded draws: the same file always gives the same arms."""
     rng = np.random.default_rng(rs.seed)
-    width = len(str(rs.num_samples))
     arms = []
     for i in range(rs.num_samples):
         overrides = {}
@@ -409,7 +447,7 @@ def random_arms(rs: RandomSearch) -> list[Arm]:
             else:
                 value = int(rng.integers(arg[0], arg[1]))
             overrides[key] = value
-        arms.append(Arm(f"sample-{i:0{width}d}", overrides))
+        arms.append(Arm(f"sample-{i}", overrides))  # never padded to num_samples: a label must not drift
     return arms
 
 
@@ -493,8 +531,9 @@ def arm_labels(sweep: Sweep) -> list[str] | None:
     if s.kind == "bayes" or any(st.bayes is not None for st in s.stages or []):
         return None
     if s.kind != "stages":
-        return [a.label for a in sweep.arms()]
-    labels = [a.label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
+        return [label for a in sweep.arms() for label in (a.label, *a.aliases)]
+    labels = [label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)
+              for label in (a.label, *a.aliases)]
     return labels + (["final"] if sweep.file.search.final else [])
 
 

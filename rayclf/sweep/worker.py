@@ -115,7 +115,8 @@ def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, dev
     resumed = int(history[-1]["epoch"]) if history else 0
     reporter = SweepReporter(send, trial["trial_id"], {**extra, RESUMED_KEY: resumed}, history)
     try:
-        fit(cfg, MultiReporter(reporter, wandb_reporter), data=data, resume=resume)
+        fit(cfg, MultiReporter(reporter, wandb_reporter), data=data, resume=resume,
+            checkpoint_at=trial.get("rungs") or ())  # a seed may pause at a rung and continue from there
     except SystemExit:  # Tune stopped the trial (scheduler decision) at a report: not a failure
         if wandb_reporter is not None:
             wandb_reporter.end({"status": "stopped_early"})

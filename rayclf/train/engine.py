@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +371,52 @@ def build_trainer(cfg: TrialConfig, ds: Dataset) -> Trainer:
                    autocast_dtype(cfg, device), channels_last, ds.num_classes, flipper, lookahead)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a few of a trial's own training steps measured on this device."""
+
+    steps: int
+    seconds_per_step: float  # mean over the timed steps (after the warm-up ones)
+    eval_seconds_per_image: float | None  # one pass over the test split, when asked
+    peak_bytes: int | None  # CUDA allocator peak over the steps (None on CPU)
+    total_bytes: int | None  # the GPU's memory
+
+
+def probe(cfg: TrialConfig, ds: Dataset, steps: int = 1, warmup: int = 0, evaluate: bool = False,
+          clock: Callable[[], float] = time.perf_counter) -> Probe:
+    """Build the trial's trainer and take ``warmup`` then ``steps`` of its own training steps (the engine's
+    ``train_epoch``), timed by ``clock``; with ``evaluate``, also one timed pass over the test split. One
+    function for the pre-flight's step, packing's GPU-memory calibration and the dry run's measured estimate."""
+    cuda = resolve_device(cfg.train.device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:  # the peak counts the trial's resident data and model too
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    tr = build_trainer(cfg, ds)
+    opt = create_optimizer(tr.model, cfg.optim, cuda=cuda)
+    scaler = torch.amp.GradScaler("cuda") if cuda and tr.amp == torch.float16 else None
+    sched = Schedule(opt, cfg.sched, cfg.total_epochs())
+    if warmup:
+        tr.train_epoch(opt, sched, 0, scaler, max_steps=warmup)
+    sync()
+    t0 = clock()
+    tr.train_epoch(opt, sched, 0, scaler, max_steps=steps)
+    sync()
+    per_step = (clock() - t0) / max(steps, 1)
+    per_image = None
+    if evaluate and len(ds.test):
+        t1 = clock()
+        tr.evaluate("test")
+        sync()
+        per_image = (clock() - t1) / len(ds.test)
+    peak = int(torch.cuda.max_memory_allocated()) if cuda else None
+    total = int(torch.cuda.get_device_properties(tr.device).total_memory) if cuda else None
+    del tr, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return Probe(steps, per_step, per_image, peak, total)
+
+
 class EarlyStopper:
     """Patience on a chosen metric; remembers the best weights for restoring."""
 
@@ -437,6 +483,7 @@ class TrialState:
         self.sched: Schedule | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self._carried: dict[str, Any] | None = None  # the phase's optimizer/schedule state after a mid-phase resume
+        self.checkpoint_at: set[int] = set()  # epochs that always get a checkpoint (a sweep's rungs: pauses)
 
     def phase_start(self, index: int) -> int:
         """Epochs finished before phase ``index`` begins."""
@@ -476,9 +523,11 @@ class TrialState:
         return state
 
     def save(self, folder: Path | None, final: bool) -> Path | None:
-        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs and at the end; rank 0)."""
+        """Write a checkpoint when one is due (every ``checkpoint_every`` epochs, at the end, and at the epochs
+        in ``checkpoint_at``; rank 0)."""
         every = self.cfg.train.checkpoint_every
-        if world()[0] != 0 or not (final or (every and self.epoch % every == 0)):
+        due = final or (every and self.epoch % every == 0) or self.epoch in self.checkpoint_at
+        if world()[0] != 0 or not due:
             return None
         return _write(self.state_dict(), folder)
 
@@ -560,13 +609,17 @@ def check_runnable(cfg: TrialConfig, ds: Dataset) -> None:
 
 
 def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | None = None,
-        checkpoint_dir: Path | None = None, resume: str | Path | None = None) -> TrialResult:
-    """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history."""
+        checkpoint_dir: Path | None = None, resume: str | Path | None = None,
+        checkpoint_at: Iterable[int] = ()) -> TrialResult:
+    """Train ``cfg`` to the end (or divergence / early stop); return summary and per-epoch history.
+    ``checkpoint_at``: epochs that get a checkpoint whatever ``checkpoint_every`` says (a trial may be paused
+    there by a sweep's arm-level early stopping, and continues from it)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     ds = data if data is not None else load_dataset(cfg.data)
     check_runnable(cfg, ds)
     state = TrialState(cfg, build_trainer(cfg, ds), ds)
+    state.checkpoint_at = set(checkpoint_at)
     state.tr.on_step = getattr(reporter, "step", None)  # optional: progress inside an epoch (rayclf train)
     if resume is not None:
         state.restore(load_checkpoint(resume, map_location=state.tr.device))
@@ -606,8 +659,8 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
     t0 = time.perf_counter()
     test = tr.evaluate("test", confusion=True) if status != "diverged" else {}
     test_seconds = time.perf_counter() - t0
-    vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
-    best_i = int(np.argmax(vals)) if vals else None
+    vals = [(h["val_accuracy"], i) for i, h in enumerate(history) if math.isfinite(h.get("val_accuracy", math.nan))]
+    best_val, best_i = max(vals, key=lambda v: v[0]) if vals else (float("nan"), None)  # a NaN epoch never counts
     last = history[-1] if history else {}
     return {
         "status": status,
@@ -616,7 +669,7 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
         "epochs": len(history),
         "test_accuracy": test.get("test_accuracy", float("nan")),
         "test_loss": test.get("test_loss", float("nan")),
-        "best_val_accuracy": max(vals) if vals else float("nan"),
+        "best_val_accuracy": best_val,
         "best_epoch": (best_i + 1) if best_i is not None else None,
         "final_val_accuracy": last.get("val_accuracy", float("nan")),
         "final_train_loss": last.get("train_loss", float("nan")),

@@ -1,0 +1,112 @@
+"""A sweep directory as its readers see it (``rayclf report``, ``rayclf status``, ``rayclf.open_sweep``): the
+results tables, the sweep file it ran, its metric and the per-arm table, read once and computed in one place,
+so the report, the status view and a notebook show the same numbers. Reads only: never writes.
+
+``PartReader`` reads the tables' Parquet parts incrementally: a refresh lists each folder (one listing call
+on object storage) and downloads only parts it has not read yet or that changed (size or modification time),
+which is what ``rayclf status --watch`` on ``s3://`` pays per refresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import yaml
+
+from rayclf.aggregate import ArmRow, add_costs, arm_table, value_key
+from rayclf.metrics import metric_mode
+from rayclf.results import EPOCHS, TRIALS, exists, filesystem, join, read_text
+
+SWEEP_FILE = "sweep.yaml"
+
+
+@dataclass
+class PartReader:
+    """The rows of a part-folder table, kept between refreshes; ``reads`` counts parts downloaded."""
+
+    root: str
+    parts: dict[str, tuple[tuple[int | None, Any], list[dict[str, Any]]]] = field(default_factory=dict)
+    reads: int = 0
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Every row of ``table`` now, sorted as ``results.read_rows`` sorts them (sweep order, then epoch)."""
+        fs, path = filesystem(join(self.root, table))
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type == pafs.FileType.File:  # a single-file table (rayclf 0.1)
+            listing = [info]
+        else:
+            listing = [f for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                       if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                       and not f.base_name.startswith(".")]
+        out: list[dict[str, Any]] = []
+        seen = set()
+        for f in sorted(listing, key=lambda f: f.path):
+            stamp = (f.size, f.mtime_ns)
+            seen.add(f.path)
+            cached = self.parts.get(f.path)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, pq.read_table(f.path, filesystem=fs).to_pylist())
+                self.parts[f.path] = cached
+                self.reads += 1
+            out += cached[1]
+        for gone in [p for p in self.parts if p.startswith(path.rstrip("/") + "/") and p not in seen]:
+            del self.parts[gone]
+        if out and "position" in out[0]:
+            out.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0, r.get("epoch") or 0))
+        return out
+
+
+@dataclass
+class SweepData:
+    """One reading of a sweep directory."""
+
+    root: str
+    spec: dict[str, Any]
+    trials: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+
+    @property
+    def metric(self) -> str:
+        first = self.trials[0].get("metric") if self.trials else None
+        return first or self.spec.get("metric", "val_accuracy")
+
+    @property
+    def mode(self) -> str:
+        return self.spec.get("mode") or metric_mode(self.metric)
+
+    @property
+    def name(self) -> str:
+        return self.spec.get("name") or (self.trials[0].get("sweep") if self.trials else None) or "sweep"
+
+    @property
+    def ablation(self) -> bool:
+        return "ablation" in (self.spec.get("search") or {})
+
+    def arm_rows(self, target_ci: float | None = None) -> list[ArmRow]:
+        """The per-arm table every reader prints: ``aggregate.arm_table`` (arms grouped by arm id) under the
+        sweep's ranking rule, with each arm's cost beside it; ``target_ci``: the planning column's half-width."""
+        if not self.trials:
+            return []
+        rows = arm_table(self.trials, self.mode, value_key(self.spec.get("rank_by")), target_ci)
+        return list(add_costs(rows, self.trials))
+
+
+def read_spec(root: str) -> dict[str, Any]:
+    """The sweep file the directory ran (as the driver wrote it), or {} when there is none."""
+    uri = join(root, SWEEP_FILE)
+    if not exists(uri):
+        return {}
+    data = yaml.safe_load(read_text(uri))
+    return data if isinstance(data, dict) else {}
+
+
+def read_sweep(root: str, reader: PartReader | None = None, epochs: bool = True) -> SweepData:
+    """Read ``root`` (local path, ``s3://`` or ``gs://``); pass the same ``reader`` again to read only what
+    changed since."""
+    reader = reader or PartReader(root)
+    return SweepData(root, read_spec(root), reader.rows(TRIALS), reader.rows(EPOCHS) if epochs else [])
