@@ -11,17 +11,18 @@ Every part of a table has the same typed schema. It is decided from the whole tr
 write and kept in ``_store.json`` beside the tables: a value missing from one trial keeps its column's type,
 lists and dicts are always canonical JSON text, and a value keeps its type and text across any number of
 resumes. Only a resume that brings a column a new type (an all-empty column gains values, int widens to
-float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged.
-Paths may be local or ``s3://`` / ``gs://`` URIs (pyarrow filesystems).
+float, scalars meet lists) rewrites the older parts once, before anything runs, with their values unchanged:
+written ahead in ``_store.json`` and finished by whichever writer opens the store next if a crash cuts it
+short, while readers (``read_only``) apply it in memory. Paths may be local or ``s3://`` / ``gs://`` URIs
+(pyarrow filesystems); the helpers for them (``filesystem``, ``join``, ``exists``, ``write_atomically``,
+``write_text``, ``read_text``) live in ``rayclf.storage`` and stay importable from here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -29,10 +30,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayclf.config import SEMANTICS_VERSION
+from rayclf.storage import exists, filesystem, join, read_text, write_atomically, write_text
 
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
 STORE_FILE = "_store.json"
+MIGRATION = "migration"  # in _store.json while stored parts move to its schema: {"from": the kinds they had}
 
 # Column kinds: how a Python value is stored. "null" is a column that has held no value yet.
 ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string": pa.string(),
@@ -56,54 +59,6 @@ EPOCH_COLUMNS: dict[str, str] = {
     "val_loss": "float", "val_accuracy": "float", "epoch_seconds": "float", "node": "string",
 }
 FINISHED = ("completed", "diverged", "stopped_early", "eliminated")  # eliminated: racing gave it no seed
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or an ``s3://`` / ``gs://`` URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-
-def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) -> None:
-    """``write`` a hidden temporary file beside ``uri``, then rename it over ``uri``: readers never see half a
-    file, and two writers never share a temporary name (results tables, checkpoints, the decoded-dataset
-    cache). The name starts with a dot and does not end in ``.parquet``, so table readers (pyarrow, pandas,
-    DuckDB globs) skip it."""
-    fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    try:
-        write(fs, tmp)
-        fs.move(tmp, path)
-    except BaseException:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
-        raise
-
-
-def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def write_text(uri: str, text: str) -> None:
-    def write(fs: pafs.FileSystem, tmp: str) -> None:
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-
-    write_atomically(uri, write)
-
-
-def read_text(uri: str) -> str:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 def clean(value: Any) -> Any:
@@ -155,17 +110,41 @@ def encode(value: Any, kind: str) -> Any:
     return value
 
 
+def is_canonical_json(value: Any) -> bool:
+    """Whether ``value`` is text that is already the canonical JSON of some value."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return canonical_json(json.loads(value)) == value
+    except ValueError:
+        return False
+
+
 def recode(value: Any, old: str, new: str) -> Any:
-    """A stored value moved to a wider kind, meaning unchanged (int → float, scalar → JSON text)."""
+    """A stored value moved to a wider kind, meaning unchanged (int → float, scalar → JSON text).
+
+    Idempotent: a value of a non-text kind that is already canonical JSON text (a part an interrupted
+    migration rewrote) is not encoded again. Text (``old == "string"``) is always encoded: it is the one
+    kind whose values may look like JSON."""
     if value is None or old == new:
         return value
     if new == "json":
-        return canonical_json(value)
+        return value if old != "string" and is_canonical_json(value) else canonical_json(value)
     return encode(value, new)
 
 
+KINDS_KEY = b"rayclf.kinds"  # a part's column kinds, in its Parquet metadata (json and string are both text)
+
+
 def arrow_table(rows: list[Mapping[str, Any]], schema: Mapping[str, str]) -> pa.Table:
-    return pa.table({name: pa.array([r.get(name) for r in rows], ARROW_TYPES[kind]) for name, kind in schema.items()})
+    table = pa.table({name: pa.array([r.get(name) for r in rows], ARROW_TYPES[kind]) for name, kind in schema.items()})
+    return table.replace_schema_metadata({KINDS_KEY: json.dumps(dict(schema), sort_keys=True)})
+
+
+def part_kinds(table: pa.Table) -> dict[str, str] | None:
+    """The column kinds a part was written with, or None for a part written before parts recorded them."""
+    raw = (table.schema.metadata or {}).get(KINDS_KEY)
+    return json.loads(raw) if raw else None
 
 
 def _read_table(uri: str) -> list[dict[str, Any]]:
@@ -200,14 +179,17 @@ def part_name(trial_id: str) -> str:
 
 
 class ResultsStore:
-    """A sweep directory's two tables: all rows in memory (read once), one part per trial on disk."""
+    """A sweep directory's two tables: all rows in memory (read once), one part per trial on disk.
 
-    def __init__(self, root: str):
-        self.root = root
+    ``read_only`` (``rayclf report``, ``status``, notebooks) never writes: a migration an interrupted writer
+    left pending is applied to the rows in memory only. A writer finishes it on opening, before anything else."""
+
+    def __init__(self, root: str, read_only: bool = False):
+        self.root, self.read_only = root, read_only
         meta_uri = join(root, STORE_FILE)
         self.meta: dict[str, Any] = json.loads(read_text(meta_uri)) if exists(meta_uri) else {}
         # keyed by trial id, so recording a trial costs the same at any size of the sweep
-        self._trials = {r["trial_id"]: r for r in read_rows(join(root, TRIALS))}
+        self._trials = {r["trial_id"]: r for r in self._read_trials()}
         self._epochs: dict[str, list[dict[str, Any]]] = {}
         for e in read_rows(join(root, EPOCHS)):
             self._epochs.setdefault(e["trial_id"], []).append(e)
@@ -245,30 +227,62 @@ class ResultsStore:
 
     def prepare(self, template_rows: Iterable[Mapping[str, Any]]) -> None:
         """Fix the trial table's schema from every trial about to run (plus what is stored) before writing."""
+        self._writable()
         schema = dict(self.schema) or dict(TRIAL_COLUMNS)
         for row in template_rows:
             for key, value in row.items():
                 kind = TRIAL_COLUMNS.get(key) or merge_kinds(schema.get(key, "null"), kind_of(clean(value)))
                 schema[key] = kind
-        changed = {k: (self.schema[k], v) for k, v in schema.items() if k in self.schema and self.schema[k] != v}
-        added = [k for k in schema if k not in self.schema]
-        if changed or (added and self._trials):
-            self._migrate(schema, changed)
-        if schema != self.schema or not self.meta:
-            self.meta = {"semantics": SEMANTICS_VERSION, "trials": schema, "epochs": EPOCH_COLUMNS}
-            write_text(join(self.root, STORE_FILE), json.dumps(self.meta, indent=1))
+        if self._trials and schema != self.schema:
+            self._migrate(schema)
+        elif schema != self.schema or not self.meta:
+            self._write_meta(schema)
         for table in (TRIALS, EPOCHS):
             fs, path = filesystem(join(self.root, table))
             fs.create_dir(path, recursive=True)
 
-    def _migrate(self, schema: dict[str, str], changed: Mapping[str, tuple[str, str]]) -> None:
-        """Rewrite stored trial parts once under a wider schema; every stored value keeps its meaning."""
-        for row in self._trials.values():
-            for key, (old, new) in changed.items():
-                row[key] = recode(row.get(key), old, new)
-            for key in schema:
-                row.setdefault(key, None)
-            self._write_part(TRIALS, row["trial_id"], arrow_table([row], schema))
+    def _write_meta(self, schema: dict[str, str], migrating_from: dict[str, str] | None = None) -> None:
+        self.meta = {"semantics": self.meta.get("semantics", SEMANTICS_VERSION), "trials": schema,
+                     "epochs": EPOCH_COLUMNS}
+        if migrating_from is not None:
+            self.meta[MIGRATION] = {"from": migrating_from}
+        write_text(join(self.root, STORE_FILE), json.dumps(self.meta, indent=1))
+
+    def _migrate(self, schema: dict[str, str]) -> None:
+        """Move the stored trial parts to a wider schema, every value keeping its meaning, so that a crash at
+        any point leaves a store the next opening completes: the target schema and the pending migration are
+        written ahead into ``_store.json``, then each part is rewritten (temporary name, renamed), then the
+        migration is marked done."""
+        self._write_meta(schema, migrating_from=self.schema)
+        self._trials = {r["trial_id"]: r for r in self._read_trials()}
+
+    def _read_trials(self) -> list[dict[str, Any]]:
+        """The trial rows at the schema in ``_store.json``; finishes (or, read-only, applies in memory) a
+        pending migration part by part, each part from the kinds it was written with."""
+        pending = self.meta.get(MIGRATION)
+        if pending is None:
+            return read_rows(join(self.root, TRIALS))
+        schema, rows = self.schema, []
+        fs, folder = filesystem(join(self.root, TRIALS))
+        for info in sorted(fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)), key=lambda i: i.path):
+            if info.base_name.startswith(".") or not info.base_name.endswith(".parquet"):
+                continue
+            table = pq.read_table(info.path, filesystem=fs)
+            kinds = part_kinds(table) or pending["from"]
+            part = table.to_pylist()
+            if part and kinds != schema:
+                part = [{k: recode(r.get(k), kinds.get(k, "null"), kind) for k, kind in schema.items()} for r in part]
+                if not self.read_only:
+                    self._write_part(TRIALS, part[0]["trial_id"], arrow_table(part, schema))
+            rows += part
+        if not self.read_only:
+            self._write_meta(schema)
+        rows.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0))
+        return rows
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"the results store of {self.root} was opened read-only")
 
     def _write_part(self, table: str, trial_id: str, data: pa.Table) -> None:
         uri = join(join(self.root, table), part_name(trial_id))
@@ -276,6 +290,7 @@ class ResultsStore:
 
     def add(self, trial_row: Mapping[str, Any], epoch_rows: Iterable[Mapping[str, Any]]) -> None:
         """Record (or replace) one trial and its epochs: two part files, whatever the sweep's size."""
+        self._writable()
         if not self.meta:
             self.prepare([trial_row])
         schema = self.schema

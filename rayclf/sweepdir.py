@@ -109,4 +109,18 @@ def read_sweep(root: str, reader: PartReader | None = None, epochs: bool = True)
     """Read ``root`` (local path, ``s3://`` or ``gs://``); pass the same ``reader`` again to read only what
     changed since."""
     reader = reader or PartReader(root)
+    if _migration_pending(root):  # parts of two schemas: the store casts them in memory (and never writes)
+        from rayclf.results import ResultsStore
+
+        store = ResultsStore(root, read_only=True)
+        return SweepData(root, read_spec(root), store.trials, store.epochs if epochs else [])
     return SweepData(root, read_spec(root), reader.rows(TRIALS), reader.rows(EPOCHS) if epochs else [])
+
+
+def _migration_pending(root: str) -> bool:
+    import json
+
+    from rayclf.results import MIGRATION, STORE_FILE
+
+    uri = join(root, STORE_FILE)
+    return exists(uri) and bool(json.loads(read_text(uri)).get(MIGRATION))

@@ -149,3 +149,68 @@ def run_in_pty(args: list[str], timeout: float = 120) -> tuple[int, str]:
     proc.wait(timeout=30)
     os.close(main)
     return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ killed trials and their uninterrupted twins
+def slow_base(epochs: int) -> dict:
+    """Epochs of about half a second on CPU: long enough to interrupt a trial between two of them."""
+    return tiny(data={"synthetic": {"num_train": 1500, "num_test": 100, "num_classes": 4, "image_size": 16,
+                                    "difficulty": 0.0}},
+                model={"widths": [16, 32]}, train={"epochs": epochs, "batch_size": 50})
+
+
+# what a trial's epochs and result hold that must not depend on whether the trial was interrupted (not timings)
+EPOCH_VALUES = ["epoch", "phase", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+RESULT_VALUES = ["epochs", "best_val_accuracy", "final_val_accuracy", "final_train_loss", "test_accuracy",
+                 "test_loss", "params", "world_size"]
+
+
+def exact_base(epochs: int) -> dict:
+    """``slow_base`` with everything a resume must carry on: augmentation draws (crop, flip), dropout (the
+    global torch RNG), SGD momentum and a cosine schedule."""
+    base = slow_base(epochs)
+    base.update(augment={"crop": {"padding": 2}, "flip": {"p": 0.5}}, sched={"name": "cosine"},
+                model={**base["model"], "dropout": 0.2})
+    return base
+
+
+def assert_same_run(resumed: tuple[Any, dict], twin: tuple[Any, dict]) -> None:
+    """A killed-and-resumed trial and its uninterrupted twin (same config and seed) recorded the same run:
+    every epoch's values and the trial's result, bit for bit."""
+    import pandas as pd
+
+    (epochs_a, row_a), (epochs_b, row_b) = resumed, twin
+    a = epochs_a.sort_values("epoch")[EPOCH_VALUES].reset_index(drop=True)
+    b = epochs_b.sort_values("epoch")[EPOCH_VALUES].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert {k: row_a[k] for k in RESULT_VALUES} == {k: row_b[k] for k in RESULT_VALUES}
+
+
+def assert_continued(first: Any, resumed: Any, resumed_from: int) -> None:
+    """The epochs up to the checkpoint a trial resumed from are the first run's records, timings and all: the
+    resumed run trained and reported only the epochs after it (a rerun from scratch with the same seed gives
+    the same values, but never the same timings)."""
+    import pandas as pd
+
+    cols = [*EPOCH_VALUES, "epoch_seconds", "train_seconds"]
+    a, b = ([df[df["epoch"] <= resumed_from].sort_values("epoch")[cols].reset_index(drop=True)]
+            for df in (first, resumed))
+    assert list(a[0]["epoch"]) == list(range(1, resumed_from + 1))
+    pd.testing.assert_frame_equal(a[0], b[0], check_exact=True)
+
+
+def kill_trial_processes(root: int | None = None) -> int:
+    """SIGKILL every Ray trial process (Tune's function-trainable actors) started under process ``root``
+    (default: this one, whose Ray instance runs the in-process sweeps), as an OOM killer would; never those of
+    another Ray instance on the machine."""
+    import psutil
+
+    victims = 0
+    for p in psutil.Process(root or os.getpid()).children(recursive=True):
+        try:
+            if (p.cmdline() or [""])[0].startswith("ray::Implicit"):
+                p.kill()
+                victims += 1
+        except psutil.NoSuchProcess:
+            continue
+    return victims

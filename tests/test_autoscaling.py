@@ -59,6 +59,7 @@ def _head_id() -> str:
     return next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("node:__internal_head__"))
 
 
+@pytest.mark.timeout(60)
 def test_local_out_on_a_multi_node_cluster_fails_the_preflight(cluster, tmp_path):
     """A sweep directory only the driver sees: exit 2 with the fix, before any trial. (On one machine every
     path is shared, so the test uses /proc/self/cwd: the driver's working directory, another folder for the
@@ -77,6 +78,7 @@ def test_local_out_on_a_multi_node_cluster_fails_the_preflight(cluster, tmp_path
     assert not (tmp_path / "runs" / "localout" / "trials.parquet").exists()  # no trial ran
 
 
+@pytest.mark.timeout(60)
 def test_preflight_runs_one_step_per_shape_on_a_worker_and_reports_failures(cluster, tmp_path, monkeypatch):
     from rayclf.sweep import preflight
     from rayclf.sweep.preflight import Preflight, check_node
@@ -121,6 +123,7 @@ def _wait_for_no_pending_demand(timeout: float = 30) -> None:
     raise AssertionError(f"placement groups left behind: {live}")
 
 
+@pytest.mark.timeout(180)
 def test_sweep_from_zero_workers_scales_up_reuses_nodes_and_scales_down(cluster, tmp_path):
     import ray
 
@@ -147,6 +150,7 @@ def test_sweep_from_zero_workers_scales_up_reuses_nodes_and_scales_down(cluster,
     assert ray.cluster_resources().get("GPU", 0) == 0
 
 
+@pytest.mark.timeout(60)
 def test_janitor_removes_a_worker_group_placement_group_nobody_owns(cluster):
     """A Train worker group's placement group still waiting for nodes when its controller ended: it becomes
     CREATED when the autoscaler's nodes arrive and holds them with no trial. The janitor removes it (and only
@@ -173,6 +177,7 @@ def _checkpointed(out: Path) -> set[str]:
     return {p.parts[-3] for p in (out / "_ray").rglob("checkpoint_*/checkpoint.pt") if p.parts[-3].startswith("trial-")}
 
 
+@pytest.mark.timeout(90)
 def test_node_lost_mid_trial_continues_from_checkpoint_on_another_node(cluster, tmp_path):
     from ray.util.placement_group import placement_group_table
 

@@ -29,6 +29,7 @@ def _checkpointed_trials(out) -> set[str]:
     return {p.parts[-3] for p in (out / "_ray").rglob("checkpoint_*/checkpoint.pt") if p.parts[-3].startswith("trial-")}
 
 
+@pytest.mark.timeout(120)
 def test_two_node_sweep_survives_losing_a_node(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -84,6 +85,7 @@ def test_two_node_sweep_survives_losing_a_node(tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.timeout(90)
 def test_data_parallel_trial_trains_and_reports(ray_local, tmp_path):
     spec = {"name": "ddp", "base": _base(epochs=2), "resources": {"cpus": 1, "num_workers": 2}}
     outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "ddp"), live=False)
@@ -93,3 +95,77 @@ def test_data_parallel_trial_trains_and_reports(ray_local, tmp_path):
     epochs = pq.read_table(tmp_path / "ddp" / "epochs.parquet").to_pylist()
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["train_loss"] > 0 for e in epochs)
+
+
+@pytest.mark.timeout(90)
+def test_data_parallel_workers_split_the_data_and_stay_in_sync(ray_local, tmp_path):
+    """rayclf's own data-parallel worker function on a real two-worker Ray Train group: every epoch each rank
+    draws its own half of the training set (disjoint halves that together cover it), trains n/2 images a
+    step count says, and both ranks hold bit-identical parameters after their first step and at the end.
+    Unsynchronised gradients (no DDP) or every rank reading the whole set would fail here; the training
+    metrics of the test above would not tell."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayclf.config import build_config
+    from rayclf.data.sources import load_dataset
+
+    batch, epochs = 40, 2
+    base = tiny(data={"synthetic": {"num_train": 800, "num_test": 80, "num_classes": 4, "image_size": 16,
+                                    "difficulty": 0.5}},
+                train={"epochs": epochs, "batch_size": batch}, augment={"flip": {"p": 0.5}})
+    cfg = build_config(base)
+    n = len(load_dataset(cfg.data).train.y)  # what stays for training once validation is held out
+    assert n % (2 * batch) == 0
+    trial = {"trial_id": "ddp-proof", "config": cfg.to_dict(), "tracking": {"mode": "disabled"}}
+    records = tmp_path / "ranks"
+    records.mkdir()
+
+    def recording_worker(trial: dict) -> None:
+        """``train_worker`` with two spies: the training sample indices this rank drew each epoch, and its
+        parameters after every optimizer step."""
+        import ray.train
+
+        from rayclf.data.loader import DeviceLoader
+        from rayclf.sweep.worker import train_worker
+        from rayclf.train import engine
+
+        drawn, params = [], []
+        order, create = DeviceLoader.order, engine.create_optimizer
+
+        def spy_order(self):
+            idx = order(self)
+            if self.shuffle:  # the training loader (evaluation loaders do not shuffle)
+                drawn.append(idx.cpu().clone())
+            return idx
+
+        def spy_create(*args, **kwargs):
+            opt = create(*args, **kwargs)
+            opt.register_step_post_hook(lambda o, *_: params.append(
+                [p.detach().cpu().clone() for g in o.param_groups for p in g["params"]]))
+            return opt
+
+        DeviceLoader.order, engine.create_optimizer = spy_order, spy_create
+        try:
+            train_worker(trial)
+        finally:
+            DeviceLoader.order, engine.create_optimizer = order, create
+        rank = ray.train.get_context().get_world_rank()
+        torch.save({"drawn": drawn, "steps": len(params), "first": params[0], "last": params[-1]},
+                   records / f"rank{rank}.pt")
+
+    TorchTrainer(recording_worker, train_loop_config=trial,
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(name="ddp-proof", storage_path=str(tmp_path / "ray"))).fit()
+    r0, r1 = (torch.load(records / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(r0["drawn"]) == len(r1["drawn"]) == epochs
+    for a, b in zip(r0["drawn"], r1["drawn"], strict=True):
+        assert len(a) == len(b) == n // 2
+        assert not set(a.tolist()) & set(b.tolist())  # disjoint halves ...
+        assert set(a.tolist()) | set(b.tolist()) == set(range(n))  # ... that cover the whole set
+    assert r0["drawn"][0].tolist() != r0["drawn"][1].tolist()  # reshuffled every epoch
+    assert r0["steps"] == r1["steps"] == epochs * n // 2 // batch  # each rank trained its half only
+    for when in ("first", "last"):
+        assert all(torch.equal(a, b) for a, b in zip(r0[when], r1[when], strict=True)), when
+    assert not all(torch.equal(a, b) for a, b in zip(r0["first"], r0["last"], strict=True))  # it did train

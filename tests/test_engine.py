@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from rayclf.config import DataConfig, build_config
 from rayclf.data.sources import load_dataset
 from rayclf.train.checkpoint import load_checkpoint
-from rayclf.train.engine import fit
+from rayclf.train.engine import Trainer, fit
 
 from .conftest import MINI_CIFAR, tiny
 
@@ -63,7 +65,9 @@ def test_resume_continues_exactly(tmp_path):
     with pytest.raises(RuntimeError, match="node lost"):
         fit(build_config(raw), CrashInEpoch3(), checkpoint_dir=tmp_path / "part")
     assert load_checkpoint(tmp_path / "part")["epoch"] == 2
-    resumed = fit(build_config(raw), checkpoint_dir=tmp_path / "part", resume=tmp_path / "part")
+    rep = Collect()
+    resumed = fit(build_config(raw), rep, checkpoint_dir=tmp_path / "part", resume=tmp_path / "part")
+    assert [e["epoch"] for e in rep.epochs] == [3, 4]  # a continuation, not a rerun from scratch
     for a, b in zip(full.history, resumed.history, strict=True):
         assert a["epoch"] == b["epoch"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
@@ -155,21 +159,106 @@ class CrashAfterEpoch(Collect):
             raise RuntimeError("node lost")
 
 
-def test_resume_after_every_epoch_of_a_phased_run_matches_the_uninterrupted_run(tmp_path):
+def spy_epoch_starts(monkeypatch) -> list[dict]:
+    """Record what every training epoch starts from: its run-wide index, the LR, the schedule's state and a deep
+    copy of the optimizer's state (momentum buffers, Adam's step counts and moments)."""
+    seen: list[dict] = []
+    train_epoch = Trainer.train_epoch
+
+    def spy(self, opt, sched, epoch, scaler, max_steps=None, data_epoch=None):
+        seen.append({"data_epoch": data_epoch, "lr": sched.lr, "sched": dict(sched.state_dict()),
+                     "opt": copy.deepcopy(opt.state_dict())})
+        return train_epoch(self, opt, sched, epoch, scaler, max_steps=max_steps, data_epoch=data_epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", spy)
+    return seen
+
+
+def assert_same_state(a, b, where=""):
+    """Two (nested) optimizer/schedule states hold the same keys and bit-identical values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, sorted(a), sorted(b))
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("optim", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+                                   {"name": "adam", "lr": 2e-3}], ids=["sgd-momentum", "adam"])
+def test_resumed_fit_trains_only_the_remaining_epochs_from_the_checkpoints_state(tmp_path, monkeypatch, optim):
+    """A run resumed after epoch 2 of 5 trains epochs 3-5 only (its reporter sees nothing else), starting from
+    the checkpoint's optimizer state (momentum buffers / Adam's steps and moments) and schedule state (warmup +
+    cosine with a plateau reduction that has fired), exactly where the uninterrupted twin stood.
+
+    A rerun from scratch with the same seed reproduces the same numbers, so only these checks tell a resume
+    from a restart: with ``fit``'s restore skipped, or the optimizer or schedule state dropped, they fail."""
+    raw = tiny(train={"epochs": 5}, optim=optim, augment={"crop": {"padding": 2}, "flip": {"p": 0.5}},
+               model={"dropout": 0.2},
+               sched={"name": "cosine", "warmup_epochs": 1, "reduce_on_plateau": True, "patience": 1,
+                      "factor": 0.5, "plateau_metric": "train_loss", "plateau_min_delta": 10.0})
+    seen = spy_epoch_starts(monkeypatch)
+    twin = Collect()
+    full = fit(build_config(raw), twin, checkpoint_dir=tmp_path / "full")
+    twin_starts = {s["data_epoch"]: s for s in seen}
+    assert [e["epoch"] for e in twin.epochs] == [1, 2, 3, 4, 5]
+    assert twin_starts[2]["sched"]["plateau_scale"] == 0.5  # the plateau rule fired after epoch 2
+
+    crashed = CrashAfterEpoch(2)
+    with pytest.raises(RuntimeError, match="node lost"):
+        fit(build_config(raw), crashed, checkpoint_dir=tmp_path / "part")
+    seen.clear()
+    rep = Collect()
+    resumed = fit(build_config(raw), rep, checkpoint_dir=tmp_path / "part", resume=tmp_path / "part")
+
+    assert [e["epoch"] for e in rep.epochs] == [3, 4, 5] and rep.finals == [False, False, True]
+    assert [s["data_epoch"] for s in seen] == [2, 3, 4]  # epochs 1-2 were not trained again
+    first = seen[0]
+    assert first["opt"]["state"], "the optimizer starts epoch 3 with its moments, not empty"
+    assert_same_state(first["opt"], twin_starts[2]["opt"], "optimizer")
+    assert_same_state(first["sched"], twin_starts[2]["sched"], "schedule")
+    assert first["lr"] == twin_starts[2]["lr"] and rep.epochs[0]["lr"] == twin.epochs[2]["lr"]
+    for a, b in zip(twin.epochs[2:], rep.epochs, strict=True):
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9), a["epoch"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6), a["epoch"]
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6), a["epoch"]
+    # epochs 1-2 of the resumed history are the crashed run's records, read from its checkpoint
+    assert resumed.history[:2] == crashed.epochs
+    assert resumed.summary["test_loss"] == pytest.approx(full.summary["test_loss"], rel=1e-6)
+
+
+def test_resume_after_every_epoch_of_a_phased_run_matches_the_uninterrupted_run(tmp_path, monkeypatch):
     """Head (adam) → all (sgd 1e-3) → all (sgd 1e-2): resuming at a phase boundary starts the next phase's own
     optimizer and LR; resuming inside a phase carries its optimizer and schedule on."""
     raw = tiny(train={"phases": [{"epochs": 1, "trainable": "head", "optim": "adam", "lr": 1e-3},
                                  {"epochs": 2, "trainable": "all", "optim": "sgd", "lr": 1e-3},
                                  {"epochs": 1, "trainable": "all", "optim": "sgd", "lr": 1e-2}]},
                sched={"name": "cosine"}, augment={"flip": {"p": 0.5}})
+    seen = spy_epoch_starts(monkeypatch)
     full = fit(build_config(raw), checkpoint_dir=tmp_path / "full")
     assert [h["phase"] for h in full.history] == [0, 1, 1, 2]
+    twin_starts = {s["data_epoch"]: s for s in seen}
     for k in (1, 2, 3):
         folder = tmp_path / f"crash{k}"
         with pytest.raises(RuntimeError, match="node lost"):
             fit(build_config(raw), CrashAfterEpoch(k), checkpoint_dir=folder)
         assert load_checkpoint(folder)["epoch"] == k
-        resumed = fit(build_config(raw), checkpoint_dir=folder, resume=folder)
+        seen.clear()
+        rep = Collect()
+        resumed = fit(build_config(raw), rep, checkpoint_dir=folder, resume=folder)
+        assert [e["epoch"] for e in rep.epochs] == list(range(k + 1, 5))  # only the remaining epochs
+        # the first epoch trained starts from the twin's optimizer and schedule state: a phase's fresh optimizer
+        # at a boundary (k = 1, 3), the phase's momentum carried on inside it (k = 2)
+        assert seen[0]["data_epoch"] == k
+        assert bool(seen[0]["opt"]["state"]) == (k == 2), k
+        assert_same_state(seen[0]["opt"], twin_starts[k]["opt"], f"optimizer at {k}")
+        assert_same_state(seen[0]["sched"], twin_starts[k]["sched"], f"schedule at {k}")
         assert len(resumed.history) == 4
         for a, b in zip(full.history, resumed.history, strict=True):
             assert (a["epoch"], a["phase"]) == (b["epoch"], b["phase"])
@@ -204,3 +293,55 @@ def test_concurrent_checkpoint_writers_do_not_collide(tmp_path):
     state = load_checkpoint(tmp_path)
     assert state["i"] == 39 and torch.equal(state["w"], torch.full((20000,), 39.0))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _ddp_twin_crash_resume(rank: int, port: int, raw: dict, root: str) -> None:
+    """One rank of a two-process gloo group: an uninterrupted run, a run that dies after epoch 2, and its
+    resume; each rank saves what its reporter saw and its final weights."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out = {}
+        for name, rep, resume in (("twin", Collect(), None), ("crash", CrashAfterEpoch(2), None),
+                                  ("resumed", Collect(), Path(root) / "crash")):
+            folder = Path(root) / (name if name != "resumed" else "crash")
+            try:
+                result = fit(build_config(raw), rep, checkpoint_dir=folder if rank == 0 else None, resume=resume)
+                out[name] = {"epochs": rep.epochs, "test_loss": result.summary["test_loss"]}
+            except RuntimeError:
+                out[name] = {"epochs": rep.epochs}
+            dist.barrier()
+        torch.save(out, f"{root}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_data_parallel_resume_continues_each_ranks_own_augmentation(tmp_path):
+    """Two data-parallel ranks draw their own augmentations (seeded by rank). A resumed run must give each rank
+    back its own augmentation state, not rank 0's (the one writing the checkpoint): then the resumed epochs
+    equal an uninterrupted twin's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = tiny(train={"epochs": 4}, augment={"crop": {"padding": 2}, "flip": {"p": 0.5}, "cutout": {"size": 4}},
+               sched={"name": "cosine"}, data={"synthetic": {"num_train": 320, "num_test": 80, "num_classes": 4,
+                                                            "image_size": 16, "difficulty": 0.5}})
+    mp.spawn(_ddp_twin_crash_resume, args=(port, raw, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        twin, resumed = out["twin"]["epochs"], out["resumed"]["epochs"]
+        assert [e["epoch"] for e in resumed] == [3, 4], rank
+        for a, b in zip(twin[2:], resumed, strict=True):
+            for key in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                assert b[key] == a[key], (rank, a["epoch"], key)
+        assert out["resumed"]["test_loss"] == out["twin"]["test_loss"]

@@ -141,6 +141,7 @@ def test_speedrun_recipe_trains_through_rayclf_train(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(60)
 def test_speedrun_as_a_one_trial_sweep(ray_local, tmp_path):
     out = tmp_path / "sweep"
     res = CliRunner().invoke(main, ["sweep", str(SPEEDRUN), *SMALL, "--set", "resources.gpus=0", "--out", str(out),

@@ -17,9 +17,10 @@ import yaml
 from rayclf.results import TRIALS
 from rayclf.sweep.decisions import read_decisions
 
-from .test_resume_ray import checkpoint_epochs, slow_base
+from .conftest import slow_base
+from .test_resume_ray import checkpoint_epochs
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 
 
 def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path):

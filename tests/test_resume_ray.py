@@ -18,20 +18,13 @@ import yaml
 
 from rayclf.results import EPOCHS, TRIALS
 from rayclf.sweep.keys import CHECKPOINT_META
-from rayclf.sweep.resume import DRIVER_FILE, _in_session
+from rayclf.sweep.lock import DRIVER_FILE, _in_session
 from rayclf.sweep.runner import run_sweep
 from rayclf.sweep.spec import parse_sweep
 
-from .conftest import tiny
+from .conftest import assert_continued, assert_same_run, exact_base, kill_trial_processes, slow_base
 
 pytestmark = pytest.mark.ray
-
-
-def slow_base(epochs: int) -> dict:
-    """Epochs of about half a second on CPU: long enough to interrupt a trial between two of them."""
-    return tiny(data={"synthetic": {"num_train": 1500, "num_test": 100, "num_classes": 4, "image_size": 16,
-                                    "difficulty": 0.0}},
-                model={"widths": [16, 32]}, train={"epochs": epochs, "batch_size": 50})
 
 
 def checkpoint_epochs(storage: Path) -> dict[str, int]:
@@ -46,16 +39,11 @@ def checkpoint_epochs(storage: Path) -> dict[str, int]:
     return out
 
 
-def kill_trial_processes() -> int:
-    victims = [p for p in psutil.process_iter(["cmdline"])
-               if (p.info["cmdline"] or [""])[0].startswith("ray::Implicit")]
-    for p in victims:
-        p.kill()
-    return len(victims)
-
-
+@pytest.mark.timeout(120)
 def test_failed_trial_continues_from_its_checkpoint(ray_local, tmp_path):
-    spec = {"name": "crash", "base": slow_base(epochs=6), "max_failures": 0}
+    """A trial whose process is killed mid-run continues from its checkpoint on ``--resume`` and ends exactly
+    where an uninterrupted twin (same config, same seed) ends, epoch by epoch."""
+    spec = {"name": "crash", "base": exact_base(epochs=6), "max_failures": 0}
     out = tmp_path / "crash"
     killed: list[int] = []
 
@@ -74,6 +62,7 @@ def test_failed_trial_continues_from_its_checkpoint(ray_local, tmp_path):
     row = first.rows[0]
     assert row["status"] == "failed" and 2 <= row["epochs"] < 6, row
     reached = row["epochs"]
+    before = pd.read_parquet(out / EPOCHS)
 
     again = run_sweep(parse_sweep(spec), out=str(out), resume=True, live=False, wandb_mode="disabled")
     row = again.rows[0]
@@ -82,9 +71,15 @@ def test_failed_trial_continues_from_its_checkpoint(ray_local, tmp_path):
     epochs = pd.read_parquet(out / EPOCHS)
     assert sorted(epochs["epoch"]) == [1, 2, 3, 4, 5, 6]  # every epoch recorded once
     assert len(pd.read_parquet(out / TRIALS)) == 1
+    assert_continued(before, epochs, row["resumed_from_epoch"])
+
+    twin = run_sweep(parse_sweep(spec), out=str(tmp_path / "twin"), live=False, wandb_mode="disabled")
+    assert twin.rows[0]["resumed_from_epoch"] == 0
+    assert_same_run((epochs, row), (pd.read_parquet(tmp_path / "twin" / EPOCHS), twin.rows[0]))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(270)
 def test_kill_driver_mid_sweep_then_resume_loses_and_repeats_nothing(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     spec = {"name": "k9", "base": slow_base(epochs=5), "search": {"grid": {"optim.lr": [0.05, 0.02]}},

@@ -97,6 +97,7 @@ def test_racing_needs_two_seeds():
 
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.ray
+@pytest.mark.timeout(90)
 def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_in_the_report(
         ray_local, tmp_path, monkeypatch):
     from rayclf.report import build_report
@@ -271,6 +272,7 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one(tmp_path):
 
 # ----------------------------------------------------------------------------- on Ray: racing and bayes
 @pytest.mark.ray
+@pytest.mark.timeout(120)
 def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
     from rayclf.report import build_report
     from rayclf.sweep.decisions import read_decisions
@@ -351,6 +353,7 @@ def test_a_stage_may_search_with_bayes_around_the_carried_winner(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(90)
 def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
     from rayclf.sweep.runner import run_sweep
 

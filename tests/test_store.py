@@ -11,7 +11,7 @@ import pytest
 
 import rayclf.results as results
 from rayclf.config import UserError, build_config
-from rayclf.results import EPOCHS, STORE_FILE, TRIALS, ResultsStore
+from rayclf.results import EPOCHS, MIGRATION, STORE_FILE, TRIALS, ResultsStore
 from rayclf.sweep.rows import trial_row
 from rayclf.sweep.runner import prepare_out
 from rayclf.sweep.spec import parse_sweep
@@ -158,3 +158,106 @@ def test_trial_identity_hashes_only_what_differs_from_the_defaults():
     # spelling a default out changes nothing; changing a value does
     assert build_config(tiny(seed=3, optim={"name": "sgd"})).fingerprint() == cfg.fingerprint()
     assert build_config(tiny(seed=3, optim={"lr": 0.07})).fingerprint() != cfg.fingerprint()
+
+
+# ------------------------------------------------------------------------------ crash-safe schema migrations
+class Killed(Exception):
+    """Stands in for the process dying between two writes."""
+
+
+def _plain_row(i: int, **values) -> dict:
+    return {"trial_id": f"t{i}", "sweep": "s", "arm": "a", "seed": i, "position": i, "status": "completed", **values}
+
+
+STORED = [_plain_row(i, **{"x.float": 0.25 * (i + 1), "x.int": i, "x.text": "1" if i % 2 else "a",
+                           "x.flag": bool(i % 2), "x.none": None}) for i in range(4)]
+# the edited sweep's new trial widens every custom column (float, int, text, bool → JSON / float; all-empty gains
+# values) and adds one
+WIDER = _plain_row(4, **{"x.float": [0.1, 0.2], "x.int": 2.5, "x.text": ["a"], "x.flag": 3, "x.none": 0.5,
+                         "x.added": "new"})
+
+
+def _expected(row: dict) -> dict:
+    """A stored row's values after the widening: the same meaning, in the wider kinds."""
+    return {"x.float": json.dumps(row["x.float"]), "x.int": float(row["x.int"]), "x.text": json.dumps(row["x.text"]),
+            "x.flag": json.dumps(row["x.flag"]), "x.none": None, "x.added": None}
+
+
+def _values(rows: list[dict]) -> dict[str, dict]:
+    return {r["trial_id"]: {k: r[k] for k in ("x.float", "x.int", "x.text", "x.flag", "x.none", "x.added")}
+            for r in rows if r["trial_id"] != "t4"}
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_migration_killed_after_any_part_is_finished_by_the_next_writer_and_never_by_a_reader(tmp_path,
+                                                                                                 monkeypatch):
+    import shutil
+
+    import rayclf.storage as storage
+
+    template = tmp_path / "template"
+    store = ResultsStore(str(template))
+    store.prepare(STORED)
+    for row in STORED:
+        store.add(row, [])
+    expected = {r["trial_id"]: _expected(r) for r in STORED}
+    writes = len(STORED) + 2  # _store.json ahead, each part, _store.json done
+    for k in range(1, writes):
+        root = tmp_path / f"killed-after-{k}"
+        shutil.copytree(template, root)
+        count = [0]
+        real = storage.write_atomically
+
+        def dying(uri, fn, k=k, count=count, real=real):
+            real(uri, fn)
+            count[0] += 1
+            if count[0] == k:
+                raise Killed
+
+        monkeypatch.setattr(results, "write_atomically", dying)
+        monkeypatch.setattr(storage, "write_atomically", dying)
+        with pytest.raises(Killed):
+            ResultsStore(str(root)).prepare([*STORED, WIDER])  # a resume bringing the wider trial
+        monkeypatch.undo()
+        assert MIGRATION in json.loads((root / STORE_FILE).read_text()), k
+
+        # a reader sees every value at the new kinds and writes nothing
+        before = _snapshot(root)
+        assert _values(ResultsStore(str(root), read_only=True).trials) == expected, k
+        assert _snapshot(root) == before, k
+
+        # the next writer finishes the migration before anything else; every part then reads back alike
+        store = ResultsStore(str(root))
+        assert MIGRATION not in json.loads((root / STORE_FILE).read_text())
+        assert _values(store.trials) == expected == _values(pq.read_table(root / TRIALS).to_pylist()), k
+        store.prepare([*STORED, WIDER])
+        store.add(WIDER, [])
+        # a second widening (int column → JSON) encodes nothing twice
+        store = ResultsStore(str(root))
+        store.prepare([*STORED, WIDER, _plain_row(5, **{"x.int": [1]})])
+        rows = {r["trial_id"]: r for r in pd.read_parquet(root / TRIALS).to_dict("records")}
+        assert rows["t0"]["x.float"] == "0.25" and rows["t1"]["x.text"] == '"1"' and rows["t3"]["x.int"] == "3.0"
+        assert rows["t4"]["x.float"] == "[0.1,0.2]" and rows["t4"]["x.int"] == "2.5", k
+
+
+def test_recoding_is_idempotent_for_values_a_killed_rewrite_already_encoded():
+    assert results.recode("0.25", "float", "json") == "0.25"  # a part rewritten before _store.json was
+    assert results.recode(0.25, "float", "json") == "0.25"
+    assert results.recode("1", "string", "json") == '"1"'  # text is always text, however it looks
+    assert results.recode('"1"', "json", "json") == '"1"'
+
+
+def test_a_uri_query_configures_the_filesystem_and_never_enters_a_key():
+    from rayclf.storage import filesystem, join, to_uri
+
+    out = "s3://bkt/out?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http"
+    part = join(join(out, TRIALS), "t1.parquet")
+    assert part == "s3://bkt/out/trials.parquet/t1.parquet?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http"
+    fs, path = filesystem(part)
+    assert path == "bkt/out/trials.parquet/t1.parquet" and fs.region == "eu-west-1"
+    assert to_uri(join(out, "_ray"), "bkt/out/_ray/run/trial-t1/checkpoint_000001") == (
+        "s3://bkt/out/_ray/run/trial-t1/checkpoint_000001?region=eu-west-1&endpoint_override=127.0.0.1:9000&scheme=http")
+    assert join("runs/x", STORE_FILE) == "runs/x/_store.json" and to_uri("/abs/_ray", "/abs/_ray/c") == "/abs/_ray/c"

@@ -85,3 +85,13 @@ def test_config_and_model_families_do_not_import_each_other():
     assert not [m for m in all_imports(ROOT / "config.py") if m.startswith("rayclf.models")]
     for family in (ROOT / "models").glob("*.py"):
         assert "rayclf.config" not in all_imports(family), family.name
+
+
+def test_data_and_engine_build_on_storage_not_on_the_results_store():
+    """rayclf.storage is a leaf that data/, train/ and the results store build on: the store sits above the
+    engine, so nothing in data/ or train/ imports it, even lazily; storage imports nothing of them."""
+    for folder in ("data", "train"):
+        for path in (ROOT / folder).glob("*.py"):
+            assert "rayclf.results" not in all_imports(path), f"{folder}/{path.name}"
+    assert all_imports(ROOT / "storage.py") <= {"rayclf.config"}
+    assert "rayclf.storage" in all_imports(ROOT / "results.py")

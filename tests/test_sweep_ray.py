@@ -27,6 +27,7 @@ def quick_base(epochs: int = 2, **kw):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the failing arm asks for a GPU this machine must not have")
+@pytest.mark.timeout(180)
 def test_sweep_records_completed_failed_and_diverged_then_resumes(ray_local, tmp_path):
     spec = {"name": "mixed", "base": quick_base(),
             "search": {"ablation": {"factors": {
@@ -106,6 +107,7 @@ def check_wandb_runs_match_parquet(sweep_dir, rows, epochs):
     assert files_containing([sweep_dir, session_logs], FAKE_WANDB_KEY) == []
 
 
+@pytest.mark.timeout(120)
 def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path, monkeypatch, caplog):
     """Regression for ray-project/ray#54305: early-stopped Train V2 trials must release their resources.
 
@@ -137,6 +139,7 @@ def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path, monkeypa
     assert again.skipped == 6 and again.rows == outcome.rows
 
 
+@pytest.mark.timeout(60)
 def test_sweep_cli_dry_run_trains_nothing(tmp_path):
     import yaml
 
@@ -150,6 +153,7 @@ def test_sweep_cli_dry_run_trains_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.timeout(270)
 def test_staged_sweep_carries_each_winner_and_reruns_the_final(ray_local, tmp_path):
     # stage 2's "widths=8/16" with the carried lr is the stage-1 winner's own config: reused, not retrained
     spec = {"name": "staged", "base": quick_base(epochs=1),

@@ -21,7 +21,7 @@ from filelock import FileLock
 from rayclf.config import DataConfig
 from rayclf.data.catalog import DATASETS, DatasetInfo
 from rayclf.data.prepare import Archive, DataError, ensure_extracted
-from rayclf.results import write_atomically
+from rayclf.storage import write_atomically
 
 
 @dataclass

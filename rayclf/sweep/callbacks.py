@@ -10,7 +10,9 @@ from typing import Any
 from ray.tune import Callback, Stopper
 
 from rayclf.results import ResultsStore
+from rayclf.storage import to_uri
 from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.rows import trial_row
 
 
@@ -26,9 +28,10 @@ class Recorder(Callback):
     trial continues from: the row then covers every epoch once."""
 
     def __init__(self, store: ResultsStore, metric: str, mode: str,
-                 prior: dict[str, list[dict[str, Any]]] | None = None, storage_scheme: str = "",
+                 prior: dict[str, list[dict[str, Any]]] | None = None, storage: str = "",
                  board: Any = None, stop: Any = None):
-        self.store, self.metric, self.mode, self.scheme = store, metric, mode, storage_scheme
+        # storage: the sweep directory (its URI's scheme and query make Ray's checkpoint paths whole URIs)
+        self.store, self.metric, self.mode, self.storage = store, metric, mode, storage
         self.stop = stop  # interrupt.StopFlag: once set, a trial that did not finish by itself is not recorded
         self.board = board  # schedulers.ArmBoard when arms stop together: why and where a trial stopped
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -60,9 +63,7 @@ class Recorder(Callback):
         ckpt = getattr(trial, "checkpoint", None)
         # a trial resumed from its final checkpoint reports no new one: its result is the one it resumed from
         path = getattr(ckpt, "path", None) or self.checkpoints.get(tid) or trial_info(trial).get("resume_from")
-        if path and self.scheme and "://" not in path:
-            path = f"{self.scheme}://{path}"
-        return path
+        return to_uri(self.storage, path) if path else path
 
     def _record(self, trial: Any, status: str, reason: str, rung: int | None = None) -> None:
         info = trial_info(trial)
@@ -217,12 +218,14 @@ def node_names() -> dict[str, str]:
 
 
 class LiveCallback(Callback):
-    """Feeds Tune's trial events to the live view (``rayclf.sweep.live``); statuses come from the recorder,
-    so the view shows exactly what the results table holds. Must come after the ``Recorder``. Nodes are shown
-    by host name (looked up once per node Ray reports), not by Ray's node id."""
+    """Feeds Tune's trial events to the live view (``rayclf.sweep.live``) and the running set to the driver
+    lock (``rayclf.sweep.lock``: what ``rayclf status`` shows); statuses come from the recorder, so the view
+    shows exactly what the results table holds. Must come after the ``Recorder``. Nodes are shown by host name
+    (looked up once per node Ray reports), not by Ray's node id."""
 
-    def __init__(self, view: Any, recorder: Recorder):
-        self.view, self.recorder = view, recorder
+    def __init__(self, view: Any, recorder: Recorder, driver: DriverLock | None = None):
+        self.view, self.recorder, self.driver = view, recorder, driver
+        self.running: dict[str, dict[str, Any]] = {}
         self.names: dict[str, str] = {}
 
     def node(self, node_id: str | None) -> str | None:
@@ -235,23 +238,38 @@ class LiveCallback(Callback):
         return node_label(node_id, self.names)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment; a terminal
-        return {"view": None, "recorder": self.recorder, "names": {}}  # display (locks, threads) stays with the driver
+        # display and the driver lock (locks, threads) stay with the driver
+        return {"view": None, "recorder": self.recorder, "driver": None, "running": {}, "names": {}}
+
+    def _beat(self) -> None:
+        if self.driver is not None:
+            self.driver.beat(self.running)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.view is None:
-            return
         t = trial_info(trial)
-        self.view.started(t["trial_id"], t["arm"], t["seed"], t["epochs"])
+        self.running[t["trial_id"]] = {"arm_id": t.get("arm_id"), "label": t["arm"], "seed": t["seed"], "epoch": 0,
+                                       "epochs": t["epochs"]}
+        self._beat()
+        if self.view is not None:
+            self.view.started(t["trial_id"], t["arm"], t["seed"], t["epochs"])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" in result and self.view is not None:
-            self.view.result(trial_info(trial)["trial_id"], int(result["epoch"]), result.get(self.recorder.metric),
+        if "epoch" not in result:
+            return
+        tid = trial_info(trial)["trial_id"]
+        if tid in self.running:
+            self.running[tid]["epoch"] = int(result["epoch"])
+            self._beat()
+        if self.view is not None:
+            self.view.result(tid, int(result["epoch"]), result.get(self.recorder.metric),
                              result.get("epoch_seconds"), self.node(result.get("node")))
 
     def _finished(self, trial: Any) -> None:
+        tid = trial_info(trial)["trial_id"]
+        if self.running.pop(tid, None) is not None:
+            self._beat()
         if self.view is None:
             return
-        tid = trial_info(trial)["trial_id"]
         row = self.recorder.rows.get(tid, {})
         self.view.finished(tid, row.get("status", "failed"), row.get("metric_best"), row.get("reason") or "")
 

@@ -40,6 +40,7 @@ class SweepRun:
     live: bool = True
     tracking: Any = None
     preflight: Any = None  # a remote cluster's pre-flight (checks each new trial shape on a worker node)
+    driver: Any = None  # the sweep directory's DriverLock: its heartbeat carries the running trials
     planned: dict[str, Trial] = field(default_factory=dict)
     aliased: dict[str, Arm] = field(default_factory=dict)
     selection: Any = None  # a subset of arms (``--arm``, select.Selection): run as they are, nothing decided

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from rayclf.config import UserError
-from rayclf.results import TRIALS, ResultsStore, exists, join, read_text, write_text
+from rayclf.results import TRIALS, ResultsStore
+from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
 from rayclf.sweep.connect import connect
 from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
 from rayclf.sweep.kernel import SweepOutcome, SweepRun, execute, resume_conflict
+from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
-from rayclf.sweep.resume import check_previous_driver, claim_driver, find_checkpoints, release_driver
+from rayclf.sweep.resume import find_checkpoints
 from rayclf.sweep.rows import identity, trial_row
 from rayclf.sweep.spec import Sweep, Trial, dump_sweep
 from rayclf.tracking import TrackingSettings, resolve_settings
@@ -216,7 +218,7 @@ def run_trials(run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
     max_epochs = max(t.config.total_epochs() for _, t in todo)
     board = _arm_board(run, max_epochs, trials, found)
     recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
-                        storage_scheme=out.split("://", 1)[0] if "://" in out else "", board=board, stop=run.stop)
+                        storage=out, board=board, stop=run.stop)
     scheduler, search_alg, space = _search(board, descriptions, recorder)
     trainable, in_process = _trainable(sweep, cluster)
     janitor = PlacementGroupJanitor(recorder, {"CPU": res.cpus, "GPU": res.gpus}, res.num_workers)
@@ -230,7 +232,7 @@ def run_trials(run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
     view = LiveView(len(trials), metric, mode, terminal=None if run.live else False, slots=slots,
                     stream=None if run.live else _Discard())
     view.skipped(len(trials) - len(todo))
-    callbacks.append(LiveCallback(view, recorder))
+    callbacks.append(LiveCallback(view, recorder, run.driver))
     tuner = _tuner(sweep, trainable, in_process, space, scheduler, search_alg, len(descriptions), slots, storage,
                    callbacks, SweepStopper(run.stop))
     try:
@@ -308,18 +310,28 @@ def default_out(sweep: Sweep) -> str:
     return str(Path("runs") / sweep.name)
 
 
-def prepare_out(sweep: Sweep, out: str | None, resume: bool) -> tuple[str, ResultsStore]:
-    """The sweep directory and its store: never silently overwrite or mix finished results."""
+def prepare_out(sweep: Sweep, out: str | None, resume: bool,
+                echo: Callable[[str], None] = print) -> tuple[str, ResultsStore, DriverLock]:
+    """The sweep directory, its store and its driver lock: never silently overwrite or mix finished results.
+    Storage that cannot be used, a live driver, or an edit the directory cannot take stops the sweep here,
+    before anything is written."""
     out = out or default_out(sweep)
-    if exists(join(out, TRIALS)) and not resume:
-        raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished trials "
-                        "are skipped, new arms or seeds run) or choose another --out.")
-    store = ResultsStore(out)
-    problem = store.check_semantics() or _resume_conflict(sweep, out, store)
-    if problem:
-        raise UserError(problem)
-    write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
-    return out, store
+    check_bucket(out)
+    with storage_errors(out):
+        if exists(join(out, TRIALS)) and not resume:
+            raise UserError(f"{out} already holds results of a sweep; pass --resume to continue it (finished "
+                            "trials are skipped, new arms or seeds run) or choose another --out.")
+        lock = DriverLock.acquire(out, echo)
+        try:
+            store = ResultsStore(out)
+            problem = store.check_semantics() or _resume_conflict(sweep, out, store)
+            if problem:
+                raise UserError(problem)
+            write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
+        except BaseException:
+            lock.release()
+            raise
+    return out, store, lock
 
 
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
@@ -335,15 +347,15 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
 
     from rayclf.sweep.preflight import Preflight
 
-    out, store = prepare_out(sweep, out, resume)
-    w = sweep.file.wandb
-    tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
-    check_previous_driver(out, echo)
-    started = _start_ray(address, num_cpus, verbose)
-    claim_driver(out, _session_dir() if started else None)
-    run = SweepRun(sweep, out, store, DecisionLog(out), run_trials, StopFlag(), echo, rerun_stopped, redecide,
-                   live, tracking, selection=selection)
+    out, store, lock = prepare_out(sweep, out, resume, echo)
+    started = False
     try:
+        w = sweep.file.wandb
+        tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
+        started = _start_ray(address, num_cpus, verbose)
+        lock.set_session(_session_dir() if started else None)
+        run = SweepRun(sweep, out, store, DecisionLog(out), run_trials, StopFlag(), echo, rerun_stopped, redecide,
+                       live, tracking, driver=lock, selection=selection)
         # after ray.init, which installs a SIGTERM handler of its own (exit 15)
         with stop_on_signals(run.stop, echo):
             unmet = unmet_resources(sweep, ray.cluster_resources())
@@ -357,7 +369,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first round started
         raise SweepInterrupted(signal.SIGINT, out) from None
     finally:
-        release_driver(out)
+        lock.release()
         if started:
             ray.shutdown()
     _track_sweep(outcome, tracking, echo)

@@ -25,7 +25,7 @@ from rayclf.aggregate import ArmRow, cost_text, counts_text, format_table, statu
 from rayclf.results import exists, join, read_text
 from rayclf.sweep.decisions import DECISIONS, Decision
 from rayclf.sweep.live import duration
-from rayclf.sweep.resume import DRIVER_FILE
+from rayclf.sweep.lock import DRIVER_FILE
 from rayclf.sweepdir import PartReader, SweepData, read_sweep
 
 HEARTBEAT_S = 10.0
@@ -57,14 +57,14 @@ def read_driver(root: str) -> dict[str, Any] | None:
 
 def judge_driver(info: dict[str, Any] | None, now: float, host: str) -> Driver:
     """Alive or not, from the heartbeat's age (any host) and the pid (on the driver's own host)."""
-    from rayclf.sweep.resume import _alive
+    from rayclf.sweep.lock import is_live
 
     if info is None:
         return Driver("none", why="no driver lock: not started, or ended cleanly")
     beat = info.get("heartbeat")
     age = now - float(beat) if beat is not None else None
     same_host = info.get("host") == host
-    pid_ok = _alive(int(info.get("pid", -1))) if same_host else None
+    pid_ok = is_live(info) if same_host else None  # by pid and its start time: a recycled pid is not the driver
     where = f"pid {info.get('pid')} on {info.get('host')}"
     if age is not None and age > STALE_AFTER * HEARTBEAT_S:
         return Driver("gone", info, age, f"{where}: last heartbeat {duration(age)} ago")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rayclf.results import write_atomically
+from rayclf.storage import write_atomically
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -456,6 +456,24 @@ def _rng_state(trainer: Trainer) -> dict[str, Any]:
     return state
 
 
+def _all_rng_states(trainer: Trainer) -> list[dict[str, Any]]:
+    """Every rank's RNG state in rank order (a collective call under DDP): each rank draws its own
+    augmentations (seeded by rank), so a checkpoint must hold them all for a resume to be exact."""
+    state = _rng_state(trainer)
+    if not dist.is_initialized():
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _own_rng_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint; rank 0's where the checkpoint has none for it (written by an
+    older rayclf, or by a run with fewer workers)."""
+    ranks, rank = ckpt.get("rng_ranks") or [], world()[0]
+    return ranks[rank] if rank < len(ranks) else ckpt["rng"]
+
+
 def _set_rng_state(trainer: Trainer, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     trainer.augmenter.load_state_dict(state["augment"])
@@ -510,31 +528,38 @@ class TrialState:
         if self.stopper.best_state is not None:
             self.tr.model.load_state_dict(self.stopper.best_state)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint; ``rng_ranks``: every rank's RNG state (from ``_all_rng_states``), default this one's."""
         assert self.opt is not None and self.sched is not None
+        rng_ranks = rng_ranks or [_rng_state(self.tr)]
         inside = self.epoch < self.phase_start(self.phase_index + 1)
         state = {"model": self.tr.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "schedule": self.sched.state_dict(), "rng": _rng_state(self.tr), "epoch": self.epoch,
+                 "schedule": self.sched.state_dict(), "rng": rng_ranks[0], "epoch": self.epoch,
                  "phase": self.phase_index if inside else self.phase_index + 1,
                  "early_stopping": self.stopper.state_dict(), "history": self.history,
                  "config": self.cfg.to_dict(), "data": data_info(self.ds)}
+        if len(rng_ranks) > 1:
+            state["rng_ranks"] = rng_ranks
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
     def save(self, folder: Path | None, final: bool) -> Path | None:
         """Write a checkpoint when one is due (every ``checkpoint_every`` epochs, at the end, and at the epochs
-        in ``checkpoint_at``; rank 0)."""
+        in ``checkpoint_at``): every rank hands in its RNG state, rank 0 writes."""
         every = self.cfg.train.checkpoint_every
         due = final or (every and self.epoch % every == 0) or self.epoch in self.checkpoint_at
-        if world()[0] != 0 or not due:
+        if not due:
             return None
-        return _write(self.state_dict(), folder)
+        rng_ranks = _all_rng_states(self.tr)
+        if world()[0] != 0:
+            return None
+        return _write(self.state_dict(rng_ranks), folder)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint: the run then goes on as if it had never stopped."""
         self.tr.model.load_state_dict(ckpt["model"])
-        _set_rng_state(self.tr, ckpt["rng"])
+        _set_rng_state(self.tr, _own_rng_state(ckpt))
         self.stopper.load_state_dict(ckpt["early_stopping"])
         self.history, self.epoch = list(ckpt["history"]), int(ckpt["epoch"])
         index = 0
