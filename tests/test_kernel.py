@@ -14,7 +14,7 @@ from rayclf.results import ResultsStore
 from rayclf.sweep.decisions import WINNER, read_decisions
 from rayclf.sweep.interrupt import SweepInterrupted
 from rayclf.sweep.kernel import execute
-from rayclf.sweep.runner import prepare_out
+from rayclf.sweep.runner import prepare_out as _prepare_out
 from rayclf.sweep.spec import parse_sweep
 
 from .fake_runner import FakeTrials, fake_run
@@ -39,6 +39,12 @@ def staged(seeds=(0, 1), metric="val_accuracy", stage1=(0.02, 0.1)):
             "search": {"stages": [{"name": "lr", "vary": {"optim.lr": list(stage1)}},
                                   {"name": "drop", "vary": {"model.dropout": [0.0, 0.3]}}],
                        "final": {"train.epochs": 4}}}
+
+
+def prepare_out(sweep, out, resume):
+    """The driver's start-up checks, lock released again (the test is not a running sweep)."""
+    _, _, lock = _prepare_out(sweep, out, resume)
+    lock.release()
 
 
 def _table(rows, mode="max"):
