@@ -42,20 +42,37 @@ def main() -> None:
     """Declarative image-classifier ablation sweeps on Ray."""
 
 
+ARM_HELP = "an arm of the sweep file: its whole label (quote it) or a unique prefix of its arm id"
+FROM_HELP = "a finished directory of this sweep: later stages' arms take the earlier stage winners logged there"
+
+
 @main.command()
 @click.argument("config", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--arm", help=ARM_HELP + "; trains it exactly as the sweep would (the same trial id)")
+@click.option("--seed", type=int, help="with --arm: the seed (default: the sweep's first)")
+@click.option("--from", "from_dir", help="with --arm: " + FROM_HELP)
 @click.option("--out", type=click.Path(path_type=Path), help="output folder (default runs/train-TIMESTAMP)")
 @click.option("--resume", type=click.Path(path_type=Path), help="continue from this checkpoint (file or folder)")
 @user_errors
-def train(config: Path | None, overrides: tuple[str, ...], out: Path | None, resume: Path | None) -> None:
-    """Train one config (a trial config, or a sweep file's base) on this machine.
+def train(config: Path | None, overrides: tuple[str, ...], arm: str | None, seed: int | None, from_dir: str | None,
+          out: Path | None, resume: Path | None) -> None:
+    """Train one config (a trial config, a sweep file's base, or one arm of a sweep file) on this machine.
 
     Writes summary.json, epochs.parquet and the checkpoint."""
     from rayclf.local import train_local
     from rayclf.sweep.spec import load_trial_config
 
-    cfg = load_trial_config(config, overrides)
+    if arm is None and (seed is not None or from_dir):
+        raise UserError("--seed and --from choose an arm's trial: they need --arm LABEL.")
+    if arm is not None:
+        from rayclf.sweep.select import arm_trial
+
+        trial = arm_trial(config, arm, seed, from_dir, overrides)
+        click.echo(f"arm {trial.arm.label!r} (arm id {trial.arm_id}), seed {trial.seed}: trial {trial.trial_id}")
+        cfg = trial.config
+    else:
+        cfg = load_trial_config(config, overrides)
     out = out or Path("runs") / f"train-{_stamp()}"
     if (out / "summary.json").exists() and resume is None:
         raise UserError(f"{out} already holds a finished run; choose another --out or pass --resume.")
@@ -120,6 +137,8 @@ def validate(files: tuple[Path, ...]) -> None:
                    "node with --address) for measured seconds per epoch, trial-hours and wall time")
 @click.option("--price-per-hour", type=click.FloatRange(min=0), metavar="X",
               help="with --dry-run: also print the cost at X per trial-hour (one trial's resources)")
+@click.option("--arm", "arms", multiple=True, help=ARM_HELP + "; runs only these arms (repeatable; FIFO only)")
+@click.option("--from", "from_dir", help="with --arm: " + FROM_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a base config key (train.epochs=5) or a sweep-file key (resources.gpus=0, seeds=[0,1])")
 @click.option("--num-cpus", type=int, help="local Ray instance: CPUs to use")
@@ -131,19 +150,23 @@ def validate(files: tuple[Path, ...]) -> None:
               help="with --resume: decide this stage's winner (and every later stage) again from stored results")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
-          calibrate: bool, price_per_hour: float | None, overrides: tuple[str, ...], num_cpus: int | None,
-          quiet: bool, verbose: bool, wandb_mode: str | None, redecide: tuple[str, ...]) -> None:
+          calibrate: bool, price_per_hour: float | None, arms: tuple[str, ...], from_dir: str | None,
+          overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool, wandb_mode: str | None,
+          redecide: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
+    from rayclf.sweep.select import pick
     from rayclf.sweep.spec import load_sweep
 
     if (calibrate or price_per_hour is not None) and not dry_run:
         raise UserError("--calibrate and --price-per-hour go with --dry-run (they estimate a sweep, run nothing); "
                         "add --dry-run.")
     spec = load_sweep(file, overrides)
+    selection = pick(spec, arms, from_dir)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text
 
-        click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo))
+        click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo,
+                                picked=selection.arms if selection else None))
         return
     from rayclf.sweep.interrupt import SweepInterrupted
     from rayclf.sweep.runner import default_out, run_sweep
@@ -154,11 +177,12 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     try:
         outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
                             echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                            redecide=redecide)
+                            redecide=redecide, selection=selection)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
-                          *(f"--set {shlex.quote(o)}" for o in overrides)])
+                          *(f"--set {shlex.quote(o)}" for o in overrides), *(f"--arm {shlex.quote(a)}" for a in arms),
+                          *([f"--from {shlex.quote(from_dir)}"] if from_dir else [])])
         click.echo(f"\nsweep interrupted: finished trials are recorded; interrupted trials keep their last "
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
                    err=True)

@@ -154,3 +154,62 @@ def test_each_study_file_trains_a_short_run_without_error(path):
         result = fit(cfg)
         assert result.status in ("completed", "diverged"), (path.name, result.summary.get("reason"))
         assert len(result.history) == cfg.total_epochs()
+
+
+def _header_command(text: str) -> list[str]:
+    """The headline command a study header names: the comment lines from ``#   rayclf`` on, joined at ``\\``."""
+    import shlex
+
+    lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("rayclf "))
+    cmd = lines[start]
+    while cmd.endswith("\\"):
+        start += 1
+        cmd = cmd[:-1] + " " + lines[start]
+    return shlex.split(cmd)[1:]
+
+
+STUDY_FILES = [p for p in SWEEPS if p.stem not in ("quickstart", "cifar10_speedrun")]
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.name)
+def test_study_header_names_a_runnable_headline_command_in_fp32(path):
+    """Every header names the command for its headline number; it pins fp32 (the reports trained in fp32,
+    rayclf's default is bf16 autocast on a GPU, which the header says) and its arms exist (a dry run passes)."""
+    from click.testing import CliRunner
+
+    from rayclf.cli import main
+
+    text = path.read_text()
+    args = _header_command(text)
+    assert args[:2] == ["sweep", f"sweeps/{path.name}"] and "train.precision=fp32" in args
+    assert "bf16" in text and "fp32" in text
+    res = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    if "validate_on=test" in text:  # a report that validated on the test set: its protocol is one --set away
+        load_sweep(path, ("data.validate_on=test",))
+
+
+@pytest.mark.parametrize("path", [p for p in STUDY_FILES if load_sweep(p).file.reported], ids=lambda p: p.name)
+def test_reported_numbers_name_an_arm_that_runs_those_epochs(path):
+    """Each ``reported`` entry names an arm the sweep runs, and that arm trains the epochs the report measured
+    its number after (exactly, or at most where early stopping may end it there)."""
+    from rayclf.sweep.select import sweep_arms
+
+    sweep = load_sweep(path)
+    known, pending = sweep_arms(sweep)
+    s = sweep.file.search
+    around_base = ([a for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)]
+                   if s.kind == "stages" else [])  # an arm needing earlier winners: its epochs do not depend on them
+    for rep in sweep.file.reported:
+        arm = next((a for a in known if a.label == rep.arm), None)
+        if arm is None:
+            assert rep.arm in pending, f"{path.name}: reported arm {rep.arm!r} is not an arm of the sweep"
+            arm = next(a for a in around_base if a.label == rep.arm)
+        cfg = sweep.config_for(arm, sweep.file.seeds[0])
+        if rep.epochs is None:
+            continue
+        if cfg.train.early_stopping.patience:
+            assert rep.epochs <= cfg.total_epochs(), (path.name, rep.arm)
+        else:
+            assert rep.epochs == cfg.total_epochs(), (path.name, rep.arm)

@@ -153,3 +153,16 @@ def test_reported_numbers_are_validated_data_and_compared_with_the_reproduction(
     md = R.to_markdown(rows)
     assert "| baseline | test_accuracy | 70.00 | Table 1 | 3 |" in md and "| -10.00 | no |" in md
     R.figure(rows)
+
+
+def test_resnet_custom_block_can_add_after_the_activation_as_seed_001():
+    """Seed 001's block: BatchNorm and ReLU after each conv, then the input added (the sum can be negative); the
+    default ResNet v1 block activates after the sum (never negative). Same parameters either way."""
+    torch.manual_seed(0)
+    models = {order: create_model(build_config({"model": {"name": "resnet_custom", "blocks": 1, "width": 8,
+                                                          "residual_add": order}}).model, 10).eval()
+              for order in ("before_act", "after_act")}
+    assert count_params(models["before_act"]) == count_params(models["after_act"])
+    x = -torch.rand(2, 8, 8, 8)  # a negative input: only an add after the activation lets it through
+    outs = {order: m.stages[0](x) for order, m in models.items()}
+    assert (outs["before_act"] >= 0).all() and (outs["after_act"] < 0).any()

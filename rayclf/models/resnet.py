@@ -24,11 +24,13 @@ def _same_conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = F
 
 
 class BasicBlock(nn.Module):
-    """conv-BN-act, conv-BN, + shortcut (1×1 conv-BN when the shape changes), act."""
+    """conv-BN-act, conv-BN, + shortcut (1×1 conv-BN when the shape changes), act. ``add_after_act``: conv-BN-act
+    twice, then + shortcut, no act after the sum (BN and the activation after each conv, as seed 001's block)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, act: str = "relu", slope: float = 0.01,
-                 bias: bool = False, shortcut_norm: bool = True):
+                 bias: bool = False, shortcut_norm: bool = True, add_after_act: bool = False):
         super().__init__()
+        self.add_after_act = add_after_act
         self.conv1, self.bn1 = _same_conv(cin, cout, kernel, stride, bias), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _same_conv(cout, cout, kernel, 1, bias), nn.BatchNorm2d(cout)
         self.act1, self.act2 = make_act(act, slope), make_act(act, slope)
@@ -40,6 +42,8 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.add_after_act:
+            return self.act2(out) + self.shortcut(x)
         return self.act2(out + self.shortcut(x))
 
 
@@ -77,6 +81,9 @@ class ResNetCustomOptions(ModelOptions):
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="after each block")
     activation: Activation = "relu"
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual_add: Literal["before_act", "after_act"] = Field(
+        "before_act", description="where a block adds its input: before its last activation (ResNet v1), or "
+                                  "after it (BN + activation after each conv, then the sum)")
 
 
 @register_model("resnet_custom", ResNetCustomOptions)
@@ -90,7 +97,8 @@ def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: i
         if i > 0 and opts.pool != "none" and size >= 2:  # pooling between blocks
             parts.append(make_pool(opts.pool))
             size //= 2
-        parts += [BasicBlock(width, cout, opts.kernel_size, act=opts.activation), nn.Dropout(opts.dropout)]
+        parts += [BasicBlock(width, cout, opts.kernel_size, act=opts.activation,
+                             add_after_act=opts.residual_add == "after_act"), nn.Dropout(opts.dropout)]
         stages.append(nn.Sequential(*parts))
         width = cout
     stem = _stem(in_chans, opts.width, opts.kernel_size, opts.activation)

@@ -44,6 +44,7 @@ class SweepRun:
     driver: Any = None  # the sweep directory's DriverLock: its heartbeat carries the running trials
     planned: dict[str, Trial] = field(default_factory=dict)
     aliased: dict[str, Arm] = field(default_factory=dict)
+    selection: Any = None  # a subset of arms (``--arm``, select.Selection): run as they are, nothing decided
 
     @property
     def mode(self) -> str:
@@ -234,7 +235,7 @@ def run_staged(run: SweepRun) -> tuple[int, Arm]:
         else:
             winner = _decide_stage(run, i, arms)
             run.echo(f"stage {i + 1} winner: {winner.label}")
-        carried = dict(winner.overrides)
+        carried = sweep.carried_after(i, winner.overrides)
     if sweep.file.search.final:
         final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
         skipped += run.run(sweep.trials([final]))
@@ -245,7 +246,9 @@ def execute(run: SweepRun) -> SweepOutcome:
     """Run every trial of the sweep's plan that is not already finished; the kernel of ``rayclf sweep``."""
     sweep = run.sweep
     winner = None
-    if sweep.file.search.kind == "stages":
+    if run.selection is not None:  # FIFO only (select.check_subset): no stage, rung or round decides anything
+        skipped = sum(run_arms(run, arms, stage_arms) for arms, stage_arms in run.selection.groups())
+    elif sweep.file.search.kind == "stages":
         skipped, winner = run_staged(run)
     elif sweep.file.search.kind == "bayes":
         from rayclf.sweep.bayes import run_bayes
@@ -255,6 +258,8 @@ def execute(run: SweepRun) -> SweepOutcome:
     else:
         skipped = run_arms(run, sweep.arms())
     rows = run.plan_rows()
+    if run.selection is not None:  # a subset of the file's arms: the rest is not removed, only not run now
+        return SweepOutcome(sweep, run.out, rows, skipped, winner, aliased=list(run.aliased.values()))
     write_plan(run.out, set(run.planned))
     return SweepOutcome(sweep, run.out, rows, skipped, winner, removed=len(run.store.trials) - len(rows),
                         aliased=list(run.aliased.values()))

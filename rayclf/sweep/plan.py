@@ -10,7 +10,7 @@ from typing import Any
 
 from rayclf.config import TrialConfig
 from rayclf.data.catalog import DATASETS, describe, split_sizes
-from rayclf.sweep.spec import Sweep, Trial, alias_note
+from rayclf.sweep.spec import Arm, Sweep, Trial, alias_note
 
 DRIVER_RESOURCE = "rayclf_driver"
 # Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
@@ -183,10 +183,12 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}, "this machine (local Ray)"
 
 
-def _planned(sweep: Sweep) -> tuple[list[Trial], list[str], float]:
+def _planned(sweep: Sweep, picked: list[Arm] | None = None) -> tuple[list[Trial], list[str], float]:
     """The trials the dry run lists, notes on how the search unfolds, and the factor from the listed trials
-    to the whole search's cost (bayes lists its first batch only)."""
+    to the whole search's cost (bayes lists its first batch only). ``picked``: only these arms (``--arm``)."""
     file = sweep.file
+    if picked is not None:
+        return sweep.trials(picked), [f"{len(picked)} arm(s) picked by --arm, each with all its seeds"], 1.0
     if file.search.kind == "stages":
         trials: list[Trial] = []
         for i in range(sweep.stage_count()):
@@ -237,14 +239,16 @@ def scheduler_text(sweep: Sweep, n_arms: int) -> str:
 
 
 def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = False, price: float | None = None,
-                 echo: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None) -> str:
+                 echo: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None,
+                 picked: list[Arm] | None = None) -> str:
     """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate: a FLOP guess,
     or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``)."""
     file = sweep.file
-    trials, notes, scale = _planned(sweep)
+    trials, notes, scale = _planned(sweep, picked)
     n_arms = len(trials) // len(file.seeds)
+    final = " (+1 final run)" if file.search.final and picked is None else ""
     lines = [f"sweep '{sweep.name}' ({file.search.kind}): {n_arms} arms × "
-             f"{len(file.seeds)} seeds = {len(trials)} trials" + (" (+1 final run)" if file.search.final else "")
+             f"{len(file.seeds)} seeds = {len(trials)} trials" + final
              + (" in the first batch" if file.search.kind == "bayes" else "")]
     lines += notes
     aliased = {t.arm.label: t.arm for t in trials if t.arm.aliases}
@@ -283,7 +287,8 @@ def guess_lines(trials: list[Trial], use_gpu: bool, scale: float, unit: str, pri
     if hours is None:
         return [f"estimate: not available ({basis})"]
     hours *= scale  # FLOPs over one device's throughput is device time, however trials share or span devices
-    lines = [f"estimate: {hours:.2f} {unit} (a guess from FLOPs, not a measurement; --calibrate measures it; "
+    minutes = f" = {hours * 60:.1f} min" if hours < 1 else ""
+    lines = [f"estimate: {hours:.2f} {unit}{minutes} (a guess from FLOPs, not a measurement; --calibrate measures it; "
              f"{basis})"]
     if price is not None:
         lines.append(f"cost (guessed): {hours * price:,.2f} at {price:g} per trial-hour")

@@ -337,8 +337,9 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool,
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
               wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
-              redecide: tuple[str, ...] = ()) -> SweepOutcome:
-    """Run every trial of a sweep that is not already finished in ``out``; return the recorded rows.
+              redecide: tuple[str, ...] = (), selection: Any = None) -> SweepOutcome:
+    """Run every trial of a sweep (or of the ``selection``'s arms, ``--arm``) that is not already finished in
+    ``out``; return the recorded rows.
 
     Ctrl-C or SIGTERM stops the running trials at their last checkpoints and raises ``SweepInterrupted`` (no
     decision is taken on the partial round, nothing is published); ``--resume`` continues them."""
@@ -354,7 +355,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         started = _start_ray(address, num_cpus, verbose)
         lock.set_session(_session_dir() if started else None)
         run = SweepRun(sweep, out, store, DecisionLog(out), run_trials, StopFlag(), echo, rerun_stopped, redecide,
-                       live, tracking, driver=lock)
+                       live, tracking, driver=lock, selection=selection)
         # after ray.init, which installs a SIGTERM handler of its own (exit 15)
         with stop_on_signals(run.stop, echo):
             unmet = unmet_resources(sweep, ray.cluster_resources())

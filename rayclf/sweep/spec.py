@@ -94,6 +94,8 @@ class Stage(Strict):
     name: str | None = None
     vary: dict[str, Any] | None = Field(None, description="a grid of factors tried around the current best")
     bayes: BayesSearch | None = Field(None, description="or a Bayesian search around the current best")
+    carry: dict[str, Any] | None = Field(None, description="values later stages take whatever this stage's "
+                                                           "winner (a report's stated carry-forward choice)")
 
     @model_validator(mode="after")
     def _one(self) -> Stage:
@@ -201,6 +203,8 @@ class Reported(Strict):
     metric: ReportedMetric = Field("test_accuracy", description="the trial column the number is compared with")
     value: float = Field(..., ge=0.0, le=1.0, description="as a fraction (accuracy 0.8434, not 84.34)")
     source: str = Field(..., min_length=1, description="where the report states it: 'Table 1', 'Fig. 6', 'sec. 2.3'")
+    epochs: int | None = Field(None, ge=1, description="the epochs the report's number was measured after (at "
+                                                      "most, where it stopped early); the arm must train that many")
     note: str = ""
 
 
@@ -311,12 +315,11 @@ class Sweep:
 
     def trials(self, arms: list[Arm]) -> list[Trial]:
         """Arms × seeds, each validated and content-addressed."""
-        out = []
-        for arm in arms:
-            for seed in self.file.seeds:
-                cfg = self.config_for(arm, seed)
-                out.append(Trial(cfg.fingerprint(), arm, seed, cfg))
-        return out
+        return [self.trial(arm, seed) for arm in arms for seed in self.file.seeds]
+
+    def trial(self, arm: Arm, seed: int) -> Trial:
+        cfg = self.config_for(arm, seed)
+        return Trial(cfg.fingerprint(), arm, seed, cfg)
 
     def arm_id(self, arm: Arm) -> str:
         """The arm's identity: the fingerprint of its config with the seed at its default."""
@@ -328,6 +331,10 @@ class Sweep:
             return build_config(raw)
         except ConfigError as exc:
             raise ConfigError(f"sweep '{self.name}', arm '{arm.label}': {exc}") from None
+
+    def carried_after(self, stage: int, winner: Mapping[str, Any]) -> dict[str, Any]:
+        """What stage ``stage`` hands on: its winner's overrides, with the stage's pinned ``carry`` values."""
+        return {**winner, **(self.file.search.stages[stage].carry or {})}  # type: ignore[index]
 
     def stage_count(self) -> int:
         return len(self.file.search.stages or [])
@@ -496,13 +503,15 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
         raise ConfigError(f"sweep '{file.name}': {exc}") from None
     sweep = Sweep(file, base, source)
     if file.search.kind == "stages":
+        carried: dict[str, Any] = {}  # the stages' pinned carry values: each is checked where it applies
         for i in range(sweep.stage_count()):
             if file.search.stages[i].bayes is not None:  # type: ignore[index]
                 from rayclf.sweep.bayes import check_space
 
-                check_space(sweep.bayes_stage(i, {}))
+                check_space(sweep.bayes_stage(i, carried))
             else:
-                sweep.trials(sweep.arms({}, stage=i))
+                sweep.trials(sweep.arms(carried, stage=i))
+            carried = sweep.carried_after(i, carried)
         if file.search.final:
             sweep.config_for(Arm("final", dict(file.search.final)), file.seeds[0])
     elif file.search.kind == "bayes":

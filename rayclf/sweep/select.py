@@ -1,0 +1,161 @@
+"""Arms of a sweep picked by label or arm id: ``rayclf sweep FILE --arm A --arm B`` and ``rayclf train FILE --arm A``.
+
+A picked arm is the very arm the whole sweep runs (same overrides, so the same trial ids), which is what lets a
+headline number be reproduced alone and a later full run skip it as done. A staged sweep's arm of stage k > 1
+sits on the earlier stages' winners: they come from a finished sweep directory's decision log (``--from``), or
+are not needed where the file pins every value they would carry (``carry:`` of a stage, ``final:``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rayclf.config import ConfigError, closest
+from rayclf.sweep.spec import Arm, Sweep, Trial, factor_levels, grid_arms
+
+ADAPTIVE = ("asha", "median", "racing")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The picked arms, in sweep order, and every arm of their stages (which fixes their table positions)."""
+
+    arms: list[Arm]
+    listed: list[Arm]
+
+    def groups(self) -> list[tuple[list[Arm], list[Arm]]]:
+        """(picked arms, all arms) per stage: a trial's position in the results table counts within its stage."""
+        stages = sorted({a.stage or 0 for a in self.arms})
+        return [([a for a in self.arms if (a.stage or 0) == s], [a for a in self.listed if (a.stage or 0) == s])
+                for s in stages]
+
+
+def stage_winners(sweep_dir: str) -> dict[int, dict[str, Any]]:
+    """Each finished stage's winner (its full overrides) from a sweep directory's decision log."""
+    from rayclf.sweep.decisions import WINNER, read_decisions
+
+    return {int(d.key): dict(d.detail.get("overrides") or {}) for d in read_decisions(sweep_dir)
+            if d.kind == WINNER and d.key.isdigit()}
+
+
+def _stage_keys(sweep: Sweep, stage: int) -> set[str]:
+    """The config keys a stage's arms set (so a winner of it carries values for them)."""
+    st = sweep.file.search.stages[stage]  # type: ignore[index]
+    if st.bayes is not None:
+        return set(st.bayes.params)
+    return {k for key, spec in (st.vary or {}).items() for _, ov in factor_levels(key, spec) for k in ov}
+
+
+def _carried(sweep: Sweep, upto: int, winners: Mapping[int, Mapping[str, Any]]) -> tuple[dict[str, Any], set[str]]:
+    """What stages ``0..upto-1`` carry into stage ``upto``, and the keys whose values only a winner would tell."""
+    carried: dict[str, Any] = {}
+    unknown: set[str] = set()
+    for i in range(upto):
+        if i in winners:
+            carried, unknown = dict(winners[i]), set()
+        else:
+            unknown |= _stage_keys(sweep, i)
+        carried = sweep.carried_after(i, carried)
+        unknown -= set(sweep.file.search.stages[i].carry or {})  # type: ignore[index]
+    return carried, unknown
+
+
+def sweep_arms(sweep: Sweep, winners: Mapping[int, Mapping[str, Any]] | None = None) -> tuple[list[Arm], list[str]]:
+    """Every arm the sweep runs that can be told now, in sweep order, and the labels of those that need
+    earlier stage winners (``winners``: stage index → the winner's full overrides)."""
+    s = sweep.file.search
+    if s.kind == "bayes":
+        raise ConfigError(f"sweep '{sweep.name}' is a bayes search: its arms are proposed as results come in, "
+                          "so none can be picked by --arm.")
+    if s.kind != "stages":
+        return sweep.arms(), []
+    winners = winners or {}
+    known: list[Arm] = []
+    pending: list[str] = []
+    for i in range(sweep.stage_count()):
+        carried, unknown = _carried(sweep, i, winners)
+        if s.stages[i].bayes is not None:  # type: ignore[index]
+            continue  # its proposals exist only in a run's decision log
+        levels = grid_arms(s.stages[i].vary or {})  # type: ignore[index]
+        # label by label (which labels alias one another depends on the winners too): an arm that sets every
+        # unknown value itself needs no winner; the known ones are deduplicated as the sweep does
+        sure = [unknown <= set(lv.overrides) for lv in levels]
+        arms = sweep.place(levels, i, carried)
+        known += sweep.unique([a for a, ok in zip(arms, sure, strict=True) if ok])
+        pending += [a.label for a, ok in zip(arms, sure, strict=True) if not ok]
+    if s.final is not None:
+        carried, unknown = _carried(sweep, sweep.stage_count(), winners)
+        if unknown - set(s.final):
+            pending.append("final")
+        else:
+            known.append(Arm("final", {**carried, **s.final}, sweep.stage_count()))
+    return known, pending
+
+
+def select_arms(sweep: Sweep, wanted: Iterable[str], from_dir: str | None = None) -> Selection:
+    """The arms named by whole label or by (a unique prefix of) arm id; a bad name is a ``ConfigError``."""
+    winners = stage_winners(from_dir) if from_dir else {}
+    if from_dir and not winners and sweep.file.search.kind == "stages":
+        raise ConfigError(f"--from {from_dir}: no stage winner is logged there (decisions.parquet); point it at "
+                          f"a sweep directory of '{sweep.name}' whose stages have finished.")
+    listed, pending = sweep_arms(sweep, winners)
+    ids = [sweep.arm_id(a) for a in listed]
+    picked = sorted({_find(sweep, name, listed, ids, pending, from_dir) for name in wanted})
+    return Selection([listed[i] for i in picked], listed)
+
+
+def _find(sweep: Sweep, name: str, listed: list[Arm], ids: list[str], pending: list[str],
+          from_dir: str | None) -> int:
+    """The index of one arm by whole label, else by arm-id prefix; otherwise an error saying what would make
+    it known."""
+    by_label = [i for i, a in enumerate(listed) if name == a.label or name in a.aliases]
+    if by_label:
+        return by_label[0]
+    if name in pending:
+        where = (f"{from_dir} has no logged winner for the stage before it" if from_dir else
+                 "pass --from SWEEP_DIR, a directory of this sweep whose earlier stages have finished, to read "
+                 "their winners from its decision log")
+        raise ConfigError(f"arm {name!r} of sweep '{sweep.name}' is varied around earlier stages' winners: {where}.")
+    by_id = [i for i, arm_id in enumerate(ids) if arm_id.startswith(name.lower())] if len(name) >= 4 else []
+    if len({ids[i] for i in by_id}) == 1:  # two labels of one config are one arm
+        return by_id[0]
+    if by_id:
+        raise ConfigError(f"arm id prefix {name!r} matches {len(by_id)} arms of sweep '{sweep.name}' "
+                          f"({', '.join(listed[i].label for i in by_id[:4])}); give more of the id.")
+    labels = [label for a in listed for label in (a.label, *a.aliases)] + pending
+    hint = closest(name, labels)
+    raise ConfigError(f"--arm {name!r} is neither an arm label nor an arm id of sweep '{sweep.name}'"
+                      + (f"; did you mean '{hint}'?" if hint else f"; arms: {', '.join(labels[:8])}"
+                                                                  + (" …" if len(labels) > 8 else ".")))
+
+
+def check_subset(sweep: Sweep) -> None:
+    """A subset of arms runs only under FIFO: an adaptive scheduler would decide on part of the arms."""
+    name = sweep.file.scheduler.name
+    if name in ADAPTIVE:
+        raise ConfigError(f"sweep '{sweep.name}' runs scheduler {name}, which decides on all its arms together; "
+                          "a subset (--arm) would take those decisions on part of them. Run the whole sweep, or "
+                          "train one arm to the end with: rayclf train FILE --arm LABEL.")
+
+
+def pick(sweep: Sweep, wanted: tuple[str, ...], from_dir: str | None) -> Selection | None:
+    """``rayclf sweep --arm``: the picked arms (checked against the scheduler), or None for the whole sweep."""
+    if not wanted:
+        if from_dir:
+            raise ConfigError("--from reads earlier stage winners for --arm; it needs --arm LABEL.")
+        return None
+    check_subset(sweep)
+    return select_arms(sweep, wanted, from_dir)
+
+
+def arm_trial(path: Any, wanted: str, seed: int | None, from_dir: str | None, overrides: tuple[str, ...]) -> Trial:
+    """``rayclf train SWEEP --arm``: the trial the sweep runs for that arm and seed (the sweep's first by default)."""
+    from rayclf.sweep.spec import is_sweep_file, load_sweep, read_yaml
+
+    if path is None or not is_sweep_file(read_yaml(path)):
+        raise ConfigError(f"--arm picks an arm of a sweep file; {path or 'no file'} is not one.")
+    sweep = load_sweep(path, overrides)
+    arm = select_arms(sweep, [wanted], from_dir).arms[0]
+    return sweep.trial(arm, sweep.file.seeds[0] if seed is None else seed)
