@@ -85,7 +85,7 @@ class FakeAutoscalingCluster:
         return self
 
     def shutdown(self) -> None:
-        from rayclf.sweep.resume import stop_session
+        from rayclf.sweep.lock import stop_session
 
         if self.session_dir:
             stop_session(self.session_dir)

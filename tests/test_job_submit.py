@@ -33,7 +33,7 @@ def agent_ports() -> list[str]:
 @pytest.mark.timeout(150)
 def test_ray_job_submit_runs_a_sweep_to_s3_and_the_report_reads_it(s3_server, tmp_path):  # noqa: F811
     pytest.importorskip("aiohttp", reason="ray job submit needs Ray's default extra")
-    from rayclf.sweep.resume import stop_session
+    from rayclf.sweep.lock import stop_session
 
     bin_dir = Path(sys.executable).parent
     port, dash = free_port(), free_port()

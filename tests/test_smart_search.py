@@ -369,4 +369,6 @@ def test_staged_sweep_with_a_bayes_stage_runs_end_to_end(ray_local, tmp_path):
     assert outcome.winner is not None and outcome.winner.label.startswith("reg:bayes-")
     from rayclf.sweep.decisions import read_decisions
 
-    assert [d.key for d in read_decisions(str(tmp_path / "sbr"))] == ["1/0", "1/1"]
+    logged = read_decisions(str(tmp_path / "sbr"))
+    assert [d.key for d in logged if d.kind == "proposal"] == ["1/0", "1/1"]
+    assert [(d.key, d.label) for d in logged if d.kind == "winner"] == [("0", "lr:lr=0.1"), ("1", outcome.winner.label)]
