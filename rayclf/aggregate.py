@@ -133,6 +133,7 @@ class ArmRow:
     params: int | None = None  # trainable parameters (``add_costs``)
     epoch_seconds: float | None = None  # measured seconds per trained epoch, over the arm's trials
     trial_hours: float | None = None  # every trial of the arm, stopped and failed ones included
+    arm_id: str | None = None  # the identity the rows were grouped by (``arm_key``)
 
     @property
     def delta(self) -> float | None:
@@ -286,7 +287,7 @@ def arm_table(trials: Sequence[Mapping[str, Any]], mode: str, value_key: str = "
         tm, tsd = mean_std(_values(group, "test_accuracy").values())
         row = ArmRow(group[0]["arm"], group[0].get("stage"), len(vals), m, sd, ci95(list(vals.values())), tm, tsd,
                      baseline=key == base, statuses=status_counts(group), stopped_at=_stopped_at(group),
-                     eliminated=_eliminated(group))
+                     eliminated=_eliminated(group), arm_id=key)
         if not row.baseline and vals and base_vals:
             row.effect = paired_comparison(vals, base_vals, mode)
             row.unmatched = row.effect.n_pairs != len(vals) or row.effect.n_pairs != len(base_vals)

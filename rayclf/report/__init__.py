@@ -28,6 +28,7 @@ from rayclf.aggregate import (
 from rayclf.config import UserError
 from rayclf.report import figures as F
 from rayclf.results import TRIALS, exists, join
+from rayclf.sweep.decisions import WINNER, read_decisions
 from rayclf.sweepdir import read_sweep
 
 STATUS_MARK = {"stopped_early": "†", "diverged": "‡", "failed": "✗", "eliminated": "⊘"}
@@ -137,19 +138,24 @@ def to_latex(rows: Sequence[ArmRow], metric: str, caption: str, target: str = "1
     return "\n".join(lines) + "\n"
 
 
-def stage_markdown(rows: Sequence[ArmRow], metric: str, mode: str) -> str:
+def stage_markdown(rows: Sequence[ArmRow], metric: str, mode: str, logged: dict[int, str] | None = None) -> str:
     """The staged study as the seed-000 report tabulates it: every setting tried per stage, the chosen one
-    (★, carried into the next stage) and the running best after each stage."""
+    (★, carried into the next stage) and the running best after each stage. ``logged`` (stage → arm id, from the
+    decision log) names the winners the sweep itself carried; a winner that is an earlier stage's config (same
+    arm id, shown once under its first label) is marked in its own stage too."""
     winners = stage_winners(rows, mode)
     lines = ["| stage | arm | n | mean ± std | chosen | running best |", "|---|---|---|---|---|---|"]
     best: ArmRow | None = None
-    for stage in sorted({r.stage for r in rows if r.stage is not None}):
-        won = next((r for r in rows if r.stage == stage and r.arm == winners.get(stage)), None)
+    for stage in sorted({r.stage for r in rows if r.stage is not None} | set(logged or {})):
+        if logged and stage in logged:
+            won = next((r for r in rows if r.arm_id == logged[stage]), None)
+        else:
+            won = next((r for r in rows if r.stage == stage and r.arm == winners.get(stage)), None)
         if won is not None and won.mean is not None and (
                 best is None or (won.mean > best.mean if mode == "max" else won.mean < best.mean)):  # type: ignore[operator]
             best = won
         for r in rows:
-            if r.stage != stage:
+            if r.stage != stage and not (r is won and won.stage != stage):
                 continue
             chosen = "★" if r is won else ""
             running = f"{_pct(best.mean, metric)} ({best.arm})" if r is won and best is not None else ""
@@ -370,7 +376,8 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     to_csv(rows, out / "results.csv")
     (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds.",
                                               target))
-    stage_md = stage_markdown(rows, metric, mode) if any(r.stage is not None for r in rows) else None
+    logged = {d.stage: d.arm_id for d in read_decisions(sweep_dir) if d.kind == WINNER and d.stage is not None}
+    stage_md = stage_markdown(rows, metric, mode, logged) if any(r.stage is not None for r in rows) else None
     if stage_md:
         (out / "stages.md").write_text(stage_md)
     stopped_md = stopped_markdown(trials, metric)
