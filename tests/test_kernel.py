@@ -230,3 +230,22 @@ def _redecide(sweep, tmp_path) -> tuple[str, ...]:
     if "0" in logged and set(logged["0"].detail["arms"]) != {sweep.arm_id(a) for a in sweep.arms({}, stage=0)}:
         return ("lr",)
     return ()
+
+
+def test_the_report_names_the_stage_winners_the_sweep_carried(tmp_path):
+    """A later stage that re-creates an earlier config (its level repeats the carried value) shows that arm once,
+    under its first label; the report still marks each stage's logged winner, as the driver announced it."""
+    from rayclf.report import build_report
+
+    doc = staged()
+    doc["search"]["stages"][1]["vary"] = {"model.dropout": [0.1, 0.3, 0.5]}  # 0.1: the base's (carried) value
+    execute(fake_run(parse_sweep(doc), str(tmp_path)))
+    logged = {d.stage: d.arm_id for d in read_decisions(str(tmp_path)) if d.kind == WINNER}
+    rep = build_report(str(tmp_path), tmp_path / "report")
+    label_id = {r.arm: r.arm_id for r in rep.rows}
+    starred = {}
+    for line in (tmp_path / "report" / "stages.md").read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[4] == "★":
+            starred.setdefault(int(cells[0]) - 1, []).append(label_id[cells[1]])
+    assert {s: v for s, v in starred.items() if s in logged} == {stage: [aid] for stage, aid in logged.items()}
