@@ -64,6 +64,12 @@ def test_an_ablation_level_equal_to_the_baseline_is_the_baseline(tmp_path, metri
     assert set(stats) == {"baseline", "lr=0.1", "dropout=0.3"}
     assert stats["baseline"].n == 3 and stats["lr=0.1"].pairs == 3
     assert "lr=0.05 is baseline's config" in outcome.summary_text()
+    from rayclf.report import build_report
+    from rayclf.sweep.spec import dump_sweep
+
+    (tmp_path / "sweep.yaml").write_text(dump_sweep(sweep))  # as the driver writes it
+    build_report(str(tmp_path), tmp_path / "report")
+    assert "lr=0.05 is baseline's config (one arm, shown once)" in (tmp_path / "report" / "results.md").read_text()
 
 
 def test_labels_of_distinct_numbers_never_coincide_and_do_not_depend_on_the_sample_count():

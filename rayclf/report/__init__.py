@@ -177,6 +177,20 @@ def stopped_markdown(trials: Sequence[dict[str, Any]], metric: str) -> str | Non
     return "\n".join(lines) + "\n"
 
 
+def alias_notes(spec: dict[str, Any]) -> list[str]:
+    """``lr=0.05 is baseline's config (one arm)`` for each arm the sweep file lists twice (grid, random, ablation:
+    arms known before the sweep runs); nothing when the file cannot be read back."""
+    from rayclf.sweep.spec import alias_note, parse_sweep
+
+    if not spec or not {"grid", "random", "ablation"} & set(spec.get("search") or {}):
+        return []
+    try:
+        arms = parse_sweep(spec).arms()
+    except Exception:  # a file of another release: the tables stand without the note
+        return []
+    return [f"{alias_note(a)} (one arm, shown once)" for a in arms if a.aliases]
+
+
 def removed_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str | None:
     """Stored trials the sweep file no longer plans (an edit removed their arm or seed), listed apart."""
     if not rows:
@@ -372,7 +386,8 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     half_width, target = target_half_width(metric, target_ci)
     rows = data.arm_rows(half_width)
     name = data.name
-    (out / "results.md").write_text(to_markdown(rows, metric, target))
+    aliases = alias_notes(spec)
+    (out / "results.md").write_text(to_markdown(rows, metric, target) + "".join(f"\n{a}\n" for a in aliases))
     to_csv(rows, out / "results.csv")
     (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds.",
                                               target))
@@ -391,7 +406,7 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     reported_md = reported_section(spec, trials, out, figdir, figs)
     which = "final-epoch" if spec.get("rank_by") == "final" else "best"
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: {which} "
-                f"{metric} per trial ({mode}); source: {sweep_dir}")
+                f"{metric} per trial ({mode}); source: {sweep_dir}" + "".join(f"; {a}" for a in aliases))
     page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md, target)
     if reported_md:
         page = page.replace("<h2>Results per arm</h2>", "<h2>Reported vs reproduced</h2>" + md_table_html(reported_md)
