@@ -206,8 +206,14 @@ def arm_key(row: Mapping[str, Any]) -> str:
     ``config.*`` columns; rows with neither (hand-made tables) fall back to the label."""
     if row.get("arm_id"):
         return str(row["arm_id"])
-    config = {k[len("config."):]: _decoded(v) for k, v in row.items() if k.startswith("config.")}
-    return _derived_arm_id(json.dumps(config, sort_keys=True, default=str)) if config else row["arm"]
+    # None: a key of another model family (the store's schema is the union of every row's columns)
+    config = {k[len("config."):]: _decoded(v) for k, v in row.items() if k.startswith("config.") and v is not None}
+    if not config:
+        return row["arm"]
+    try:
+        return _derived_arm_id(json.dumps(config, sort_keys=True, default=str))
+    except ValueError:  # a config this release cannot rebuild (ConfigError is a ValueError): group by label
+        return row["arm"]
 
 
 def _decoded(value: Any) -> Any:

@@ -180,9 +180,11 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                             redecide=redecide, selection=selection)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
+        kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir}
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
+                          *(["--rerun-stopped"] if rerun_stopped else []),  # its decisions are already re-opened
                           *(f"--set {shlex.quote(o)}" for o in overrides), *(f"--arm {shlex.quote(a)}" for a in arms),
-                          *([f"--from {shlex.quote(from_dir)}"] if from_dir else [])])
+                          *(f"{k} {shlex.quote(str(v))}" for k, v in kept.items() if v is not None)])
         click.echo(f"\nsweep interrupted: finished trials are recorded; interrupted trials keep their last "
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
                    err=True)

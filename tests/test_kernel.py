@@ -170,6 +170,13 @@ def test_rows_of_removed_arms_stay_stored_but_leave_the_summary(tmp_path):
     assert {r.arm for r in rep.rows} == {"baseline", "lr=0.1"}
     assert "dropout=0.3" in (tmp_path / "report" / "removed.md").read_text()
     assert "no longer in the sweep file" in (tmp_path / "report" / "index.html").read_text()
+    # an arm added, then the resume interrupted: its finished rows are planned, never shown as removed
+    bigger = {**ablation(), "search": {"ablation": {"factors": {"optim.lr": [0.1, 0.2]}}}}
+    with pytest.raises(SweepInterrupted):
+        execute(fake_run(parse_sweep(bigger), str(tmp_path), FakeTrials(interrupt_after=2)))
+    data = read_sweep(str(tmp_path))
+    assert {r["arm"] for r in data.trials} == {"baseline", "lr=0.1", "lr=0.2"}
+    assert {r["arm"] for r in data.removed} == {"dropout=0.3"}
 
 
 # ----------------------------------------------------------------------------- random user actions
@@ -255,3 +262,35 @@ def test_the_report_names_the_stage_winners_the_sweep_carried(tmp_path):
         if cells[4] == "★":
             starred.setdefault(int(cells[0]) - 1, []).append(label_id[cells[1]])
     assert {s: v for s, v in starred.items() if s in logged} == {stage: [aid] for stage, aid in logged.items()}
+
+
+def test_two_stages_of_one_name_are_refused():
+    from rayclf.config import ConfigError
+
+    doc = staged()
+    doc["search"]["stages"][1]["name"] = "lr"
+    with pytest.raises(ConfigError, match=r"search.stages.1.name 'lr' names an earlier stage"):
+        parse_sweep(doc)
+
+
+def test_a_refusal_names_a_way_through_that_works(tmp_path):
+    """rank_by changed under logged stage winners: refused, and --redecide (which re-opens them) goes through."""
+    out = str(tmp_path / "s")
+    prepare_out(parse_sweep(staged()), out, resume=False)
+    execute(fake_run(parse_sweep(staged()), out))
+    changed = parse_sweep({**staged(), "rank_by": "final"})
+    with pytest.raises(UserError, match="--redecide"):
+        prepare_out(changed, out, resume=True)
+    _, _, lock = _prepare_out(changed, out, True, redecide=True)
+    lock.release()
+
+
+def test_rows_of_other_model_families_still_group_by_arm_id():
+    """The store's schema is the union of every row's columns: a cnn row carries None for mlp-only keys."""
+    from rayclf.aggregate import arm_key
+    from rayclf.config import build_config, flatten
+
+    cfg = build_config(_base())
+    row = {"arm": "a", **{f"config.{k}": v for k, v in flatten(cfg.to_dict()).items()},
+           "config.model.hidden": None, "config.model.batch_norm": None}
+    assert arm_key(row) == cfg.arm_fingerprint()

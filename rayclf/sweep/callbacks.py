@@ -117,10 +117,10 @@ class SweepStopper(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.flag.is_set()
+        return self.flag is not None and self.flag.is_set()
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its stopper with the experiment state
-        return {"flag": None}
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its stopper with the experiment state; a copy
+        return {}  # (Ray Client runs the Tuner remotely) never sees the driver's signals: it never stops all
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.flag = None

@@ -15,7 +15,7 @@ from typing import Any
 from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore
-from rayclf.storage import join, write_plan
+from rayclf.storage import join, read_plan, write_plan
 from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
@@ -45,6 +45,7 @@ class SweepRun:
     planned: dict[str, Trial] = field(default_factory=dict)
     aliased: dict[str, Arm] = field(default_factory=dict)
     selection: Any = None  # a subset of arms (``--arm``, select.Selection): run as they are, nothing decided
+    shown_plan: set[str] | None = None  # the plan readers see now (``_plan.json``), kept in step by extend_plan
 
     @property
     def mode(self) -> str:
@@ -56,9 +57,21 @@ class SweepRun:
         self.stop.check(self.out)
         for t in order or trials:
             self.planned.setdefault(t.trial_id, t)
+        self.extend_plan()
         skipped = self.execute_trials(self, trials, order or trials)
         self.stop.check(self.out)
         return skipped
+
+    def extend_plan(self) -> None:
+        """Add the trials released so far to the stored plan before they run, so readers never list a new arm's
+        rows as removed while the sweep runs or after it is interrupted; only a finished run drops trials from
+        the plan (``execute``)."""
+        if self.shown_plan is None:
+            known = read_plan(self.out)
+            self.shown_plan = known if known is not None else {r["trial_id"] for r in self.store.trials}
+        if not set(self.planned) <= self.shown_plan:
+            self.shown_plan |= set(self.planned)
+            write_plan(self.out, self.shown_plan)
 
     def plan_rows(self) -> list[dict[str, Any]]:
         """The stored rows of the current plan's trials, in sweep order."""
@@ -266,15 +279,18 @@ def execute(run: SweepRun) -> SweepOutcome:
 
 
 # ------------------------------------------------------------------------------------------ resume
-def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog) -> str | None:
+def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stopped: bool = False,
+                    redecide: bool = False) -> str | None:
     """Why a sweep directory written with ``old`` cannot be continued with ``new``, or None. The metric and mode
     give every stored value its meaning; rank_by, the search kind and the scheduler only matter where logged
-    decisions were taken under them."""
+    decisions were taken under them, and not for decisions this run re-opens (``--rerun-stopped``: stops and
+    eliminations; ``--redecide``: stage winners and proposals)."""
     if (old.metric, old.mode) != (new.metric, new.mode):
         return (f"this sweep directory was recorded with metric {old.metric} ({old.mode}); the file now says "
                 f"{new.metric} ({new.mode}). Stored values would be mixed with new ones: keep "
-                f"--set metric={old.metric} mode={old.mode}, or start a new --out.")
-    decided = log.decisions
+                f"--set metric={old.metric} --set mode={old.mode}, or start a new --out.")
+    reopened = ({STOP, ELIMINATE} if rerun_stopped else set()) | ({WINNER, PROPOSAL} if redecide else set())
+    decided = [d for d in log.decisions if d.kind not in reopened]
     if not decided:
         return None
     kinds = sorted({d.kind for d in decided})

@@ -285,7 +285,8 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     return True
 
 
-def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore) -> str | None:
+def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore, rerun_stopped: bool = False,
+                     redecide: bool = False) -> str | None:
     """What the file changed that this sweep directory cannot take (compared with the sweep.yaml it holds, and
     with the metric its rows were recorded under)."""
     import yaml
@@ -303,15 +304,15 @@ def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore) -> str | None:
     recorded = sorted({r.get("metric") for r in store.trials} - {None})
     if recorded and recorded != [sweep.file.metric]:
         old = old.model_copy(update={"metric": recorded[0]})
-    return resume_conflict(old, sweep.file, DecisionLog(out))
+    return resume_conflict(old, sweep.file, DecisionLog(out), rerun_stopped, redecide)
 
 
 def default_out(sweep: Sweep) -> str:
     return str(Path("runs") / sweep.name)
 
 
-def prepare_out(sweep: Sweep, out: str | None, resume: bool,
-                echo: Callable[[str], None] = print) -> tuple[str, ResultsStore, DriverLock]:
+def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str], None] = print,
+                rerun_stopped: bool = False, redecide: bool = False) -> tuple[str, ResultsStore, DriverLock]:
     """The sweep directory, its store and its driver lock: never silently overwrite or mix finished results.
     Storage that cannot be used, a live driver, or an edit the directory cannot take stops the sweep here,
     before anything is written."""
@@ -324,7 +325,7 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool,
         lock = DriverLock.acquire(out, echo)
         try:
             store = ResultsStore(out)
-            problem = store.check_semantics() or _resume_conflict(sweep, out, store)
+            problem = store.check_semantics() or _resume_conflict(sweep, out, store, rerun_stopped, redecide)
             if problem:
                 raise UserError(problem)
             write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
@@ -347,7 +348,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
 
     from rayclf.sweep.preflight import Preflight
 
-    out, store, lock = prepare_out(sweep, out, resume, echo)
+    out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, bool(redecide))
     started = False
     try:
         w = sweep.file.wandb

@@ -121,6 +121,12 @@ class SearchSpec(Strict):
                              f"not {' and '.join(kinds)}")
         if self.final is not None and self.stages is None:
             raise ValueError("search.final only applies to stages")
+        labels = [st.name or f"stage{i + 1}" for i, st in enumerate(self.stages or [])]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:  # a stage's name prefixes its arms' labels: two stages of one name would share labels
+            i = labels.index(twice[0], labels.index(twice[0]) + 1)
+            raise ValueError(f"search.stages.{i}.name {twice[0]!r} names an earlier stage too; give each stage "
+                             f"its own name (e.g. '{twice[0]}2')")
         return self
 
     @property
