@@ -294,3 +294,11 @@ def test_rows_of_other_model_families_still_group_by_arm_id():
     row = {"arm": "a", **{f"config.{k}": v for k, v in flatten(cfg.to_dict()).items()},
            "config.model.hidden": None, "config.model.batch_norm": None}
     assert arm_key(row) == cfg.arm_fingerprint()
+
+
+def test_racing_that_could_never_test_is_refused():
+    from rayclf.config import ConfigError
+
+    doc = {**ablation(seeds=(0, 1)), "scheduler": {"name": "racing", "first_round": 2}}
+    with pytest.raises(ConfigError, match="never tests"):
+        parse_sweep(doc)

@@ -238,6 +238,10 @@ class SweepFile(Strict):
             raise ValueError("seeds must be distinct")
         if self.scheduler.name == "racing" and len(self.seeds) < 2:
             raise ValueError("scheduler racing needs at least 2 seeds to compare arms (seeds: [0, 1, ...])")
+        if self.scheduler.name == "racing" and len(self.seeds) <= self.scheduler.first_round:
+            raise ValueError(f"scheduler racing with first_round = {self.scheduler.first_round} and "
+                             f"{len(self.seeds)} seeds never tests (every arm gets every seed in its first round): "
+                             f"give seeds more than first_round, or scheduler name: fifo")
         if self.search.bayes is not None and self.scheduler.name == "racing":
             raise ValueError("search.bayes scores every proposal on all seeds; use scheduler asha or median "
                              "with it, not racing")
