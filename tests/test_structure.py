@@ -95,9 +95,3 @@ def test_data_and_engine_build_on_storage_not_on_the_results_store():
             assert "rayclf.results" not in all_imports(path), f"{folder}/{path.name}"
     assert all_imports(ROOT / "storage.py") <= {"rayclf.config"}
     assert "rayclf.storage" in all_imports(ROOT / "results.py")
-
-
-def test_the_sweep_layer_does_not_import_the_report():
-    """Data flows one way: the sweep writes results, the report reads them (the CLI runs one, then the other)."""
-    for path in (ROOT / "sweep").glob("*.py"):
-        assert not [m for m in all_imports(path) if m.startswith("rayclf.report")], path.name

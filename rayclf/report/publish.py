@@ -7,7 +7,6 @@ always shows the figures of the finished sweep, not those of an earlier local re
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +49,3 @@ def publish(sweep_dir: str, rep: Report, mode: str | None = None,
 def _spec(sweep_dir: str) -> dict[str, Any]:
     uri = join(sweep_dir, "sweep.yaml")
     return (yaml.safe_load(read_text(uri)) or {}) if exists(uri) else {}
-
-
-def track_sweep(out: str, tracking: Any, echo: Callable[[str], None]) -> None:
-    """The sweep-level W&B run with the finished sweep's table and report figures, and where offline runs are and
-    how to upload them. The CLI calls it after ``run_sweep`` returns: the sweep layer never imports the report."""
-    if tracking is None or tracking.mode == "disabled":
-        return
-    try:
-        rep = render_for_tracking(out)
-    except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
-        echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
-             f"run `rayclf report {out} --wandb {tracking.mode}` later.")
-        return
-    publish(out, rep, settings=tracking)
-    if tracking.mode == "offline":
-        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
-             f"wandb sync {tracking.dir}/wandb/offline-run-*")

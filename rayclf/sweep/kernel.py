@@ -87,7 +87,6 @@ class SweepOutcome:
     winner: Arm | None = None
     removed: int = 0
     aliased: list[Arm] = field(default_factory=list)
-    tracking: Any = None  # the run's W&B settings, for the sweep-level summary the CLI publishes
 
     def summary_text(self) -> str:
         stats = arm_table(self.rows, self.sweep.file.mode or "max", value_key(self.sweep.file.rank_by))

@@ -373,7 +373,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         lock.release()
         if started:
             ray.shutdown()
-    outcome.tracking = tracking  # the CLI publishes the finished sweep's summary (rayclf.report.publish)
+    _track_sweep(outcome, tracking, echo)
     return outcome
 
 
@@ -382,3 +382,22 @@ def _session_dir() -> str | None:
 
     node = getattr(ray._private.worker, "_global_node", None)
     return node.get_session_dir_path() if node is not None else None
+
+
+def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callable[[str], None]) -> None:
+    """The sweep-level W&B run with the finished sweep's table and report figures, and where offline runs
+    are and how to upload them."""
+    if tracking.mode == "disabled":
+        return
+    from rayclf.report.publish import publish, render_for_tracking
+
+    try:
+        rep = render_for_tracking(outcome.out)
+    except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
+        echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
+             f"run `rayclf report {outcome.out} --wandb {tracking.mode}` later.")
+        return
+    publish(outcome.out, rep, settings=tracking)
+    if tracking.mode == "offline":
+        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
+             f"wandb sync {tracking.dir}/wandb/offline-run-*")
