@@ -210,27 +210,8 @@ def test_readme_notebook_example_runs_and_equals_the_cli_table(tmp_path, monkeyp
 
 
 # ----------------------------------------------------------------------------------- object storage
-@pytest.fixture(scope="module")
-def s3_env():
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
-           "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1", aws_access_key_id="k",
-                 aws_secret_access_key="s").create_bucket(Bucket="bkt")
-    yield env
-    server.stop()
-
-
-def test_status_on_s3_reads_only_new_parts(s3_env, monkeypatch, tmp_path):
-    for k, v in s3_env.items():
+def test_status_on_s3_reads_only_new_parts(s3_server, monkeypatch, tmp_path):
+    for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
     from rayclf.sweepdir import PartReader
 
@@ -249,7 +230,7 @@ def test_status_on_s3_reads_only_new_parts(s3_env, monkeypatch, tmp_path):
     assert read_status(uri, reader).counts == {"done": 3, "running": 0, "failed": 0, "waiting": 1, "total": 4}
     assert reader.reads == 6  # only the new trial's two parts
     run = subprocess.run([str(Path(sys.executable).with_name("rayclf")), "status", uri, "--json"],
-                         env={**os.environ, **s3_env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         env={**os.environ, **s3_server, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["trials"]["done"] == 3

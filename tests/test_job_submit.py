@@ -18,7 +18,7 @@ import yaml
 
 from .conftest import tiny
 from .fake_cluster import free_port
-from .test_s3 import bucket_objects, s3_server  # noqa: F401 (the module's S3 server fixture)
+from .test_s3 import bucket_objects
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def agent_ports() -> list[str]:
 
 
 @pytest.mark.timeout(150)
-def test_ray_job_submit_runs_a_sweep_to_s3_and_the_report_reads_it(s3_server, tmp_path):  # noqa: F811
+def test_ray_job_submit_runs_a_sweep_to_s3_and_the_report_reads_it(s3_server, tmp_path):
     pytest.importorskip("aiohttp", reason="ray job submit needs Ray's default extra")
     from rayclf.sweep.lock import stop_session
 

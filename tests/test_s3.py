@@ -4,7 +4,6 @@ results, Ray's checkpoints, resume and ``rayclf report`` all work, and the crede
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,31 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import files_containing, tiny
+from .conftest import SENTINEL_SECRET, files_containing, tiny
 
 pytestmark = pytest.mark.ray
-SENTINEL_SECRET = "sentinel-secret-7f3a9c1e5b2d"
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """An S3-compatible server on a free loopback port, with one bucket; the endpoint and credentials travel
-    only in the environment (the standard AWS variables), as on a real cluster."""
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "rayclf-test",
-           "AWS_SECRET_ACCESS_KEY": SENTINEL_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-                 aws_access_key_id="rayclf-test", aws_secret_access_key=SENTINEL_SECRET).create_bucket(Bucket="bkt")
-    yield env
-    server.stop()
 
 
 def bucket_objects(env: dict[str, str]) -> dict[str, bytes]:
