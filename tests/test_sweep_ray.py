@@ -154,13 +154,19 @@ def test_sweep_cli_dry_run_trains_nothing(tmp_path):
 
 
 @pytest.mark.timeout(270)
-def test_staged_sweep_carries_each_winner_and_reruns_the_final(ray_local, tmp_path):
+def test_staged_sweep_carries_each_winner_and_reruns_the_final(ray_local, tmp_path, monkeypatch):
     # stage 2's "widths=8/16" with the carried lr is the stage-1 winner's own config: reused, not retrained
+    from ray import tune
+
+    fits = []
+    fit = tune.Tuner.fit
+    monkeypatch.setattr(tune.Tuner, "fit", lambda self: fits.append(1) or fit(self))
     spec = {"name": "staged", "base": quick_base(epochs=1),
             "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.0001, 0.1]}},
                                   {"name": "width", "vary": {"model.widths": [[4, 8], [8, 16], [16, 32]]}}],
                        "final": {"train.epochs": 2}}}
     outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "st"), live=False)
+    assert len(fits) == 1, "both stages and the final run in one Tune run"
     assert outcome.skipped == 1
     rows = {r["arm"]: r for r in outcome.rows}
     assert set(rows) == {"lr:lr=0.0001", "lr:lr=0.1", "width:widths=4/8", "width:widths=16/32", "final"}

@@ -29,20 +29,28 @@ class Recorder(Callback):
 
     def __init__(self, store: ResultsStore, metric: str, mode: str,
                  prior: dict[str, list[dict[str, Any]]] | None = None, storage: str = "",
-                 board: Any = None, stop: Any = None):
+                 board: Any = None, stop: Any = None, on_recorded: Any = None):
         # storage: the sweep directory (its URI's scheme and query make Ray's checkpoint paths whole URIs)
         self.store, self.metric, self.mode, self.storage = store, metric, mode, storage
         self.stop = stop  # interrupt.StopFlag: once set, a trial that did not finish by itself is not recorded
         self.board = board  # schedulers.ArmBoard when arms stop together: why and where a trial stopped
+        self.on_recorded = on_recorded  # told each recorded trial id (the sweep's strategy waits for them)
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
-        for tid, history in (prior or {}).items():
-            self.epochs[tid] = {int(e["epoch"]): {k: e[k] for k in EPOCH_KEYS if k in e} for e in history}
+        self.add_prior(prior or {})
         self.summaries: dict[str, dict[str, Any]] = {}
         self.resumed: dict[str, int] = {}
         self.data_seconds: dict[str, float] = {}
         self.checkpoints: dict[str, str] = {}
         self.pgs: dict[str, set[str]] = {}
         self.rows: dict[str, dict[str, Any]] = {}
+
+    def add_prior(self, prior: dict[str, list[dict[str, Any]]]) -> None:
+        """Epochs an earlier run trained before the checkpoints these trials continue from."""
+        for tid, history in prior.items():
+            self.epochs[tid] = {int(e["epoch"]): {k: e[k] for k in EPOCH_KEYS if k in e} for e in history}
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
+        return {**self.__dict__, "on_recorded": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = trial_info(trial)["trial_id"]
@@ -73,17 +81,20 @@ class Recorder(Callback):
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
                         checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid), rung=rung)
         row["data_seconds"] = self.data_seconds.get(tid)
+        self._add(row, epochs, info)
+
+    def _add(self, row: dict[str, Any], epochs: list[dict[str, Any]], info: dict[str, Any]) -> None:
         self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
-        self.rows[tid] = row
+        self.rows[row["trial_id"]] = row
+        if self.on_recorded is not None:
+            self.on_recorded(row["trial_id"])
 
     def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
         """A trial that does not train in this run (its arm was stopped or eliminated first): still exactly
         one row, with the epochs an earlier run trained before its checkpoint, if any."""
         tid = info["trial_id"]
         epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
-        row = trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung)
-        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
-        self.rows[tid] = row
+        self._add(trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung), epochs, info)
 
     def _interrupted(self) -> bool:
         return self.stop is not None and self.stop.is_set()

@@ -92,6 +92,11 @@ class LiveView:
             self._start_live()
 
     # ------------------------------------------------------------------------------- events
+    def planned(self, n: int) -> None:
+        """``n`` more trials belong to the sweep (a strategy released its next stage, round or batch)."""
+        with self._lock:
+            self.total += n
+
     def skipped(self, n: int) -> None:
         """``n`` trials finished before this run (resume): they count as done."""
         if n <= 0:
@@ -223,7 +228,7 @@ class LiveView:
             state = (f"{len(self.running)} running, {self.failed()} failed"
                      + (f", {early} stopped early" if early else "")
                      + f", {duration(eta) if self.done < self.total else '0s'} left")
-            self._progress.update(self._task, completed=self.done, state=state)
+            self._progress.update(self._task, completed=self.done, total=self.total, state=state)
             parts: list[RenderableType] = [self._progress.get_renderable()]
             if self.running:
                 parts.append(self._running_table())

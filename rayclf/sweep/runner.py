@@ -1,12 +1,9 @@
-"""Run a sweep on Ray: Tune schedules rayclf's explicit trial list; each trial trains where Tune puts it.
+"""Run a sweep on Ray: start or join Ray, guard the sweep directory, run the sweep's strategy in one Tune run.
 
-Single-worker trials (a CPU slot, a GPU or a fraction of one) are Tune function trainables that train in the
-trial's own process (``worker.train_trial``), holding the trial's resources; Tune reuses those processes from
-trial to trial and retries a failed trial from its last checkpoint (``tune.FailureConfig``). Only
-data-parallel trials (``num_workers > 1``) start a Ray Train ``TorchTrainer`` worker group, which Ray Train
-retries, and whose placement group a callback releases if Ray leaves it behind after an early stop.
-The driver records every trial as it finishes (``Recorder``, one Parquet part per trial) and continues
-unfinished trials of an earlier run from their checkpoints, found by trial id (``resume``).
+The driver side of ``rayclf sweep``: the sweep directory is checked (bucket, driver lock, edits it cannot take)
+before anything is written; Ray is started (or joined); the kernel's strategy (``rayclf.sweep.kernel``) runs
+with a ``TuneSession`` (``rayclf.sweep.session``), one ``Tuner.fit()`` for every stage, round and batch.
+Ctrl-C or SIGTERM stops at the trials' last checkpoints; ``--resume`` continues them.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,219 +23,12 @@ from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
 from rayclf.sweep.kernel import SweepOutcome, SweepRun, execute, resume_conflict
 from rayclf.sweep.lock import DriverLock
-from rayclf.sweep.packing import check_packing
-from rayclf.sweep.plan import DRIVER_RESOURCE, concurrency, driver_resources, trial_resources, unmet_resources
-from rayclf.sweep.resume import find_checkpoints
-from rayclf.sweep.rows import identity, trial_row
-from rayclf.sweep.spec import Sweep, Trial, dump_sweep
+from rayclf.sweep.plan import DRIVER_RESOURCE, unmet_resources
+from rayclf.sweep.session import TuneSession, storage_path
+from rayclf.sweep.spec import Sweep, dump_sweep
 from rayclf.tracking import TrackingSettings, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
-
-
-# --------------------------------------------------------------------------------- Ray side
-def train_driver(config: dict[str, Any]) -> None:
-    """The Tune function trainable of a data-parallel trial: one Ray Train V2 TorchTrainer run."""
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from rayclf.sweep.worker import train_worker
-
-    trial = config["trial"]
-    res = trial["resources"]
-    resume = trial.get("resume_from")
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=trial,
-        resume_from_checkpoint=Checkpoint(resume) if resume else None,
-        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["gpus"] > 0,
-                                     resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]}),
-        run_config=RunConfig(name=f"trial-{trial['trial_id']}", storage_path=trial["storage"],
-                             callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=trial["max_failures"]),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    )
-    trainer.fit()
-
-
-def _prepare_everywhere(trials: list[Trial]) -> None:
-    """Download / decode each dataset (and fetch pretrained weights) once per node before trials start."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from rayclf.data.sources import prepare_dataset
-
-    @ray.remote(num_cpus=0)
-    def prepare(config: dict[str, Any]) -> None:
-        from rayclf.config import build_config
-        from rayclf.models.timm_models import TimmOptions, prepare_weights
-
-        cfg = build_config(config)
-        prepare_dataset(cfg.data)
-        if isinstance(cfg.model, TimmOptions):
-            prepare_weights(cfg.model)
-
-    # one representative config per distinct (dataset, pretrained weights) pair; synthetic data is generated
-    # in the trial's process and needs no preparation (a task per node would only cost a worker start-up)
-    todo = {(t.config.data.model_dump_json(), getattr(t.config.model, "pretrained", False) and t.config.model.name):
-            t.config.to_dict() for t in trials
-            if t.config.data.name != "synthetic" or getattr(t.config.model, "pretrained", False)}
-    if not todo:
-        return
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(c)
-            for node in nodes for c in todo.values()]
-    try:
-        ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), UserError) else None
-        if cause is not None:
-            raise UserError(str(cause)) from None
-        raise
-
-
-def _arm_board(run: SweepRun, max_epochs: int, trials: list[Trial], found: dict[str, Any]) -> Any:
-    """The shared state of arm-level early stopping (asha / median over all of an arm's seeds), rebuilt from
-    the decision log and every seed's stored epochs, or None. It takes no decision once a stop was asked for."""
-    from rayclf.sweep.schedulers import ArmBoard, replay, rung_rule
-
-    sweep = run.sweep
-    s = sweep.file.scheduler
-    if s.name not in ("asha", "median"):
-        return None
-    rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
-    board = ArmBoard(rule, sweep.file.mode or "max", sweep.file.metric)
-    board.halted = run.stop.is_set
-    return replay(board, trials, run.store, run.log, {tid: f.history for tid, f in found.items()},
-                  run.rerun_stopped)
-
-
-def _search(board: Any, descriptions: list[dict[str, Any]], recorder: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """(scheduler, search algorithm, param space) for Tune: the trial list as a grid, or, with arm-level
-    early stopping, rayclf's queue that never starts a seed of a stopped arm."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from rayclf.sweep.schedulers import ArmScheduler, TrialQueue
-
-    if board is None:
-        return FIFOScheduler(), None, {"trial": tune.grid_search(descriptions)}
-    skip = lambda d, rung, why: recorder.record_unstarted(d, "stopped_early", why, rung)  # noqa: E731
-    return ArmScheduler(board), TrialQueue(descriptions, board, skip), {}
-
-
-def storage_path(out: str) -> str:
-    return join(out, "_ray") if "://" in out else os.path.abspath(os.path.join(out, "_ray"))
-
-
-def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings,
-              resume_from: str | None) -> dict[str, Any]:
-    """What a trial process needs, carried through Tune's param space."""
-    res = trial_resources(sweep)
-    return {**identity(sweep, t, index), "storage": storage, "max_failures": sweep.file.max_failures,
-            "tracking": tracking.to_dict(), "resume_from": resume_from,
-            "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
-
-
-class _Discard:
-    """A stream that drops everything (``--quiet``)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
-    """The Tune trainable and whether it trains in-process (single worker) rather than in a worker group."""
-    from ray import tune
-
-    from rayclf.sweep.worker import train_trial
-
-    res = trial_resources(sweep)
-    if res.num_workers == 1:
-        return tune.with_resources(train_trial, {"cpu": res.cpus, "gpu": res.gpus}), True
-    return tune.with_resources(train_driver, driver_resources(cluster)), False
-
-
-def _tuner(sweep: Sweep, trainable: Any, in_process: bool, space: dict[str, Any], scheduler: Any, search_alg: Any,
-           n: int, slots: int, storage: str, callbacks: list[Any], stopper: Any = None) -> Any:
-    """Tune over rayclf's explicit trial list: names and folders by trial id, one checkpoint kept per trial,
-    retries by Tune for in-process trials (Ray Train retries a worker group itself)."""
-    from ray import tune
-
-    return tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode, scheduler=scheduler,
-                                    search_alg=search_alg, num_samples=1 if search_alg is None else n,
-                                    max_concurrent_trials=slots, reuse_actors=in_process,
-                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
-                                                                  f"{tr.config['trial']['seed']}"[:80],
-                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
-        run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
-                                  callbacks=callbacks, verbose=0, stop=stopper,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(
-                                      max_failures=sweep.file.max_failures if in_process else 0)),
-    )
-
-
-def run_trials(run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
-    """Run the trials not yet finished in one Tune run; return how many were skipped as already done. ``order``
-    (a superset of ``trials``, e.g. every trial of a racing or bayes search) fixes their positions in the table.
-    A stop signal ends the run at the trials' last checkpoints (``SweepStopper``) without recording them."""
-    import ray
-
-    from rayclf.sweep.callbacks import LiveCallback, PlacementGroupJanitor, Recorder, SweepStopper
-    from rayclf.sweep.live import LiveView
-
-    sweep, store, out = run.sweep, run.store, run.out
-    done = store.finished_ids(run.rerun_stopped)
-    todo = [(i, t) for i, t in enumerate(trials) if t.trial_id not in done]
-    if not todo:
-        return len(trials)
-    _prepare_everywhere([t for _, t in todo])
-    storage = storage_path(out)
-    res = trial_resources(sweep)
-    if run.preflight is not None:  # remote cluster: checks and calibrates on a worker node, before any trial
-        run.preflight.check([t for _, t in todo])
-    else:
-        check_packing([t for _, t in todo], res.gpus if res.num_workers == 1 else 1.0)
-    cluster = ray.cluster_resources()
-    found = find_checkpoints(storage, {t.trial_id for _, t in todo})
-    pos = {t.trial_id: i for i, t in enumerate(order)}
-    descriptions = [_describe(sweep, t, pos[t.trial_id], storage, run.tracking,
-                              found[t.trial_id].uri if t.trial_id in found else None) for _, t in todo]
-    metric, mode = sweep.file.metric, run.mode
-    store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
-    max_epochs = max(t.config.total_epochs() for _, t in todo)
-    board = _arm_board(run, max_epochs, trials, found)
-    recorder = Recorder(store, metric, mode, prior={tid: f.history for tid, f in found.items()},
-                        storage=out, board=board, stop=run.stop)
-    scheduler, search_alg, space = _search(board, descriptions, recorder)
-    trainable, in_process = _trainable(sweep, cluster)
-    janitor = PlacementGroupJanitor(recorder, {"CPU": res.cpus, "GPU": res.gpus}, res.num_workers)
-    callbacks: list[Any] = [recorder] if in_process else [recorder, janitor]
-    # on a remote cluster the autoscaler grows it while trials wait: what fits now is no limit (the file's
-    # max_concurrent still is); on a local instance it is all there will ever be
-    grows = run.preflight is not None and not sweep.file.resources.max_concurrent
-    slots = len(todo) if grows else min(concurrency(sweep, cluster), len(todo))
-    if board is not None:
-        board.slots = slots
-    view = LiveView(len(trials), metric, mode, terminal=None if run.live else False, slots=slots,
-                    stream=None if run.live else _Discard())
-    view.skipped(len(trials) - len(todo))
-    callbacks.append(LiveCallback(view, recorder, run.driver))
-    tuner = _tuner(sweep, trainable, in_process, space, scheduler, search_alg, len(descriptions), slots, storage,
-                   callbacks, SweepStopper(run.stop))
-    try:
-        tuner.fit()
-    finally:
-        view.close()
-    return len(trials) - len(todo)
 
 
 # --------------------------------------------------------------------------------- driver side
@@ -355,8 +144,10 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
         started = _start_ray(address, num_cpus, verbose)
         lock.set_session(_session_dir() if started else None)
-        run = SweepRun(sweep, out, store, DecisionLog(out), run_trials, StopFlag(), echo, rerun_stopped, redecide,
-                       live, tracking, driver=lock, selection=selection)
+        run = SweepRun(sweep, out, store, DecisionLog(out), _no_session, StopFlag(), echo, rerun_stopped,
+                       redecide, live, tracking, driver=lock, selection=selection)
+        session = TuneSession(run)
+        run.execute_trials = session.run_batch
         # after ray.init, which installs a SIGTERM handler of its own (exit 15)
         with stop_on_signals(run.stop, echo):
             unmet = unmet_resources(sweep, ray.cluster_resources())
@@ -366,7 +157,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
                 echo(f"warning: {unmet} Trials wait until an autoscaler adds such nodes.")
             if address:  # a remote cluster: its worker nodes are not this machine
                 run.preflight = Preflight(sweep, storage_path(out))
-            outcome = execute(run)
+            outcome = session.execute(lambda: execute(run))
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first round started
         raise SweepInterrupted(signal.SIGINT, out) from None
     finally:
@@ -375,6 +166,10 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             ray.shutdown()
     _track_sweep(outcome, tracking, echo)
     return outcome
+
+
+def _no_session(run: SweepRun, trials: list, order: list) -> int:
+    raise RuntimeError("trials run through the sweep's TuneSession")
 
 
 def _session_dir() -> str | None:

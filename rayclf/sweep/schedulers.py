@@ -163,7 +163,9 @@ class ArmBoard:
             return False
         mean = float(np.mean(list(values.values())))
         sign = 1.0 if self.mode == "max" else -1.0
-        others = [s for a, s in self.recorded.get(rung, {}).items() if a != arm]
+        stage = self.names.get(arm, ("", None))[1]  # a stage's arms compete among themselves
+        others = [s for a, s in self.recorded.get(rung, {}).items()
+                  if a != arm and self.names.get(a, ("", None))[1] == stage]
         cutoff = self.rule.cutoff(others)
         self.recorded.setdefault(rung, {})[arm] = sign * mean
         if cutoff is None or sign * mean >= cutoff:
@@ -231,11 +233,12 @@ def replay(board: ArmBoard, trials: Iterable[Any], store: Any, log: Any,
     stored ones for finished seeds, the checkpoint's for interrupted ones (``histories``), so a resumed seed
     keeps its earlier rung values. An arm whose seeds all ended earlier was judged at every rung they passed;
     any other arm is judged now where all its planned seeds reached a rung (a kill before the log was written)."""
+    known = set(board.plan)  # a later batch of the same run keeps what this run decided
     for t in trials:
         board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage)
     board.log = log
     if log is not None and rerun_stopped:
-        log.forget(STOP, set(board.plan))
+        log.forget(STOP, set(board.plan) - known)
     finished = store.finished_ids(rerun_stopped) & set(board.arm_of)
     stored: dict[str, list[dict[str, Any]]] = {}
     for e in store.epochs:
@@ -356,14 +359,31 @@ class ArmScheduler(FIFOScheduler):
 class TrialQueue(Searcher):
     """Hands Tune rayclf's trials in order, an arm's seeds together once that many slots are free (all slots
     for an arm with more seeds than slots); a seed whose arm is already stopped is recorded, never started.
+    ``feed`` (``Lockstep.pop``) brings the batches a sweep's strategy releases during the run: the queue ends
+    when the feed says ``FINISHED``, not when its list runs out.
 
     Tune polls a searcher that returns None every second, ignoring Ctrl-C, when no trial is running, pending or
-    paused: the queue returns None only while the board counts a trial holding a slot (or about to)."""
+    paused: the queue returns None only while the board counts a trial holding a slot (or about to), or while
+    the strategy waits for trials it handed out."""
 
-    def __init__(self, descriptions: list[dict[str, Any]], board: ArmBoard,
-                 skip: Callable[[dict[str, Any], int | None, str], None]):
+    def __init__(self, descriptions: list[dict[str, Any]], board: ArmBoard | None,
+                 skip: Callable[[dict[str, Any], int | None, str], None], feed: Callable[[], Any] | None = None):
         super().__init__()
-        self.todo, self.board, self.skip, self.next, self.current = descriptions, board, skip, 0, ""
+        self.todo, self.board, self.skip, self.next, self.current = list(descriptions), board, skip, 0, ""
+        self.feed, self.fed_all = feed, feed is None
+
+    def _pull(self) -> None:
+        while not self.fed_all and self.feed is not None:
+            item = self.feed()
+            if item is None:
+                return
+            if item == Searcher.FINISHED:
+                self.fed_all = True
+                return
+            self.todo.append(item)
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher with the tuner; rayclf resumes from
+        return {**self.__dict__, "feed": None, "skip": None}  # its own store: the copy needs no live links
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
@@ -382,7 +402,11 @@ class TrialQueue(Searcher):
         return min(left, self.board.slots) if self.board.slots else 1
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        while self.next < len(self.todo):
+        assert self.board is not None, "the queue's board is set before Tune asks for trials"
+        while True:
+            self._pull()
+            if self.next >= len(self.todo):
+                return Searcher.FINISHED if self.fed_all else None  # the strategy waits for handed-out trials
             d = self.todo[self.next]
             if d["arm_id"] in self.board.stopped:
                 self.next += 1
@@ -394,7 +418,6 @@ class TrialQueue(Searcher):
             self.current = d["arm_id"]
             self.board.start(d["trial_id"])
             return {"trial": {**d, "rungs": list(self.board.rule.rungs)}}
-        return Searcher.FINISHED
 
     def _skip(self, d: dict[str, Any]) -> None:
         rung, why = self.board.why_stopped(d["arm_id"])

@@ -1,0 +1,287 @@
+"""One Tune run per sweep: every batch a strategy releases is fed to a single ``Tuner.fit()``.
+
+The strategy (stages, racing rounds, bayes batches, arm subsets, a plain grid) runs in its own thread in lockstep
+with Tune's loop (``rayclf.sweep.lockstep``); its ``SweepRun.execute_trials`` is :meth:`TuneSession.run_batch`,
+which prepares the batch (datasets on every node, pre-flight or packing check, checkpoints of an earlier run,
+store columns) and hands it to ``TrialQueue``, the run's Tune ``Searcher``. So Tune sets up once, trial
+processes (their torch/timm imports and decoded datasets) stay warm from the first trial to the last, and the
+arm-level board of asha / median sees every batch of a search.
+
+Single-worker trials train in the trial's own process (``worker.train_trial``), reused from trial to trial;
+Tune retries a failed one from its last checkpoint. Only data-parallel trials (``num_workers > 1``) start a Ray
+Train ``TorchTrainer`` worker group (``train_driver``), whose placement group a callback releases if Ray leaves
+it behind after an early stop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rayclf.config import UserError
+from rayclf.storage import join
+from rayclf.sweep.kernel import SweepRun
+from rayclf.sweep.lockstep import Lockstep
+from rayclf.sweep.packing import check_packing
+from rayclf.sweep.plan import concurrency, driver_resources, trial_resources
+from rayclf.sweep.resume import find_checkpoints
+from rayclf.sweep.rows import identity, trial_row
+from rayclf.sweep.spec import Sweep, Trial
+from rayclf.tracking import TrackingSettings
+
+
+def train_driver(config: dict[str, Any]) -> None:
+    """The Tune function trainable of a data-parallel trial: one Ray Train V2 TorchTrainer run."""
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayclf.sweep.worker import train_worker
+
+    trial = config["trial"]
+    res = trial["resources"]
+    resume = trial.get("resume_from")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=trial,
+        resume_from_checkpoint=Checkpoint(resume) if resume else None,
+        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["gpus"] > 0,
+                                     resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]}),
+        run_config=RunConfig(name=f"trial-{trial['trial_id']}", storage_path=trial["storage"],
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=trial["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+
+
+def storage_path(out: str) -> str:
+    return join(out, "_ray") if "://" in out else os.path.abspath(os.path.join(out, "_ray"))
+
+
+def _prepare_everywhere(trials: list[Trial], prepared: set[Any]) -> None:
+    """Download / decode each dataset (and fetch pretrained weights) once per node before its first trial;
+    ``prepared`` keeps what this run already prepared, so a later batch only prepares what is new."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rayclf.data.sources import prepare_dataset
+
+    @ray.remote(num_cpus=0)
+    def prepare(config: dict[str, Any]) -> None:
+        from rayclf.config import build_config
+        from rayclf.models.timm_models import TimmOptions, prepare_weights
+
+        cfg = build_config(config)
+        prepare_dataset(cfg.data)
+        if isinstance(cfg.model, TimmOptions):
+            prepare_weights(cfg.model)
+
+    # one representative config per distinct (dataset, pretrained weights) pair; synthetic data is generated
+    # in the trial's process and needs no preparation (a task per node would only cost a worker start-up)
+    todo = {(t.config.data.model_dump_json(), getattr(t.config.model, "pretrained", False) and t.config.model.name):
+            t.config.to_dict() for t in trials
+            if t.config.data.name != "synthetic" or getattr(t.config.model, "pretrained", False)}
+    todo = {k: v for k, v in todo.items() if k not in prepared}
+    if not todo:
+        return
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    refs = [prepare.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(c)
+            for node in nodes for c in todo.values()]
+    try:
+        ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), UserError) else None
+        if cause is not None:
+            raise UserError(str(cause)) from None
+        raise
+    prepared |= set(todo)
+
+
+def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings,
+              resume_from: str | None) -> dict[str, Any]:
+    """What a trial process needs, carried through Tune's param space."""
+    res = trial_resources(sweep)
+    return {**identity(sweep, t, index), "storage": storage, "max_failures": sweep.file.max_failures,
+            "tracking": tracking.to_dict(), "resume_from": resume_from,
+            "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
+
+
+class _Discard:
+    """A stream that drops everything (``--quiet``)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
+    """The Tune trainable and whether it trains in-process (single worker) rather than in a worker group."""
+    from ray import tune
+
+    from rayclf.sweep.worker import train_trial
+
+    res = trial_resources(sweep)
+    if res.num_workers == 1:
+        return tune.with_resources(train_trial, {"cpu": res.cpus, "gpu": res.gpus}), True
+    return tune.with_resources(train_driver, driver_resources(cluster)), False
+
+
+def _arm_board(run: SweepRun, max_epochs: int) -> Any:
+    """The run's board: arm-level early stopping (asha / median over all of an arm's seeds), or, for other
+    rules, a board with no rung that only does the run's slot accounting. It takes no decision once a stop
+    was asked for."""
+    from rayclf.sweep.schedulers import ArmBoard, RungRule, rung_rule
+
+    s = run.sweep.file.scheduler
+    if s.name in ("asha", "median"):
+        rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
+    else:
+        rule = RungRule(s.name, [])
+    board = ArmBoard(rule, run.mode, run.sweep.file.metric, log=run.log)
+    board.halted = run.stop.is_set
+    return board
+
+
+class TuneSession:
+    """One ``Tuner.fit()`` for the whole of one ``rayclf sweep``; see the module docstring."""
+
+    def __init__(self, run: SweepRun):
+        from rayclf.sweep.schedulers import TrialQueue
+
+        self.run = run
+        self.storage = storage_path(run.out)
+        self.steps = Lockstep(run.stop.is_set)
+        self.queue = TrialQueue([], None, self._skip, feed=self.steps.pop)
+        self.handed: set[str] = set()  # trial ids handed to Tune in this run: never handed twice
+        self.prepared: set[Any] = set()
+        self.recorder: Any = None
+        self.view: Any = None
+        self.slots = 0
+        self.fits = 0  # Tune runs started (one, or none when nothing is left to train)
+
+    # ---------------------------------------------------------------------------- strategy thread
+    def run_batch(self, run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
+        """``SweepRun.execute_trials``: hand the trials not yet finished to Tune and wait until each is
+        recorded; return how many were skipped as already done. ``order`` (a superset of ``trials``, e.g.
+        every trial of a racing or bayes search) fixes their positions in the table."""
+        done = run.store.finished_ids(run.rerun_stopped) | self.handed
+        todo = [t for t in trials if t.trial_id not in done]
+        if not todo:
+            return len(trials)
+        self._check(todo)
+        found = find_checkpoints(self.storage, {t.trial_id for t in todo})
+        pos = {t.trial_id: i for i, t in enumerate(order)}
+        descriptions = [_describe(run.sweep, t, pos[t.trial_id], self.storage, run.tracking,
+                                  found[t.trial_id].uri if t.trial_id in found else None) for t in todo]
+        metric = run.sweep.file.metric
+        run.store.prepare([trial_row(d, "completed", "", None, [], metric, run.mode) for d in descriptions])
+        histories = {tid: f.history for tid, f in found.items()}
+        self._plan(trials, todo, histories)
+        self.handed |= {t.trial_id for t in todo}
+        self.steps.submit(descriptions, {t.trial_id for t in todo})
+        return len(trials) - len(todo)
+
+    def _check(self, todo: list[Trial]) -> None:
+        """Datasets on every node, then the trial shapes: on a remote cluster on a worker node (pre-flight),
+        locally by packing arithmetic."""
+        _prepare_everywhere(todo, self.prepared)
+        res = trial_resources(self.run.sweep)
+        if self.run.preflight is not None:
+            self.run.preflight.check(todo)
+        else:
+            check_packing(todo, res.gpus if res.num_workers == 1 else 1.0)
+
+    def _plan(self, trials: list[Trial], todo: list[Trial], histories: dict[str, list[dict[str, Any]]]) -> None:
+        """The board, the recorder and the live view learn the batch (created with the first one)."""
+        from rayclf.sweep.callbacks import Recorder
+        from rayclf.sweep.live import LiveView
+        from rayclf.sweep.schedulers import replay
+
+        run = self.run
+        if self.queue.board is None:
+            import ray
+
+            grows = run.preflight is not None and not run.sweep.file.resources.max_concurrent
+            # on a remote cluster the autoscaler grows it while trials wait: what fits now is no limit (the
+            # file's max_concurrent still is); on a local instance it is all there will ever be
+            self.slots = 0 if grows else concurrency(run.sweep, ray.cluster_resources())
+            self.queue.board = _arm_board(run, max(t.config.total_epochs() for t in todo))
+            self.queue.board.slots = self.slots
+            self.recorder = Recorder(run.store, run.sweep.file.metric, run.mode, storage=run.out,
+                                     board=self.queue.board, stop=run.stop, on_recorded=self.steps.done)
+            self.view = LiveView(0, run.sweep.file.metric, run.mode, terminal=None if run.live else False,
+                                 slots=self.slots or len(todo), stream=None if run.live else _Discard())
+        board = self.queue.board
+        if board.rule.rungs:
+            replay(board, trials, run.store, run.log, histories, run.rerun_stopped)
+        else:
+            for t in trials:
+                board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage)
+        self.recorder.add_prior(histories)
+        self.view.planned(len(trials))
+        self.view.skipped(len(trials) - len(todo))
+
+    # ---------------------------------------------------------------------------- Tune's thread
+    def _skip(self, d: dict[str, Any], rung: int | None, why: str) -> None:
+        """A queued seed of an arm stopped before it started: recorded, never trained."""
+        self.recorder.record_unstarted(d, "stopped_early", why, rung)
+
+    def execute(self, strategy: Any) -> Any:
+        """Run ``strategy`` (the kernel's ``execute``) with one Tune run fed by its batches; its result."""
+        self.steps.start(strategy)
+        try:
+            if not self.steps.idle:
+                self._fit()
+        finally:
+            self.steps.abort()
+            if self.view is not None:
+                self.view.close()
+        return self.steps.outcome()
+
+    def _fit(self) -> None:
+        import ray
+
+        from rayclf.sweep.callbacks import LiveCallback, PlacementGroupJanitor, SweepStopper
+        from rayclf.sweep.schedulers import ArmScheduler
+
+        run = self.run
+        res = trial_resources(run.sweep)
+        trainable, in_process = _trainable(run.sweep, ray.cluster_resources())
+        callbacks: list[Any] = [self.recorder]
+        if not in_process:
+            callbacks.append(PlacementGroupJanitor(self.recorder, {"CPU": res.cpus, "GPU": res.gpus},
+                                                   res.num_workers))
+        callbacks.append(LiveCallback(self.view, self.recorder, run.driver))
+        self.fits += 1
+        _tuner(run.sweep, trainable, in_process, self.queue, ArmScheduler(self.queue.board), self.slots,
+               self.storage, callbacks, SweepStopper(run.stop)).fit()
+
+
+def _tuner(sweep: Sweep, trainable: Any, in_process: bool, search_alg: Any, scheduler: Any, slots: int,
+           storage: str, callbacks: list[Any], stopper: Any) -> Any:
+    """Tune over the trials the strategy releases (``num_samples=-1``: the searcher says when it is done):
+    names and folders by trial id, one checkpoint kept per trial, retries by Tune for in-process trials (Ray
+    Train retries a worker group itself). The queue counts slots itself (``set_max_concurrency``): Tune's
+    ``ConcurrencyLimiter`` would count a paused seed as running and deadlock when seeds outnumber slots."""
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=-1,
+                                    max_concurrent_trials=slots or None, reuse_actors=in_process,
+                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
+                                                                  f"{tr.config['trial']['seed']}"[:80],
+                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
+        run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
+                                  callbacks=callbacks, verbose=0, stop=stopper,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=sweep.file.max_failures if in_process else 0)),
+    )
+
