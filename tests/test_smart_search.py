@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rayclf.aggregate import arm_table, best_arm, stage_winners
@@ -65,6 +67,22 @@ def test_arm_board_waits_for_every_planned_seed_then_stops_the_arm():
     board.observe("n1", 1, 0.95)
     board.decide("nan")
     assert 1 in board.decided["nan"] and board.recorded[1]["nan"] == pytest.approx(0.95)
+
+
+def test_one_board_for_a_whole_sweep_judges_a_stage_against_its_own_arms_only():
+    """One Tune run (and one board) serves every stage: stage 2's arms, built on stage 1's winner, are judged
+    against each other, not against stage 1's values; batches of one stage (bayes) share their rung values."""
+    board = ArmBoard(rung_rule("asha", 1, 2, 4), "max", "val_accuracy")
+    for arm, value in (("s1-a", 0.9), ("s1-b", 0.95)):
+        board.add_arm(arm, arm, [(arm, 0)], stage=0)
+        board.observe(arm, 1, value)
+        board.decide(arm)
+    board.add_arm("s2-a", "s2-a", [("s2-a", 0)], stage=1)
+    board.observe("s2-a", 1, 0.5)
+    assert not board.decide("s2-a")  # far below stage 1's arms, but the first of its own stage
+    board.add_arm("s2-b", "s2-b", [("s2-b", 0)], stage=1)  # a later batch of the same stage
+    board.observe("s2-b", 1, 0.4)
+    assert board.decide("s2-b") and "s2-b" in board.stopped
 
 
 # ----------------------------------------------------------------------------- the sweep file
@@ -271,6 +289,11 @@ def test_racing_eliminates_a_clearly_worse_arm_and_keeps_a_tied_one(tmp_path):
 
 
 # ----------------------------------------------------------------------------- on Ray: racing and bayes
+def _tune_runs(out: str) -> int:
+    """Tune runs a sweep started (each writes one experiment folder under the sweep's _ray)."""
+    return len(list((Path(out) / "_ray").glob("run-*")))
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_path):
@@ -288,6 +311,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     assert rows[("lr=1e-06", 2)]["status"] == "eliminated" and rows[("lr=1e-06", 2)]["epochs"] == 0
     assert "after round 1 (2 seeds)" in rows[("lr=1e-06", 2)]["reason"]
     assert rows[("lr=0.1", 2)]["status"] == "completed"
+    assert _tune_runs(out) == 1  # both rounds in one Tune run
     assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
     (d,) = read_decisions(out)  # the elimination was logged in the sweep directory, with what it saw
     assert (d.kind, d.label, d.detail["seeds"], d.detail["reason"]) == \
@@ -295,6 +319,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 5  # the 5 trained trials; the eliminated seed is neither run nor re-recorded
     assert {(r["arm"], r["seed"]): r["status"] for r in again.rows} == {k: r["status"] for k, r in rows.items()}
+    assert _tune_runs(out) == 1  # nothing left to train: no Tune run at all
 
     bayes = {"name": "bo", "base": quick_base(epochs=1), "seeds": [0, 1],
              "search": {"bayes": {"num_samples": 3, "batch": 2, "startup": 2, "seed": 0,
@@ -304,6 +329,7 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     outcome = run_sweep(parse_sweep(bayes), out=out, live=False, wandb_mode="disabled")
     assert len(outcome.rows) == 6 and {r["arm"] for r in outcome.rows} == {"bayes-0", "bayes-1", "bayes-2"}
     assert [r["position"] for r in outcome.rows] == list(range(6))
+    assert _tune_runs(out) == 1  # two batches of proposals, one Tune run
     rep = build_report(out)
     assert "history" in rep.figures and "importance" in rep.figures
     assert run_sweep(parse_sweep(bayes), out=out, resume=True, live=False, wandb_mode="disabled").skipped == 6
