@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayclf.sweep.trialspec import TrialSpec
+
 log = logging.getLogger("rayclf.tracking")
 
 
@@ -92,7 +94,7 @@ class _Guarded:
 class WandbReporter(_Guarded):
     """Engine reporter that streams one trial to W&B."""
 
-    def __init__(self, settings: TrackingSettings, trial: Mapping[str, Any], test_images: Any = None,
+    def __init__(self, settings: TrackingSettings, trial: TrialSpec, test_images: Any = None,
                  classes: Sequence[str] = ()):
         super().__init__()
         self.settings, self.trial = settings, trial
@@ -103,12 +105,10 @@ class WandbReporter(_Guarded):
 
     def _init(self):
         t = self.trial
-        run = _open_run(self.settings, run_id(t["sweep"], t["trial_id"]), group=t["sweep"], job_type=t["arm"][:64],
-                        name=f"{t['arm']} s{t['seed']}", tags=[*self.settings.tags, t["sweep"]],
-                        config={**t["config"], "rayclf": {"trial_id": t["trial_id"], "arm": t["arm"],
-                                                          "arm_id": t.get("arm_id"),
-                                                          "seed": t["seed"], "sweep": t["sweep"],
-                                                          "overrides": t.get("overrides", {})}})
+        run = _open_run(self.settings, run_id(t.sweep, t.trial_id), group=t.sweep, job_type=t.arm[:64],
+                        name=f"{t.arm} s{t.seed}", tags=[*self.settings.tags, t.sweep],
+                        config={**t.config, "rayclf": {"trial_id": t.trial_id, "arm": t.arm, "arm_id": t.arm_id,
+                                                       "seed": t.seed, "sweep": t.sweep, "overrides": t.overrides}})
         run.define_metric("epoch")
         run.define_metric("*", step_metric="epoch")
         return run

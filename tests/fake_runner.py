@@ -13,8 +13,9 @@ from typing import Any
 from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.kernel import SweepRun
-from rayclf.sweep.rows import identity, trial_row
+from rayclf.sweep.rows import trial_row
 from rayclf.sweep.spec import Sweep, Trial
+from rayclf.sweep.trialspec import TrialSpec
 
 
 def fake_accuracy(t: Trial, epoch: int) -> float:
@@ -61,7 +62,7 @@ class FakeTrials:
             self.fail.discard(t.trial_id)
             status, reason, epochs = "failed", "RuntimeError: injected", epochs[:1]
         summary = {"status": status, "test_accuracy": epochs[-1]["val_accuracy"] - 0.01, "params": 1000}
-        row = trial_row(identity(run.sweep, t, position), status, reason, summary, epochs, metric, mode)
+        row = trial_row(TrialSpec.of(run.sweep, t, position), status, reason, summary, epochs, metric, mode)
         run.store.prepare([row])
         run.store.add(row, [{**e, "arm": t.arm.label, "seed": t.seed} for e in epochs])
 

@@ -28,7 +28,7 @@ class FakeTrial:
     def __init__(self, config: dict[str, Any], epoch: int = 0):
         self.config, self.status, self.is_saving = config, PENDING, False
         self.epoch, self.clock = epoch, 0.0
-        self.trial_id = config["trial"]["trial_id"]
+        self.trial_id = config["trial"].trial_id
 
 
 class FakeTune:
@@ -74,9 +74,9 @@ class FakeTune:
             if config == Searcher.FINISHED:
                 self.finished = True
                 return
-            tid = config["trial"]["trial_id"]
+            tid = config["trial"].trial_id
             busy = sum(t.status in (PENDING, RUNNING) for t in self.trials)
-            self.handouts.append((config["trial"]["arm_id"], busy))
+            self.handouts.append((config["trial"].arm_id, busy))
             trial = FakeTrial(config, self.start.get(tid, 0))
             self.trials.append(trial)
             self.scheduler.on_trial_add(self, trial)
@@ -101,10 +101,10 @@ class FakeTune:
     def _result(self, t: FakeTrial) -> None:
         info = t.config["trial"]
         t.epoch += 1
-        duration = 1.0 + 0.37 * (info["seed"] % 3) + 0.11 * (info["position"] % 5)
+        duration = 1.0 + 0.37 * (info.seed % 3) + 0.11 * (info.position % 5)
         t.clock = self.now = t.clock + duration
         result = {"epoch": t.epoch, self.metric: self.value(info, t.epoch)}
-        final = t.epoch >= info["epochs"]
+        final = t.epoch >= info.epochs
         if final:
             result[SUMMARY_KEY] = '{"status": "completed"}'
         self.history.setdefault(t.trial_id, []).append({"epoch": t.epoch, self.metric: result[self.metric]})
@@ -113,7 +113,7 @@ class FakeTune:
             cb.on_trial_result(0, self.trials, t, result)
         decision = self.scheduler.on_trial_result(self, t, result)
         if decision == TrialScheduler.PAUSE:
-            assert t.epoch in info["rungs"], "a trial pauses only at a rung (where it forced a checkpoint)"
+            assert t.epoch in info.rungs, "a trial pauses only at a rung (where it forced a checkpoint)"
             self.pauses.append((t.trial_id, t.epoch))
             t.status = PAUSED
         elif decision == TrialScheduler.STOP or final:
@@ -136,8 +136,8 @@ class FakeTune:
                 continue
             if kill_after is not None and results >= kill_after:
                 return False
-            nxt = min(running, key=lambda t: (t.clock + 1.0 + 0.37 * (t.config["trial"]["seed"] % 3),
-                                              t.config["trial"]["position"]))
+            nxt = min(running, key=lambda t: (t.clock + 1.0 + 0.37 * (t.config["trial"].seed % 3),
+                                              t.config["trial"].position))
             self._result(nxt)
             results += 1
         raise AssertionError("the fake sweep did not finish")

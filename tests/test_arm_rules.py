@@ -13,6 +13,7 @@ from rayclf.sweep.callbacks import Recorder, trial_row
 from rayclf.sweep.decisions import STOP, DecisionLog
 from rayclf.sweep.schedulers import ArmBoard, ArmScheduler, TrialQueue, replay, rung_rule
 from rayclf.sweep.spec import Sweep, parse_sweep
+from rayclf.sweep.trialspec import TrialSpec
 
 from .conftest import tiny
 from .fake_tune import FakeTune
@@ -29,8 +30,8 @@ def _sweep(mode: str, seeds: list[int], scheduler: str = "asha", lrs: list[float
 
 def _value(mode: str) -> Any:
     """A seed's metric at an epoch: the arm's quality grows with epochs; seeds differ a little."""
-    def value(info: dict[str, Any], epoch: int) -> float:
-        acc = 5 * info["overrides"]["optim.lr"] * epoch / 4 + 0.01 * info["seed"]
+    def value(info: TrialSpec, epoch: int) -> float:
+        acc = 5 * info.overrides["optim.lr"] * epoch / 4 + 0.01 * info.seed
         return acc if mode == "max" else 1.0 - acc
     return value
 
@@ -46,8 +47,8 @@ class _LoggedFirst:
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any) -> None:
         info = trial.config["trial"]
-        if self.recorder.rows[info["trial_id"]]["status"] == "stopped_early":
-            assert DecisionLog(self.out).get(STOP, info["arm_id"]) is not None, "a trial stopped before its log"
+        if self.recorder.rows[info.trial_id]["status"] == "stopped_early":
+            assert DecisionLog(self.out).get(STOP, info.arm_id) is not None, "a trial stopped before its log"
 
 
 def _run(sweep: Sweep, out: str, slots: int, kill_after: int | None = None, rerun_stopped: bool = False,
@@ -58,10 +59,7 @@ def _run(sweep: Sweep, out: str, slots: int, kill_after: int | None = None, reru
     store, log, histories = ResultsStore(out), DecisionLog(out), histories or {}
     trials = sweep.trials(sweep.arms())
     done = store.finished_ids(rerun_stopped)
-    descriptions = [{"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "arm_id": t.arm_id,
-                     "seed": t.seed, "stage": None, "position": i, "overrides": t.arm.overrides,
-                     "config": t.config.to_dict(), "epochs": t.config.total_epochs()}
-                    for i, t in enumerate(trials) if t.trial_id not in done]
+    descriptions = [TrialSpec.of(sweep, t, i) for i, t in enumerate(trials) if t.trial_id not in done]
     store.prepare([trial_row(d, "completed", "", None, [], metric, mode) for d in descriptions])
     s = sweep.file.scheduler
     board = replay(ArmBoard(rung_rule(s.name, s.grace_period, s.reduction_factor, 4, s.min_arms), mode, metric),
@@ -198,7 +196,8 @@ def test_resume_rebuilds_the_board_from_every_seeds_stored_epochs(tmp_path):
     assert not board.stopped and not _stops(out)
     value = _value("min")
     for t in sweep.trials(sweep.arms()):
-        seeds = [{"overrides": t.arm.overrides, "seed": s} for s in (0, 1, 2)]
+        seeds = [TrialSpec(t.trial_id, sweep.name, t.arm.label, t.arm_id, s, None, 0, t.arm.overrides, {}, 4)
+                 for s in (0, 1, 2)]
         for rung in board.rule.rungs:
             assert rung in board.decided[t.arm_id]
             assert board.recorded[rung][t.arm_id] == pytest.approx(-sum(value(i, rung) for i in seeds) / 3)

@@ -118,11 +118,14 @@ def test_data_parallel_workers_split_the_data_and_stay_in_sync(ray_local, tmp_pa
     cfg = build_config(base)
     n = len(load_dataset(cfg.data).train.y)  # what stays for training once validation is held out
     assert n % (2 * batch) == 0
-    trial = {"trial_id": "ddp-proof", "config": cfg.to_dict(), "tracking": {"mode": "disabled"}}
+    from rayclf.sweep.trialspec import TrialSpec
+
+    trial = {"trial": TrialSpec("ddp-proof", "ddp", "baseline", None, 0, None, 0, {}, cfg.to_dict(), epochs,
+                                tracking={"mode": "disabled"})}
     records = tmp_path / "ranks"
     records.mkdir()
 
-    def recording_worker(trial: dict) -> None:
+    def recording_worker(trial: dict) -> None:  # the loop config: {"trial": TrialSpec}
         """``train_worker`` with two spies: the training sample indices this rank drew each epoch, and its
         parameters after every optimizer step."""
         import ray.train

@@ -26,6 +26,7 @@ from rayclf.sweep.callbacks import trial_row
 from rayclf.sweep.decisions import Decision, DecisionLog
 from rayclf.sweep.spec import parse_sweep
 from rayclf.sweep.status import judge_driver, read_status, status_json, watch
+from rayclf.sweep.trialspec import TrialSpec
 
 from .conftest import tiny
 from .test_report import make_sweep_dir
@@ -345,7 +346,7 @@ def test_live_view_names_nodes_by_host_not_by_ray_node_id(monkeypatch):
     view = LiveView(total=2, metric="val_accuracy", terminal=False, stream=io.StringIO())
     cb = callbacks.LiveCallback(view, SimpleNamespace(metric="val_accuracy", rows={}))
     for tid, node in (("t1", known), ("t2", unknown)):
-        trial = SimpleNamespace(config={"trial": {"trial_id": tid, "arm": "a", "seed": 0, "epochs": 3}})
+        trial = SimpleNamespace(config={"trial": TrialSpec(tid, "s", "a", None, 0, None, 0, {}, {}, 3)})
         cb.on_trial_start(0, [], trial)
         for epoch in (1, 2):
             cb.on_trial_result(0, [], trial, {"epoch": epoch, "val_accuracy": 0.5, "node": node})

@@ -19,6 +19,7 @@ import yaml
 import rayclf.sweep.lock as lock_module
 from rayclf.config import UserError
 from rayclf.sweep.lock import DRIVER_FILE, DriverLock, is_live, process_start_time, read_driver
+from rayclf.sweep.trialspec import TrialSpec
 
 from .conftest import tiny
 
@@ -135,8 +136,7 @@ def test_the_live_view_callback_keeps_the_running_set_current(tmp_path):
 
     out = tmp_path / "out"
     lock = DriverLock.acquire(str(out))
-    trial = SimpleNamespace(config={"trial": {"trial_id": "t1", "arm_id": "a1", "arm": "lr=0.1", "seed": 3,
-                                              "epochs": 4}})
+    trial = SimpleNamespace(config={"trial": TrialSpec("t1", "s", "lr=0.1", "a1", 3, None, 0, {}, {}, 4)})
     callback = LiveCallback(None, SimpleNamespace(rows={}, metric="val_accuracy"), lock)
     try:
         callback.on_trial_start(0, [], trial)

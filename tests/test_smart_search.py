@@ -130,7 +130,7 @@ def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_i
     def spy(self, controller, trial, result):
         decision = decide(self, controller, trial, result)
         if "epoch" in result:
-            seen.append((trial.config["trial"]["trial_id"], int(result["epoch"]), int(result.get(RESUMED_KEY) or 0),
+            seen.append((trial.config["trial"].trial_id, int(result["epoch"]), int(result.get(RESUMED_KEY) or 0),
                          decision))
         return decision
 

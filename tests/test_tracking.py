@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from rayclf.sweep.trialspec import TrialSpec
 from rayclf.tracking import TrackingSettings, WandbReporter, resolve_settings, run_id
 from rayclf.train.engine import MultiReporter
 
@@ -35,7 +36,7 @@ def test_run_id_is_deterministic_and_valid():
 def test_failures_warn_once_and_never_raise(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    trial = {"sweep": "s", "trial_id": "t", "arm": "baseline", "seed": 0, "config": {}}
+    trial = TrialSpec("t", "s", "baseline", None, 0, None, 0, {}, {}, 1)
     with caplog.at_level(logging.WARNING, logger="rayclf.tracking"):
         r = WandbReporter(TrackingSettings("offline", dir=str(blocker / "sub")), trial)
         r.epoch({"epoch": 1, "train_loss": 1.0})
@@ -46,8 +47,8 @@ def test_failures_warn_once_and_never_raise(tmp_path, caplog):
 
 def test_offline_run_records_config_history_and_summary(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    trial = {"sweep": "demo", "trial_id": "abc", "arm": "lr=0.1", "seed": 2,
-             "config": {"optim": {"lr": 0.1}, "seed": 2}, "overrides": {"optim.lr": 0.1}}
+    trial = TrialSpec(trial_id="abc", sweep="demo", arm="lr=0.1", arm_id=None, seed=2, stage=None, position=0,
+                      overrides={"optim.lr": 0.1}, config={"optim": {"lr": 0.1}, "seed": 2}, epochs=3)
     rep = WandbReporter(TrackingSettings("offline", dir=str(tmp_path)), trial, np.zeros((5, 3, 4, 4), np.uint8),
                         ["a", "b"])
     multi = MultiReporter(rep, None)

@@ -14,10 +14,11 @@ from rayclf.storage import to_uri
 from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
 from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.rows import trial_row
+from rayclf.sweep.trialspec import TrialSpec
 
 
-def trial_info(trial: Any) -> dict[str, Any]:
-    """Our trial description, carried through Tune's param space."""
+def trial_info(trial: Any) -> TrialSpec:
+    """Our trial's spec, carried in Tune's trial config."""
     return trial.config["trial"]
 
 
@@ -53,7 +54,7 @@ class Recorder(Callback):
         return {**self.__dict__, "on_recorded": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        tid = trial_info(trial)["trial_id"]
+        tid = trial_info(trial).trial_id
         if result.get(PG_KEY):
             self.pgs.setdefault(tid, set()).add(result[PG_KEY])
         if SUMMARY_KEY in result:
@@ -70,29 +71,29 @@ class Recorder(Callback):
     def _checkpoint(self, trial: Any, tid: str) -> str | None:
         ckpt = getattr(trial, "checkpoint", None)
         # a trial resumed from its final checkpoint reports no new one: its result is the one it resumed from
-        path = getattr(ckpt, "path", None) or self.checkpoints.get(tid) or trial_info(trial).get("resume_from")
+        path = getattr(ckpt, "path", None) or self.checkpoints.get(tid) or trial_info(trial).resume_from
         return to_uri(self.storage, path) if path else path
 
     def _record(self, trial: Any, status: str, reason: str, rung: int | None = None) -> None:
         info = trial_info(trial)
-        tid = info["trial_id"]
+        tid = info.trial_id
         epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
         summary = self.summaries.get(tid)
         row = trial_row(info, status, reason, summary, epochs, self.metric, self.mode,
-                        checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid), rung=rung)
-        row["data_seconds"] = self.data_seconds.get(tid)
+                        checkpoint=self._checkpoint(trial, tid), resumed_from=self.resumed.get(tid), rung=rung,
+                        data_seconds=self.data_seconds.get(tid))
         self._add(row, epochs, info)
 
-    def _add(self, row: dict[str, Any], epochs: list[dict[str, Any]], info: dict[str, Any]) -> None:
-        self.store.add(row, [{**e, "arm": info["arm"], "seed": info["seed"]} for e in epochs])
+    def _add(self, row: dict[str, Any], epochs: list[dict[str, Any]], info: TrialSpec) -> None:
+        self.store.add(row, [{**e, "arm": info.arm, "seed": info.seed} for e in epochs])
         self.rows[row["trial_id"]] = row
         if self.on_recorded is not None:
             self.on_recorded(row["trial_id"])
 
-    def record_unstarted(self, info: dict[str, Any], status: str, reason: str, rung: int | None = None) -> None:
+    def record_unstarted(self, info: TrialSpec, status: str, reason: str, rung: int | None = None) -> None:
         """A trial that does not train in this run (its arm was stopped or eliminated first): still exactly
         one row, with the epochs an earlier run trained before its checkpoint, if any."""
-        tid = info["trial_id"]
+        tid = info.trial_id
         epochs = [e for _, e in sorted(self.epochs.get(tid, {}).items())]
         self._add(trial_row(info, status, reason, None, epochs, self.metric, self.mode, rung=rung), epochs, info)
 
@@ -100,13 +101,13 @@ class Recorder(Callback):
         return self.stop is not None and self.stop.is_set()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        summary = self.summaries.get(trial_info(trial)["trial_id"])
+        summary = self.summaries.get(trial_info(trial).trial_id)
         if summary is None and self._interrupted():  # stopped by Ctrl-C: continues from its checkpoint
             return
         if summary is not None:
             self._record(trial, summary["status"], summary.get("reason", ""))
         elif self.board is not None:
-            rung, why = self.board.why_stopped(trial_info(trial)["arm_id"])
+            rung, why = self.board.why_stopped(trial_info(trial).arm_id)
             self._record(trial, "stopped_early", why, rung)
         else:
             self._record(trial, "stopped_early", "stopped by the scheduler")
@@ -200,7 +201,7 @@ class PlacementGroupJanitor(Callback):
                 and self._worker_group_shaped(info)]
 
     def _clean(self, trial: Any, trials: list) -> None:
-        for pg in self.recorder.pgs.get(trial_info(trial)["trial_id"], ()):
+        for pg in self.recorder.pgs.get(trial_info(trial).trial_id, ()):
             self.release(pg)
         if not any(t is not trial and t.status == "RUNNING" for t in trials):
             for pg in self.orphans():
@@ -258,16 +259,16 @@ class LiveCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = trial_info(trial)
-        self.running[t["trial_id"]] = {"arm_id": t.get("arm_id"), "label": t["arm"], "seed": t["seed"], "epoch": 0,
-                                       "epochs": t["epochs"]}
+        self.running[t.trial_id] = {"arm_id": t.arm_id, "label": t.arm, "seed": t.seed, "epoch": 0,
+                                    "epochs": t.epochs}
         self._beat()
         if self.view is not None:
-            self.view.started(t["trial_id"], t["arm"], t["seed"], t["epochs"])
+            self.view.started(t.trial_id, t.arm, t.seed, t.epochs)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" not in result:
             return
-        tid = trial_info(trial)["trial_id"]
+        tid = trial_info(trial).trial_id
         if tid in self.running:
             self.running[tid]["epoch"] = int(result["epoch"])
             self._beat()
@@ -276,7 +277,7 @@ class LiveCallback(Callback):
                              result.get("epoch_seconds"), self.node(result.get("node")))
 
     def _finished(self, trial: Any) -> None:
-        tid = trial_info(trial)["trial_id"]
+        tid = trial_info(trial).trial_id
         if self.running.pop(tid, None) is not None:
             self._beat()
         if self.view is None:

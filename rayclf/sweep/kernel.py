@@ -1,7 +1,8 @@
 """The sweep kernel: which trials run, in what order, and the decisions taken between them — without Ray.
 
 A :class:`SweepRun` carries one ``rayclf sweep``'s context (the sweep, its directory, store and decision log, the
-stop flag, the settings); its ``execute_trials`` is the only door to execution — Tune in ``runner.run_trials``,
+stop flag, the settings); its ``execute_trials`` is the only door to execution — one Tune run fed batch by
+batch in ``session.TuneSession.run_batch``,
 or a fake trial runner in tests, so every strategy's logic is tested without Ray. Decisions are written to the
 decision log before they act, and a logged decision is replayed on ``--resume`` instead of being taken again.
 """
@@ -108,12 +109,13 @@ class SweepOutcome:
 # ------------------------------------------------------------------------------------------ arms
 def record_unstarted(run: SweepRun, trials: list[Trial], order: list[Trial], status: str, reason: str) -> None:
     """Rows for trials that will never train (racing eliminated their arm): status, reason, no metrics."""
-    from rayclf.sweep.rows import identity, trial_row
+    from rayclf.sweep.rows import trial_row
+    from rayclf.sweep.trialspec import TrialSpec
 
     pos = {t.trial_id: i for i, t in enumerate(order)}
     done = run.store.finished_ids()
     metric = run.sweep.file.metric
-    rows = [trial_row(identity(run.sweep, t, pos[t.trial_id]), status, reason, None, [], metric, run.mode)
+    rows = [trial_row(TrialSpec.of(run.sweep, t, pos[t.trial_id]), status, reason, None, [], metric, run.mode)
             for t in trials if t.trial_id not in done]
     for t in trials:
         run.planned.setdefault(t.trial_id, t)

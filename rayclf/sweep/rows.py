@@ -3,23 +3,29 @@ writes rows for trials that never start, the Tune callbacks for trials that ran)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from rayclf.aggregate import best_value, final_value
 from rayclf.config import flatten
-from rayclf.sweep.spec import Sweep, Trial
+from rayclf.results import TRIAL_COLUMNS
+from rayclf.sweep.trialspec import TrialSpec
+
+IDENTITY = ("trial_id", "sweep", "arm", "arm_id", "seed", "stage", "position", "overrides")
 
 
-def identity(sweep: Sweep, t: Trial, index: int) -> dict[str, Any]:
-    """A trial's row identity; ``index`` is its place in the sweep's trial order (within its stage)."""
-    return {"trial_id": t.trial_id, "sweep": sweep.name, "arm": t.arm.label, "arm_id": t.arm_id, "seed": t.seed,
-            "stage": t.arm.stage, "position": (t.arm.stage or 0) * 100_000 + index, "overrides": t.arm.overrides,
-            "config": t.config.to_dict(), "epochs": t.config.total_epochs()}
+def _identity(info: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
+    """The identity columns and the config of a spec (or of a plain mapping with those keys: tests, tools)."""
+    if isinstance(info, TrialSpec):
+        return {f.name: getattr(info, f.name) for f in fields(info) if f.name in (*IDENTITY, "config")}
+    return {k: info.get(k) for k in (*IDENTITY, "config")} | {"trial_id": info["trial_id"], "seed": info["seed"]}
 
 
-def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
+def trial_row(info: TrialSpec | Mapping[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
-              resumed_from: int | None = None, rung: int | None = None) -> dict[str, Any]:
+              resumed_from: int | None = None, rung: int | None = None,
+              data_seconds: float | None = None) -> dict[str, Any]:
     """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
 
     Best and final values skip non-finite epochs (a NaN epoch never hides the others); a trial that trained
@@ -28,6 +34,7 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
     as ``stopped_at_epoch`` and its best up to it as ``metric_best`` (the arm's value there; epochs it trained
     past the rung stay in epochs.parquet).
     Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
+    ident = _identity(info)
     s = summary or {}
     judged = [e for e in epochs if rung is None or int(e.get("epoch") or 0) <= rung]
     best = best_value([e.get(metric) for e in judged], mode)  # non-finite epochs never count
@@ -35,12 +42,10 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
         status, reason = "diverged", f"no epoch has a finite {metric}" + (f"; {reason}" if reason else "")
     last = epochs[-1] if epochs else {}
     stopped_at = (rung if rung is not None else last.get("epoch")) if status == "stopped_early" else None
-    row: dict[str, Any] = {
-        "trial_id": info["trial_id"], "sweep": info["sweep"], "arm": info["arm"], "arm_id": info.get("arm_id"),
-        "stage": info.get("stage"),
-        "seed": info["seed"], "position": info.get("position"), "status": status, "reason": reason,
-        "epochs": len(epochs), "stopped_at_epoch": stopped_at,
-        "resumed_from_epoch": resumed_from,
+    values: dict[str, Any] = {
+        **{k: ident[k] for k in IDENTITY}, "overrides": ident["overrides"] or {}, "status": status,
+        "reason": reason, "epochs": len(epochs), "stopped_at_epoch": stopped_at,
+        "resumed_from_epoch": resumed_from, "data_seconds": data_seconds,
         "metric": metric, "metric_best": best, "metric_final": final_value(e.get(metric) for e in epochs),
         "best_val_accuracy": best_value((e.get("val_accuracy") for e in epochs), "max"),
         "final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss"),
@@ -52,9 +57,12 @@ def trial_row(info: dict[str, Any], status: str, reason: str, summary: dict[str,
         "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
         "world_size": s.get("world_size"), "node": last.get("node"), "checkpoint": checkpoint,
         "per_class_accuracy": s.get("per_class_accuracy", []), "confusion_matrix": s.get("confusion_matrix", []),
-        "classes": s.get("classes", []), "overrides": info.get("overrides", {}),
+        "classes": s.get("classes", []),
     }
-    row.update({f"config.{k}": v for k, v in flatten(info["config"]).items()})
+    if set(values) != set(TRIAL_COLUMNS):  # results.TRIAL_COLUMNS is the one table of row columns
+        raise AssertionError(f"trial_row and TRIAL_COLUMNS disagree: {sorted(set(values) ^ set(TRIAL_COLUMNS))}")
+    row = {k: values[k] for k in TRIAL_COLUMNS}
+    row.update({f"config.{k}": v for k, v in flatten(ident["config"] or {}).items()})
     return row
 
 

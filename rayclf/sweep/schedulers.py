@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from ray.tune.search import Searcher
 
 from rayclf.sweep.decisions import STOP, Decision
 from rayclf.sweep.keys import SUMMARY_KEY
+from rayclf.sweep.trialspec import TrialSpec
 
 
 @dataclass
@@ -304,8 +305,8 @@ class ArmScheduler(FIFOScheduler):
         self._supports_buffered_results = False  # a PAUSE must come at the rung's own result
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        info = trial.config["trial"]
-        tid, arm = info["trial_id"], info["arm_id"]
+        info: TrialSpec = trial.config["trial"]
+        tid, arm = info.trial_id, info.arm_id
         if "epoch" in result and arm not in self.board.stopped:
             epoch = int(result["epoch"])
             self.board.observe(tid, epoch, result.get(self.board.metric))
@@ -319,14 +320,14 @@ class ArmScheduler(FIFOScheduler):
         """The arm was stopped: its seeds paused at a rung (or pausing) stop now; running ones at their next
         result (Tune stops other trials only when they are paused, as its HyperBand does)."""
         for t in list(tune_controller.get_trials()):
-            info = t.config.get("trial", {})
-            if t is not current and info.get("arm_id") == arm and (t.status == TuneTrial.PAUSED or t.is_saving):
+            same_arm = getattr(t.config.get("trial"), "arm_id", None) == arm
+            if t is not current and same_arm and (t.status == TuneTrial.PAUSED or t.is_saving):
                 tune_controller.stop_trial(t)
 
     def _ended(self, tune_controller: Any, trial: Any) -> None:
-        info = trial.config["trial"]
-        if self.board.end(info["trial_id"]):  # this seed may have been the one the arm's decision waited for
-            self._stop_waiting(tune_controller, info["arm_id"], trial)
+        info: TrialSpec = trial.config["trial"]
+        if self.board.end(info.trial_id):  # this seed may have been the one the arm's decision waited for
+            self._stop_waiting(tune_controller, info.arm_id, trial)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._ended(tune_controller, trial)
@@ -346,7 +347,7 @@ class ArmScheduler(FIFOScheduler):
             if t.status == TuneTrial.PENDING:
                 return t
         for t in trials:
-            tid = t.config.get("trial", {}).get("trial_id")
+            tid = getattr(t.config.get("trial"), "trial_id", None)
             if t.status == TuneTrial.PAUSED and self.board.ready(tid) and self.board.has_room():
                 self.board.unpause(tid)
                 return t
@@ -366,8 +367,8 @@ class TrialQueue(Searcher):
     paused: the queue returns None only while the board counts a trial holding a slot (or about to), or while
     the strategy waits for trials it handed out."""
 
-    def __init__(self, descriptions: list[dict[str, Any]], board: ArmBoard | None,
-                 skip: Callable[[dict[str, Any], int | None, str], None], feed: Callable[[], Any] | None = None):
+    def __init__(self, descriptions: list[TrialSpec], board: ArmBoard | None,
+                 skip: Callable[[TrialSpec, int | None, str], None], feed: Callable[[], Any] | None = None):
         super().__init__()
         self.todo, self.board, self.skip, self.next, self.current = list(descriptions), board, skip, 0, ""
         self.feed, self.fed_all = feed, feed is None
@@ -398,7 +399,7 @@ class TrialQueue(Searcher):
         """Free slots the next seed needs: one within the arm being handed out, else the whole arm's."""
         if arm == self.current:
             return 1
-        left = sum(1 for d in self.todo[self.next:] if d["arm_id"] == arm)
+        left = sum(1 for d in self.todo[self.next:] if d.arm_id == arm)
         return min(left, self.board.slots) if self.board.slots else 1
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -408,22 +409,22 @@ class TrialQueue(Searcher):
             if self.next >= len(self.todo):
                 return Searcher.FINISHED if self.fed_all else None  # the strategy waits for handed-out trials
             d = self.todo[self.next]
-            if d["arm_id"] in self.board.stopped:
+            if d.arm_id in self.board.stopped:
                 self.next += 1
                 self._skip(d)
                 continue
-            if self.board.free() < self._needs(d["arm_id"]):
+            if self.board.free() < self._needs(d.arm_id):
                 return None  # a handed-out trial holds the slots (safe: Tune does not block on None then)
             self.next += 1
-            self.current = d["arm_id"]
-            self.board.start(d["trial_id"])
-            return {"trial": {**d, "rungs": list(self.board.rule.rungs)}}
+            self.current = d.arm_id
+            self.board.start(d.trial_id)
+            return {"trial": replace(d, rungs=tuple(self.board.rule.rungs))}
 
-    def _skip(self, d: dict[str, Any]) -> None:
-        rung, why = self.board.why_stopped(d["arm_id"])
-        trained = d["trial_id"] in self.board.last
+    def _skip(self, d: TrialSpec) -> None:
+        rung, why = self.board.why_stopped(d.arm_id)
+        trained = d.trial_id in self.board.last
         self.skip(d, rung, f"{why}; this seed was not continued" if trained else f"{why}; this seed never started")
-        self.board.end(d["trial_id"])
+        self.board.end(d.trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass  # the scheduler hears every end (with Tune's controller, to stop the arm's paused seeds)

@@ -26,8 +26,9 @@ from rayclf.sweep.lockstep import Lockstep
 from rayclf.sweep.packing import check_packing
 from rayclf.sweep.plan import concurrency, driver_resources, trial_resources
 from rayclf.sweep.resume import find_checkpoints
-from rayclf.sweep.rows import identity, trial_row
+from rayclf.sweep.rows import trial_row
 from rayclf.sweep.spec import Sweep, Trial
+from rayclf.sweep.trialspec import TrialSpec
 from rayclf.tracking import TrackingSettings
 
 
@@ -39,18 +40,16 @@ def train_driver(config: dict[str, Any]) -> None:
 
     from rayclf.sweep.worker import train_worker
 
-    trial = config["trial"]
-    res = trial["resources"]
-    resume = trial.get("resume_from")
+    trial: TrialSpec = config["trial"]
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=trial,
-        resume_from_checkpoint=Checkpoint(resume) if resume else None,
-        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["gpus"] > 0,
-                                     resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]}),
-        run_config=RunConfig(name=f"trial-{trial['trial_id']}", storage_path=trial["storage"],
+        train_loop_config={"trial": trial},
+        resume_from_checkpoint=Checkpoint(trial.resume_from) if trial.resume_from else None,
+        scaling_config=ScalingConfig(num_workers=trial.num_workers, use_gpu=trial.gpus > 0,
+                                     resources_per_worker={"CPU": trial.cpus, "GPU": trial.gpus}),
+        run_config=RunConfig(name=f"trial-{trial.trial_id}", storage_path=trial.storage,
                              callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=trial["max_failures"]),
+                             failure_config=FailureConfig(max_failures=trial.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
@@ -100,12 +99,12 @@ def _prepare_everywhere(trials: list[Trial], prepared: set[Any]) -> None:
 
 
 def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings,
-              resume_from: str | None) -> dict[str, Any]:
-    """What a trial process needs, carried through Tune's param space."""
+              resume_from: str | None) -> TrialSpec:
+    """What a trial process needs, carried through Tune's trial config."""
     res = trial_resources(sweep)
-    return {**identity(sweep, t, index), "storage": storage, "max_failures": sweep.file.max_failures,
-            "tracking": tracking.to_dict(), "resume_from": resume_from,
-            "resources": {"cpus": res.cpus, "gpus": res.gpus, "num_workers": res.num_workers}}
+    return TrialSpec.of(sweep, t, index, storage=storage, max_failures=sweep.file.max_failures,
+                        tracking=tracking.to_dict(), resume_from=resume_from, cpus=res.cpus, gpus=res.gpus,
+                        num_workers=res.num_workers)
 
 
 class _Discard:
@@ -226,7 +225,7 @@ class TuneSession:
         self.view.skipped(len(trials) - len(todo))
 
     # ---------------------------------------------------------------------------- Tune's thread
-    def _skip(self, d: dict[str, Any], rung: int | None, why: str) -> None:
+    def _skip(self, d: TrialSpec, rung: int | None, why: str) -> None:
         """A queued seed of an arm stopped before it started: recorded, never trained."""
         self.recorder.record_unstarted(d, "stopped_early", why, rung)
 
@@ -275,9 +274,9 @@ def _tuner(sweep: Sweep, trainable: Any, in_process: bool, search_alg: Any, sche
         tune_config=tune.TuneConfig(metric=sweep.file.metric, mode=sweep.file.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=-1,
                                     max_concurrent_trials=slots or None, reuse_actors=in_process,
-                                    trial_name_creator=lambda tr: f"{tr.config['trial']['arm']}-s"
-                                                                  f"{tr.config['trial']['seed']}"[:80],
-                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial']['trial_id']}"),
+                                    trial_name_creator=lambda tr: f"{tr.config['trial'].arm}-s"
+                                                                  f"{tr.config['trial'].seed}"[:80],
+                                    trial_dirname_creator=lambda tr: f"trial-{tr.config['trial'].trial_id}"),
         run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage,
                                   callbacks=callbacks, verbose=0, stop=stopper,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -26,6 +26,7 @@ from typing import Any
 
 from rayclf.config import build_config
 from rayclf.sweep.keys import CHECKPOINT_META, DATA_KEY, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.trialspec import TrialSpec
 from rayclf.train.checkpoint import CHECKPOINT_FILE
 
 Send = Callable[[dict[str, Any], "Path | None"], None]
@@ -95,28 +96,28 @@ def _dataset(cfg: Any) -> Any:
     return _DATA[key]
 
 
-def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, device: str | None,
+def run_trial(trial: TrialSpec, send: Send, checkpoint: Any, rank: int, device: str | None,
               extra: dict[str, Any]) -> None:
     """Build the trial, continue from ``checkpoint`` if any, train it, report every epoch through ``send``."""
     from rayclf.tracking import TrackingSettings, WandbReporter
     from rayclf.train.engine import MultiReporter, fit
 
-    cfg = build_config(dict(trial["config"]))
+    cfg = build_config(dict(trial.config))
     if cfg.train.device == "auto" and device is not None:
         cfg.train.device = device
     started = time.perf_counter()
     data = _dataset(cfg)  # on a node that has nothing yet: download, verify, extract, decode (once per node)
     extra = {**extra, DATA_KEY: time.perf_counter() - started}
-    settings = TrackingSettings(**trial.get("tracking", {}))
+    settings = TrackingSettings(**trial.tracking)
     wandb_reporter = None
     if settings.mode != "disabled" and rank == 0:  # one W&B run per trial
         wandb_reporter = WandbReporter(settings, trial, data.test.x, data.classes)
     resume, history = _local_copy(checkpoint)
     resumed = int(history[-1]["epoch"]) if history else 0
-    reporter = SweepReporter(send, trial["trial_id"], {**extra, RESUMED_KEY: resumed}, history)
+    reporter = SweepReporter(send, trial.trial_id, {**extra, RESUMED_KEY: resumed}, history)
     try:
         fit(cfg, MultiReporter(reporter, wandb_reporter), data=data, resume=resume,
-            checkpoint_at=trial.get("rungs") or ())  # a seed may pause at a rung and continue from there
+            checkpoint_at=trial.rungs)  # a seed may pause at a rung and continue from there
     except SystemExit:  # Tune stopped the trial (scheduler decision) at a report: not a failure
         if wandb_reporter is not None:
             wandb_reporter.end({"status": "stopped_early"})
@@ -131,14 +132,13 @@ def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, dev
         _release_gpu_memory()
 
 
-def _resume_from(trial: dict[str, Any]) -> Any:
+def _resume_from(trial: TrialSpec) -> Any:
     """A checkpoint an earlier run of the sweep left for this trial (found by trial id), if any."""
-    uri = trial.get("resume_from")
-    if not uri:
+    if not trial.resume_from:
         return None
     from ray.tune import Checkpoint
 
-    return Checkpoint(uri)
+    return Checkpoint(trial.resume_from)
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -157,8 +157,8 @@ def train_trial(config: dict[str, Any]) -> None:
     run_trial(trial, send, checkpoint, rank=0, device=None, extra={"node": node})
 
 
-def train_worker(trial: dict[str, Any]) -> None:
-    """Entry point Ray Train runs on every worker of one data-parallel trial."""
+def train_worker(config: dict[str, Any]) -> None:
+    """Entry point Ray Train runs on every worker of one data-parallel trial (``config["trial"]``: its spec)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -172,7 +172,7 @@ def train_worker(trial: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
 
     rank = ray.train.get_context().get_world_rank()
-    run_trial(trial, send, ray.train.get_checkpoint(), rank, str(ray.train.torch.get_device()), extra)
+    run_trial(config["trial"], send, ray.train.get_checkpoint(), rank, str(ray.train.torch.get_device()), extra)
 
 
 def _release_gpu_memory() -> None:
