@@ -83,6 +83,10 @@ def test_one_board_for_a_whole_sweep_judges_a_stage_against_its_own_arms_only():
     board.add_arm("s2-b", "s2-b", [("s2-b", 0)], stage=1)  # a later batch of the same stage
     board.observe("s2-b", 1, 0.4)
     assert board.decide("s2-b") and "s2-b" in board.stopped
+    board.add_arm("s1-b", "s1-b", [("s1-b", 0)], stage=2)  # stage 1's winner, carried into stage 3 as its arm
+    board.add_arm("s3-a", "s3-a", [("s3-a", 0)], stage=2)
+    board.observe("s3-a", 1, 0.9)
+    assert board.decide("s3-a") and "s3-a" in board.stopped  # below the carried winner's 0.95
 
 
 # ----------------------------------------------------------------------------- the sweep file

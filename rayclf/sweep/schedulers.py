@@ -93,6 +93,7 @@ class ArmBoard:
     arm_of: dict[str, str] = field(default_factory=dict)  # trial id -> arm
     seed_of: dict[str, int] = field(default_factory=dict)
     names: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # arm -> (label, stage) for the log
+    stages: dict[str, set[int | None]] = field(default_factory=dict)  # arm -> the stages it is an arm of
     started: set[str] = field(default_factory=set)  # trial ids handed to Tune in this run
     ended: set[str] = field(default_factory=set)
     paused: dict[str, int] = field(default_factory=dict)  # trial id -> the rung it waits at
@@ -105,6 +106,7 @@ class ArmBoard:
     def add_arm(self, arm: str, label: str, seeds: Iterable[tuple[str, int]], stage: int | None = None) -> None:
         """Plan an arm: its (trial id, seed) pairs, finished ones included (they count in every decision)."""
         self.names.setdefault(arm, (label, stage))
+        self.stages.setdefault(arm, set()).add(stage)  # a carried winner is also an arm of the next stage
         for tid, seed in seeds:
             if tid not in self.arm_of:
                 self.plan.setdefault(arm, []).append(tid)
@@ -164,9 +166,9 @@ class ArmBoard:
             return False
         mean = float(np.mean(list(values.values())))
         sign = 1.0 if self.mode == "max" else -1.0
-        stage = self.names.get(arm, ("", None))[1]  # a stage's arms compete among themselves
+        mine = self.stages.get(arm, {None})  # a stage's arms (the carried winner among them) compete
         others = [s for a, s in self.recorded.get(rung, {}).items()
-                  if a != arm and self.names.get(a, ("", None))[1] == stage]
+                  if a != arm and self.stages.get(a, {None}) & mine]
         cutoff = self.rule.cutoff(others)
         self.recorded.setdefault(rung, {})[arm] = sign * mean
         if cutoff is None or sign * mean >= cutoff:

@@ -98,13 +98,13 @@ def _prepare_everywhere(trials: list[Trial], prepared: set[Any]) -> None:
     prepared |= set(todo)
 
 
-def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings,
+def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings | None,
               resume_from: str | None) -> TrialSpec:
     """What a trial process needs, carried through Tune's trial config."""
     res = trial_resources(sweep)
     return TrialSpec.of(sweep, t, index, storage=storage, max_failures=sweep.file.max_failures,
-                        tracking=tracking.to_dict(), resume_from=resume_from, cpus=res.cpus, gpus=res.gpus,
-                        num_workers=res.num_workers)
+                        tracking=tracking.to_dict() if tracking else {}, resume_from=resume_from, cpus=res.cpus,
+                        gpus=res.gpus, num_workers=res.num_workers)
 
 
 class _Discard:
@@ -194,6 +194,16 @@ class TuneSession:
         else:
             check_packing(todo, res.gpus if res.num_workers == 1 else 1.0)
 
+    def _slots(self) -> int:
+        """Trials at once (0: no limit). On a remote cluster the autoscaler grows it while trials wait: what
+        fits now is no limit (the file's max_concurrent still is); a local instance is all there will be."""
+        import ray
+
+        run = self.run
+        if run.preflight is not None and not run.sweep.file.resources.max_concurrent:
+            return 0
+        return concurrency(run.sweep, ray.cluster_resources())
+
     def _plan(self, trials: list[Trial], todo: list[Trial], histories: dict[str, list[dict[str, Any]]]) -> None:
         """The board, the recorder and the live view learn the batch (created with the first one)."""
         from rayclf.sweep.callbacks import Recorder
@@ -202,12 +212,7 @@ class TuneSession:
 
         run = self.run
         if self.queue.board is None:
-            import ray
-
-            grows = run.preflight is not None and not run.sweep.file.resources.max_concurrent
-            # on a remote cluster the autoscaler grows it while trials wait: what fits now is no limit (the
-            # file's max_concurrent still is); on a local instance it is all there will ever be
-            self.slots = 0 if grows else concurrency(run.sweep, ray.cluster_resources())
+            self.slots = self._slots()
             self.queue.board = _arm_board(run, max(t.config.total_epochs() for t in todo))
             self.queue.board.slots = self.slots
             self.recorder = Recorder(run.store, run.sweep.file.metric, run.mode, storage=run.out,
@@ -256,6 +261,9 @@ class TuneSession:
                                                    res.num_workers))
         callbacks.append(LiveCallback(self.view, self.recorder, run.driver))
         self.fits += 1
+        # Tune keeps one trial pending for a searcher of its own (the queue counts slots itself): an autoscaler
+        # would see the demand of one trial at a time. As many as may run, or Tune's autoscaling default.
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(self.slots or 200)
         _tuner(run.sweep, trainable, in_process, self.queue, ArmScheduler(self.queue.board), self.slots,
                self.storage, callbacks, SweepStopper(run.stop)).fit()
 
