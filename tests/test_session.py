@@ -37,7 +37,7 @@ def _staged(scheduler: dict[str, Any], seeds: list[int]) -> Any:
 
 def _one_run(sweep: Any, out: str, slots: int) -> tuple[Any, FakeTune, TuneSession]:
     """The sweep through ``TuneSession`` with the fake controller as its single Tune run."""
-    run = fake_run(sweep, out)
+    run = fake_run(sweep, out, live=False)
     session = TuneSession(run)
     session._check = lambda todo: None  # datasets and packing: Ray's business, not this test's
     session._slots = lambda: slots
