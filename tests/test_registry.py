@@ -315,3 +315,75 @@ def test_importing_and_using_the_sweep_layer_loads_no_report_module():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=ROOT.parent)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the CLI publishes, not the sweep
+@pytest.fixture
+def fake_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """``rayclf sweep`` with ``run_sweep`` on the fake runner (no Ray), W&B offline under tmp_path/wb; set
+    ``interrupt`` to make the sweep stop as Ctrl-C would. ``published`` lists the directories published."""
+    import rayclf.report.publish as publish
+    import rayclf.sweep.runner as runner
+    from rayclf.tracking import TrackingSettings
+
+    state: dict[str, Any] = {"interrupt": False, "published": []}
+
+    def run_sweep(sweep: Any, out: str, **_: Any) -> Any:
+        _, _, lock = runner.prepare_out(sweep, out, False)
+        lock.release()
+        # interrupted: two trials recorded, then the stop flag (as Ctrl-C) raises SweepInterrupted
+        outcome = execute(fake_run(sweep, out, FakeTrials(interrupt_after=2) if state["interrupt"] else None))
+        outcome.tracking = TrackingSettings("offline", "rayclf", None, str(tmp_path / "wb"))
+        return outcome
+
+    real = publish.publish
+    monkeypatch.setattr(runner, "run_sweep", run_sweep)
+    monkeypatch.setattr(publish, "publish", lambda out, *a, **k: state["published"].append(out) or real(out, *a, **k))
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"name": "pub", "base": BASE, "seeds": [0, 1],
+                                 "search": {"ablation": {"factors": {"optim.lr": [0.2]}}}}))
+    state["file"] = f
+    return state
+
+
+def test_the_cli_publishes_a_finished_sweeps_summary_to_wandb(fake_sweeps, tmp_path):
+    from .conftest import inspect_wandb_run
+
+    out = str(tmp_path / "o")
+    res = CliRunner().invoke(main, ["sweep", str(fake_sweeps["file"]), "--out", out])
+    assert res.exit_code == 0, res.output
+    assert fake_sweeps["published"] == [out]
+    assert f"W&B runs were written offline under {tmp_path / 'wb'}/wandb; upload them with: wandb sync" in res.output
+    runs = [inspect_wandb_run(d) for d in (tmp_path / "wb" / "wandb").glob("offline-run-*")]
+    (summary,) = [r for r in runs if r["job_type"] == "sweep-summary"]
+    assert "report/learning_curves" in {k.split(".")[0] for h in summary["history"] for k in h}
+    assert "4 trials recorded" in res.output  # the table after the publishing, as before
+
+
+def test_a_report_that_cannot_render_costs_the_finished_sweep_nothing(fake_sweeps, tmp_path, monkeypatch):
+    import rayclf.report.publish as publish
+
+    def broken(out: str) -> Any:
+        raise RuntimeError("no figures today")
+
+    monkeypatch.setattr(publish, "render_for_tracking", broken)
+    out = str(tmp_path / "o")
+    res = CliRunner().invoke(main, ["sweep", str(fake_sweeps["file"]), "--out", out])
+    assert res.exit_code == 0, res.output
+    assert ("warning: the report for W&B could not be rendered (RuntimeError: no figures today); run "
+            f"`rayclf report {out} --wandb offline` later.") in res.output
+    assert fake_sweeps["published"] == [] and "4 trials recorded" in res.output
+
+
+def stored_rows(out: Path) -> list[dict[str, Any]]:
+    from rayclf.results import ResultsStore
+
+    return ResultsStore(str(out)).trials
+
+
+def test_an_interrupted_sweep_publishes_nothing(fake_sweeps, tmp_path):
+    fake_sweeps["interrupt"] = True
+    res = CliRunner().invoke(main, ["sweep", str(fake_sweeps["file"]), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 130 and "sweep interrupted" in res.output, res.output
+    assert fake_sweeps["published"] == [] and not (tmp_path / "wb").exists()
+    assert len(stored_rows(tmp_path / "o")) == 2  # there was something to publish
