@@ -190,7 +190,7 @@ class ArmRule:
     @classmethod
     def validate_spec(cls, spec: SchedulerSpec, given: set[str]) -> None:
         """Checks of ``scheduler:`` (``given``: the options set to other than their defaults); ``ValueError``."""
-        claimed = [o for o in type(spec).model_fields if any(o in c.options for c in _ARM_RULES.values())]
+        claimed = sorted(o for o in type(spec).model_fields if any(o in c.options for c in _ARM_RULES.values()))
         for option in claimed:
             if option in given and option not in cls.options:
                 users = [n for n, c in _ARM_RULES.items() if option in c.options]
