@@ -92,13 +92,12 @@ class SweepResults:
 
     def figures(self) -> dict[str, Figure]:
         """Every figure the report draws for this sweep, by name (drawn by the report's own code)."""
-        from rayclf.report import make_figures, search_kind
+        from rayclf.report import make_figures, search_kind, search_space
 
         found: dict[str, Any] = {}
         d = self.data
-        bayes = (d.spec.get("search") or {}).get("bayes") or {}
         make_figures(d.trials, d.epochs, d.metric, found, d.arm_rows(), search_kind(d.spec, d.trials), d.mode,
-                     bayes.get("params"))
+                     search_space(d.spec))
         return found
 
     def figure(self, name: str) -> Figure:

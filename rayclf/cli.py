@@ -189,6 +189,9 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
                    err=True)
         sys.exit(code)
+    from rayclf.report.publish import track_sweep
+
+    track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
     click.echo(outcome.summary_text())
 
 

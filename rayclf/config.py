@@ -365,6 +365,12 @@ def describe_error(err: Mapping[str, Any], root: type[BaseModel] = TrialConfig,
         if allowed:
             msg += f" Allowed keys here: {', '.join(allowed)}."
         return msg + (f" Did you mean '{hint}'?" if hint else "")
+    if kind == "unknown_key":  # an open set of keys (a registry's): the validator says which are allowed
+        ctx = err.get("ctx", {})
+        path = f"{path}.{ctx['key']}" if path else str(ctx["key"])
+        hint = closest(str(ctx["key"]), ctx["allowed"])
+        msg = f"unknown key '{path}'. Allowed keys here: {', '.join(ctx['allowed'])}."
+        return msg + (f" Did you mean '{hint}'?" if hint else "")
     if kind in ("literal_error", "enum"):
         allowed = re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", ""))
         hint = closest(str(value), allowed)

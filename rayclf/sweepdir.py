@@ -86,8 +86,11 @@ class SweepData:
         return self.spec.get("name") or (self.trials[0].get("sweep") if self.trials else None) or "sweep"
 
     @property
-    def ablation(self) -> bool:
-        return "ablation" in (self.spec.get("search") or {})
+    def effects_against_baseline(self) -> bool:
+        """Whether tables show each arm's Δ against the baseline (an ablation), as its search strategy says."""
+        from rayclf.sweep.strategies import infer_kind, search_class
+
+        return bool(self.spec) and search_class(infer_kind(self.spec, self.trials)).effects_against_baseline
 
     def arm_rows(self, target_ci: float | None = None) -> list[ArmRow]:
         """The per-arm table every reader prints: ``aggregate.arm_table`` (arms grouped by arm id) under the

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from rayclf.cli import main
 from rayclf.config import UserError
+from rayclf.report.publish import track_sweep
 from rayclf.sweep.runner import run_sweep
 from rayclf.sweep.spec import parse_sweep
 
@@ -40,6 +41,7 @@ def test_sweep_records_completed_failed_and_diverged_then_resumes(ray_local, tmp
     s = parse_sweep(spec)
     out = str(tmp_path / "sweep")
     outcome = run_sweep(s, out=out, live=False, wandb_mode="offline")
+    track_sweep(outcome.out, outcome.tracking)  # what the CLI does after a finished sweep: the W&B summary
     rows = {r["arm"]: r for r in pq.read_table(f"{out}/trials.parquet").to_pylist()}
     assert set(rows) == {"baseline", "lr=10", "device=cuda"}
     assert rows["baseline"]["status"] == "completed" and rows["baseline"]["test_accuracy"] is not None
@@ -124,6 +126,7 @@ def test_asha_with_more_trials_than_slots_finishes(ray_local, tmp_path, monkeypa
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}
     start = time.monotonic()
     outcome = run_sweep(parse_sweep(spec), out=str(tmp_path / "asha"), live=False)
+    track_sweep(outcome.out, outcome.tracking)  # what the CLI does after a finished sweep: the W&B summary
     elapsed = time.monotonic() - start
     statuses = [r["status"] for r in outcome.rows]
     assert len(statuses) == 6

@@ -181,8 +181,9 @@ def alias_notes(spec: dict[str, Any]) -> list[str]:
     """``lr=0.05 is baseline's config (one arm)`` for each arm the sweep file lists twice (grid, random, ablation:
     arms known before the sweep runs); nothing when the file cannot be read back."""
     from rayclf.sweep.spec import alias_note, parse_sweep
+    from rayclf.sweep.strategies import infer_kind, search_class
 
-    if not spec or not {"grid", "random", "ablation"} & set(spec.get("search") or {}):
+    if not spec or not search_class(infer_kind(spec)).fixed_arms:
         return []
     try:
         arms = parse_sweep(spec).arms()
@@ -201,13 +202,18 @@ def removed_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str | None:
 
 
 def search_kind(spec: dict[str, Any], trials: Sequence[dict[str, Any]]) -> str:
-    """grid, random, ablation or stages: from the sweep file, else stages when rows carry a stage, else grid
-    (whose figures say they pool)."""
-    search = spec.get("search") or {}
-    kind = next((k for k in ("grid", "random", "bayes", "ablation", "stages") if k in search), None)
-    if kind:
-        return kind
-    return "stages" if any(t.get("stage") is not None for t in trials) else "grid"
+    """The search kind of the sweep file, else stages when rows carry a stage, else grid (whose figures say
+    they pool): ``rayclf.sweep.strategies.infer_kind``."""
+    from rayclf.sweep.strategies import infer_kind
+
+    return infer_kind(spec, trials)
+
+
+def search_space(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameter space a stored file searched (the proposal figures), as its search strategy reads it."""
+    from rayclf.sweep.strategies import infer_kind, search_class
+
+    return search_class(infer_kind(spec)).search_space(spec.get("search") or {})
 
 
 Sink = Path | dict[str, Any]  # a figure folder (report), or a dict that keeps the Figure objects (notebooks)
@@ -232,24 +238,28 @@ def _save(fig, name: str, folder: Sink) -> str:
 def make_figures(trials: list[dict[str, Any]], epochs: list[dict[str, Any]], metric: str, folder: Sink,
                  rows: Sequence[ArmRow] = (), kind: str = "grid", mode: str = "max",
                  bayes_params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
-    """(name, title, data URI) of every figure this sweep and its search kind support."""
+    """(name, title, data URI) of every figure this sweep and its search kind support (the facts its search
+    strategy states: effects against a baseline, proposals, stages, arms that form a grid)."""
+    from rayclf.sweep.strategies import search_class
+
+    search = search_class(kind)
     arms = list(dict.fromkeys(r["arm"] for r in trials))
     colors = F.arm_colors(arms)
     stopped = [t for t in trials if t.get("status") == "stopped_early" and t.get("epochs")]
     out = [("learning_curves", "Learning curves" + (" (× where a trial stopped early)" if stopped else ""),
             _save(F.learning_curves(epochs, colors, stopped), "learning_curves", folder))]
-    if kind == "ablation" and any(r.delta is not None for r in rows):
+    if search.effects_against_baseline and any(r.delta is not None for r in rows):
         out.append(("effects", "Effect of each arm against the baseline (Δ, 95% CI over matched seeds)",
                     _save(F.effect_forest(rows, metric, colors, mode), "effects", folder)))
-    if kind == "bayes":
+    if search.proposes:
         out += bayes_figures(trials, rows, metric, folder, mode, bayes_params)
-    if kind == "stages" and any(r.stage is not None for r in rows):
+    if search.staged and any(r.stage is not None for r in rows):
         out.append(("stages", "Stage-by-stage progression",
                     _save(F.stage_progression(rows, stage_winners(rows, mode), metric, mode), "stages", folder)))
     factors = F.swept_factors(F.completed(trials))
-    if factors and kind != "ablation":  # an ablation's arms are not a grid: pooling or pivoting them misleads
-        out += _grid_figures(trials, factors, metric, folder, pooled=kind != "stages")
-    if "optim.name" in factors and "optim.lr" in factors and kind != "ablation":
+    if factors and search.factorial:  # an ablation's arms are not a grid: pooling or pivoting them misleads
+        out += _grid_figures(trials, factors, metric, folder, pooled=not search.staged)
+    if "optim.name" in factors and "optim.lr" in factors and search.factorial:
         out.append(("optimizer_lr", "Optimizer × learning rate",
                     _save(F.optimizer_lr(trials, metric), "optimizer_lr", folder)))
     if sum(r.mean is not None and r.trial_hours is not None for r in rows) >= 2:
@@ -270,7 +280,7 @@ def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: 
     import optuna
     from optuna.trial import create_trial
 
-    from rayclf.sweep.bayes import _encode, distributions
+    from rayclf.sweep.bayes import distributions, encode
 
     dists = distributions(params)
     overrides = {t["arm"]: t.get("overrides") for t in trials}
@@ -280,7 +290,7 @@ def importances(trials: Sequence[dict[str, Any]], rows: Sequence[ArmRow], mode: 
         o = json.loads(o) if isinstance(o, str) else o
         if r.mean is None or r.stopped_at is not None or not o or set(dists) - set(o):
             continue
-        study.add_trial(create_trial(params=_encode(o, dists), distributions=dists, value=r.mean))
+        study.add_trial(create_trial(params=encode(o, dists), distributions=dists, value=r.mean))
     try:
         return dict(optuna.importance.get_param_importances(study))
     except (ValueError, RuntimeError):  # fewer than two finished proposals, or no variation
@@ -401,8 +411,7 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     removed_md = removed_markdown(data.removed, metric)
     if removed_md:  # kept in the store, left out of every table and figure above
         (out / "removed.md").write_text(removed_md)
-    bayes = (spec.get("search") or {}).get("bayes") or {}
-    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, bayes.get("params"))
+    figs = make_figures(trials, epochs, metric, figdir, rows, search_kind(spec, trials), mode, search_space(spec))
     reported_md = reported_section(spec, trials, out, figdir, figs)
     which = "final-epoch" if spec.get("rank_by") == "final" else "best"
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: {which} "

@@ -1,12 +1,14 @@
 """Put a sweep's report where a team looks: the sweep-level W&B run gets the per-arm table and every figure.
 
-Called at the end of every sweep (``rayclf sweep``) and by ``rayclf report --wandb MODE``, so a dashboard
-always shows the figures of the finished sweep, not those of an earlier local report.
+Called by the CLI at the end of every finished sweep (``rayclf sweep``: ``track_sweep``) and by
+``rayclf report --wandb MODE``, so a dashboard always shows the figures of the finished sweep, not those of an
+earlier local report.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,21 @@ def publish(sweep_dir: str, rep: Report, mode: str | None = None,
 def _spec(sweep_dir: str) -> dict[str, Any]:
     uri = join(sweep_dir, "sweep.yaml")
     return (yaml.safe_load(read_text(uri)) or {}) if exists(uri) else {}
+
+
+def track_sweep(out: str, tracking: TrackingSettings | None, echo: Callable[[str], None] = print) -> None:
+    """The sweep-level W&B run with a finished sweep's table and report figures, and where offline runs are and
+    how to upload them. Called after ``run_sweep`` returns (never after an interrupt): the sweep layer never
+    imports the report. ``tracking``: the run's settings (``SweepOutcome.tracking``)."""
+    if tracking is None or tracking.mode == "disabled":
+        return
+    try:
+        rep = render_for_tracking(out)
+    except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
+        echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
+             f"run `rayclf report {out} --wandb {tracking.mode}` later.")
+        return
+    publish(out, rep, settings=tracking)
+    if tracking.mode == "offline":
+        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
+             f"wandb sync {tracking.dir}/wandb/offline-run-*")

@@ -51,7 +51,7 @@ def distributions(params: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _decode(params: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def decode(params: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Optuna's values → config overrides (JSON-text choices back to their lists)."""
     out = {}
     for key, value in params.items():
@@ -62,8 +62,8 @@ def _decode(params: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]) ->
     return out
 
 
-def _encode(overrides: Mapping[str, Any], dists: Mapping[str, Any]) -> dict[str, Any]:
-    """Config overrides → Optuna's values (the inverse of ``_decode``)."""
+def encode(overrides: Mapping[str, Any], dists: Mapping[str, Any]) -> dict[str, Any]:
+    """Config overrides → Optuna's values (the inverse of ``decode``)."""
     out = {}
     for key, dist in dists.items():
         value = overrides[key]
@@ -105,7 +105,7 @@ def told_study(sweep: Sweep, told: Sequence[tuple[Arm, ArmRow | None]], seed: in
     study = optuna.create_study(direction="maximize" if sweep.file.mode == "max" else "minimize", sampler=sampler)
     dists = distributions(spec.params)
     for arm, row in told:
-        params = _encode(arm.overrides, dists)
+        params = encode(arm.overrides, dists)
         if row is None or row.mean is None:
             study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.FAIL))
         elif row.stopped_at is not None:
@@ -127,7 +127,7 @@ def propose(sweep: Sweep, told: Sequence[tuple[Arm, ArmRow | None]], count: int)
     arms = []
     for i in range(count):
         trial = study.ask(dists)
-        arms.append(Arm(arm_label(start + i, spec.num_samples), _decode(trial.params, spec.params)))
+        arms.append(Arm(arm_label(start + i, spec.num_samples), decode(trial.params, spec.params)))
     return arms
 
 

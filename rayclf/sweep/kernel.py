@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayclf.aggregate import arm_table, best_arm, counts_text, format_table, status_counts, value_key
-from rayclf.config import UserError
+from rayclf.aggregate import arm_table, counts_text, format_table, status_counts, value_key
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import join, read_plan, write_plan
-from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, Decision, DecisionLog
+from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
+from rayclf.sweep.strategies.registry import create_arm_rule, create_search, rule_decisions, search_class
 
 ExecuteTrials = Callable[["SweepRun", list[Trial], list[Trial]], int]
 
@@ -88,11 +88,12 @@ class SweepOutcome:
     winner: Arm | None = None
     removed: int = 0
     aliased: list[Arm] = field(default_factory=list)
+    tracking: Any = None  # the run's W&B settings: the CLI publishes the sweep-level summary with them
 
     def summary_text(self) -> str:
         stats = arm_table(self.rows, self.sweep.file.mode or "max", value_key(self.sweep.file.rank_by))
-        ablation = self.sweep.file.search.kind == "ablation"  # effects against the baseline, as the report has
-        lines = [format_table(stats, self.sweep.file.metric, effects=ablation), ""]
+        effects = search_class(self.sweep.file.search.kind).effects_against_baseline  # as the report has
+        lines = [format_table(stats, self.sweep.file.metric, effects=effects), ""]
         lines.append(f"{len(self.rows)} trials recorded ({counts_text(status_counts(self.rows))})"
                      f"; {self.skipped} already done and skipped")
         if self.removed:
@@ -126,152 +127,23 @@ def record_unstarted(run: SweepRun, trials: list[Trial], order: list[Trial], sta
 
 
 def run_arms(run: SweepRun, arms: list[Arm], all_arms: list[Arm] | None = None) -> int:
-    """Run a set of arms (all seeds) under the sweep's scheduler: racing gives seeds in rounds, everything else
-    is one round (asha / median decide per arm inside it). Returns trials skipped as already done. ``all_arms``
-    (a superset, in order) fixes table positions when arms come in batches (bayes)."""
+    """Run a set of arms (all seeds) under the sweep's arm rule (``scheduler.name``): racing gives seeds in rounds,
+    the others run one round (asha / median decide per arm inside it). Returns trials skipped as already done.
+    ``all_arms`` (a superset, in order) fixes table positions when arms come in batches (bayes)."""
     sweep = run.sweep
     run.aliased.update({a.label: a for a in arms if a.aliases})
-    order = sweep.trials(all_arms or arms)
-    from rayclf.sweep.racing import check_eliminations, run_racing
-
-    if sweep.file.scheduler.name != "racing":
-        check_eliminations(sweep, run.log)
-        return run.run(sweep.trials(arms), order)
-
-    def record(trials: list[Trial], reason: str) -> None:
-        record_unstarted(run, trials, order, "eliminated", reason)
-
-    return run_racing(sweep, arms, lambda trials: run.run(trials, order), record, lambda: run.store.trials,
-                      run.echo, run.log, run.rerun_stopped)
-
-
-# ------------------------------------------------------------------------------------------ stages
-def stage_index(sweep: Sweep, name: str) -> int:
-    """A stage named by ``--redecide``: its name, its label (``stage2``) or its 1-based number."""
-    labels = [sweep.stage_label(i) for i in range(sweep.stage_count())]
-    if name in labels:
-        return labels.index(name)
-    if name.isdigit() and 1 <= int(name) <= len(labels):
-        return int(name) - 1
-    from rayclf.config import closest
-
-    hint = closest(name, labels)
-    raise UserError(f"--redecide {name!r} names no stage of sweep '{sweep.name}'; stages: {', '.join(labels)} "
-                    f"(or 1–{len(labels)})." + (f" Did you mean '{hint}'?" if hint else ""))
-
-
-def reopen_stages(run: SweepRun) -> None:
-    """``--redecide STAGE``: forget that stage's winner and everything decided after it (later stages were
-    built on it), so they are decided again from the stored results."""
-    if not run.redecide:
-        return
-    first = min(stage_index(run.sweep, name) for name in run.redecide)
-    later = {str(i) for i in range(first, run.sweep.stage_count())}
-    n = run.log.forget(WINNER, later)
-    n += run.log.forget(PROPOSAL, {d.key for d in run.log.of_kind(PROPOSAL)
-                                   if d.key.split("/", 1)[0] in later})
-    run.echo(f"--redecide: {n} logged decisions from stage {first + 1} on are taken again")
-
-
-def _check_logged_stage(run: SweepRun, i: int, arms: list[Arm]) -> Decision | None:
-    """The logged winner of stage ``i``, after checking the stage still has the arms it was decided on."""
-    logged = run.log.get(WINNER, str(i))
-    if logged is None:
-        return None
-    now = {run.sweep.arm_id(a): a.label for a in arms}
-    then = dict(zip(logged.detail.get("arms", []), logged.detail.get("labels", []), strict=False))
-    if set(now) != set(then):
-        added = [now[a] for a in now if a not in then]
-        removed = [then.get(a) or a for a in then if a not in now]
-        change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
-                                       f"removed {', '.join(removed)}" if removed else "") if p)
-        label = run.sweep.stage_label(i)
-        raise UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on other "
-                        f"arms than the file now lists ({change}). Its winner and every later stage would change: "
-                        f"pass --redecide {label} to decide it again from the stored results, or undo the edit.")
-    return logged
-
-
-def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
-    """Stage ``i``'s winner (best under the ranking rule over its arms, grouped by arm id), logged before use."""
-    sweep = run.sweep
-    trials = sweep.trials(arms)
-    label = {t.trial_id: t.arm.label for t in trials}
-    # a stage's arm may be a config an earlier stage trained (same content address): its stored row keeps the
-    # first label, so rank this stage's arms under their labels here, mapped through trial ids
-    rows = [{**r, "arm": label[r["trial_id"]]} for r in run.store.trials if r["trial_id"] in label]
-    stats = arm_table(rows, run.mode, value_key(sweep.file.rank_by))
-    best = best_arm(stats, run.mode)
-    if best is None:
-        raise UserError(f"stage {i + 1} of sweep '{sweep.name}' produced no completed trial; see trials.parquet.")
-    winner = next(a for a in arms if a.label == best.arm)
-    ids = [sweep.arm_id(a) for a in arms]
-    run.log.record(Decision(WINNER, str(i), sweep.arm_id(winner), winner.label, stage=i, n_seeds=best.n,
-                            detail={"overrides": winner.overrides, "value": best.mean, "metric": sweep.file.metric,
-                                    "rank_by": sweep.file.rank_by, "arms": ids, "labels": [a.label for a in arms]}))
-    return winner
-
-
-def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
-    """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
-    from rayclf.sweep.bayes import run_bayes
-
-    sweep = run.sweep
-    view = sweep.bayes_stage(i, carried)
-
-    def run_batch(batch: list[Arm], seen: list[Arm]) -> int:
-        return run_arms(run, sweep.place(batch, i, carried), sweep.place(seen, i, carried))
-
-    skipped, proposed = run_bayes(view, run_batch, lambda: run.store.trials, run.echo, run.log, stage=i)
-    return skipped, sweep.place(proposed, i, carried)
-
-
-def run_staged(run: SweepRun) -> tuple[int, Arm]:
-    """Greedy staged tuning: each stage's winner is the next stage's baseline. A logged winner is replayed (its
-    stage's new seeds still run, the winner stays); a stage whose arms changed since it was decided is refused."""
-    sweep = run.sweep
-    reopen_stages(run)
-    carried: dict[str, Any] = {}
-    skipped = 0
-    winner = Arm("baseline", {})
-    for i in range(sweep.stage_count()):
-        if sweep.file.search.stages[i].bayes is not None:  # type: ignore[index]
-            ran, arms = _bayes_stage(run, i, carried)
-            logged = _check_logged_stage(run, i, arms)
-        else:
-            arms = sweep.arms(carried, stage=i)
-            logged = _check_logged_stage(run, i, arms)
-            ran = run_arms(run, arms)
-        skipped += ran
-        run.stop.check(run.out)  # never decide a stage on a partial round
-        if logged is not None:
-            winner = next(a for a in arms if sweep.arm_id(a) == logged.arm_id)
-            run.echo(f"stage {i + 1} winner (logged): {winner.label}")
-        else:
-            winner = _decide_stage(run, i, arms)
-            run.echo(f"stage {i + 1} winner: {winner.label}")
-        carried = sweep.carried_after(i, winner.overrides)
-    if sweep.file.search.final:
-        final = Arm("final", {**carried, **sweep.file.search.final}, sweep.stage_count())
-        skipped += run.run(sweep.trials([final]))
-    return skipped, winner
+    return create_arm_rule(sweep).run_arms(run, arms, sweep.trials(all_arms or arms))
 
 
 def execute(run: SweepRun) -> SweepOutcome:
-    """Run every trial of the sweep's plan that is not already finished; the kernel of ``rayclf sweep``."""
+    """Run every trial of the sweep's plan that is not already finished; the kernel of ``rayclf sweep``. The
+    sweep's search strategy (``rayclf.sweep.strategies``) decides which arms run and what is decided between."""
     sweep = run.sweep
     winner = None
-    if run.selection is not None:  # FIFO only (select.check_subset): no stage, rung or round decides anything
+    if run.selection is not None:  # picked arms only where the arm rule takes subsets (select.check_subset)
         skipped = sum(run_arms(run, arms, stage_arms) for arms, stage_arms in run.selection.groups())
-    elif sweep.file.search.kind == "stages":
-        skipped, winner = run_staged(run)
-    elif sweep.file.search.kind == "bayes":
-        from rayclf.sweep.bayes import run_bayes
-
-        skipped, _ = run_bayes(sweep, lambda arms, seen: run_arms(run, arms, seen), lambda: run.store.trials,
-                               run.echo, run.log)
     else:
-        skipped = run_arms(run, sweep.arms())
+        skipped, winner = create_search(sweep).execute(run)
     rows = run.plan_rows()
     if run.selection is not None:  # a subset of the file's arms: the rest is not removed, only not run now
         return SweepOutcome(sweep, run.out, rows, skipped, winner, aliased=list(run.aliased.values()))
@@ -291,7 +163,7 @@ def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stop
         return (f"this sweep directory was recorded with metric {old.metric} ({old.mode}); the file now says "
                 f"{new.metric} ({new.mode}). Stored values would be mixed with new ones: keep "
                 f"--set metric={old.metric} --set mode={old.mode}, or start a new --out.")
-    reopened = ({STOP, ELIMINATE} if rerun_stopped else set()) | ({WINNER, PROPOSAL} if redecide else set())
+    reopened = (set(rule_decisions()) if rerun_stopped else set()) | ({WINNER, PROPOSAL} if redecide else set())
     decided = [d for d in log.decisions if d.kind not in reopened]
     if not decided:
         return None
@@ -303,7 +175,7 @@ def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stop
     if old.search.kind != new.search.kind:
         return (f"{what} belong to a {old.search.kind} search; the file now describes a {new.search.kind} search: "
                 "start a new --out.")
-    if old.scheduler != new.scheduler and any(d.kind in (STOP, ELIMINATE) for d in decided):
+    if old.scheduler != new.scheduler and any(d.kind in rule_decisions() for d in decided):
         return (f"{what} were taken by scheduler {old.scheduler.name} {old.scheduler.model_dump(exclude_defaults=True)}"
                 f"; the file now has {new.scheduler.name} {new.scheduler.model_dump(exclude_defaults=True)}: undo "
                 "the change, pass --rerun-stopped to take those decisions again, or start a new --out.")

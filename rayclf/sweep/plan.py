@@ -11,6 +11,7 @@ from typing import Any
 from rayclf.config import TrialConfig
 from rayclf.data.catalog import DATASETS, describe, split_sizes
 from rayclf.sweep.spec import Arm, Sweep, Trial, alias_note
+from rayclf.sweep.strategies.registry import Planned, create_arm_rule, create_search
 
 DRIVER_RESOURCE = "rayclf_driver"
 # Assumed sustained training throughput for the estimate (stated with the figure): 15% of an
@@ -183,59 +184,22 @@ def cluster_resources(address: str | None) -> tuple[dict[str, float], str]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}, "this machine (local Ray)"
 
 
-def _planned(sweep: Sweep, picked: list[Arm] | None = None) -> tuple[list[Trial], list[str], float]:
-    """The trials the dry run lists, notes on how the search unfolds, and the factor from the listed trials
-    to the whole search's cost (bayes lists its first batch only). ``picked``: only these arms (``--arm``)."""
-    file = sweep.file
+def _planned(sweep: Sweep, picked: list[Arm] | None = None) -> Planned:
+    """What the dry run lists (the search strategy says: ``Planned``); ``picked``: only these arms (``--arm``)."""
     if picked is not None:
-        return sweep.trials(picked), [f"{len(picked)} arm(s) picked by --arm, each with all its seeds"], 1.0
-    if file.search.kind == "stages":
-        trials: list[Trial] = []
-        for i in range(sweep.stage_count()):
-            stage = file.search.stages[i]  # type: ignore[index]
-            if stage.bayes is not None:  # its first batch, as the stage would propose it around the base
-                from rayclf.sweep.bayes import propose
-
-                first = propose(sweep.bayes_stage(i, {}), [], min(stage.bayes.batch, stage.bayes.num_samples))
-                trials += sweep.trials(sweep.place(first, i, {}))
-            else:
-                trials += sweep.trials(sweep.arms({}, stage=i))
-        return trials, ["staged sweep: each stage's arms are varied around the previous stage's winner; the "
-                        "table shows them around the base config"], 1.0
-    if file.search.kind == "bayes":
-        from rayclf.sweep.bayes import propose
-
-        b = file.search.bayes
-        assert b is not None
-        first = sweep.trials(propose(sweep, [], min(b.batch, b.num_samples)))
-        return first, [f"bayes search (Optuna TPE, search seed {b.seed}): {b.num_samples} proposals asked in "
-                       f"batches of {b.batch} (the first {b.startup} random), each run with all {len(file.seeds)} "
-                       f"seeds and scored by the mean over them: up to {b.num_samples * len(file.seeds)} trials. "
-                       "The table lists the first batch; later proposals depend on the results."], \
-            b.num_samples / min(b.batch, b.num_samples)
-    return sweep.trials(sweep.arms()), [], 1.0
+        return Planned(sweep.trials(picked), [f"{len(picked)} arm(s) picked by --arm, each with all its seeds"])
+    return create_search(sweep).plan()
 
 
 def planned_count(sweep: Sweep) -> int:
     """How many trials the whole sweep plans (a bayes search: all its proposals × seeds; +1 final run)."""
-    trials, _, scale = _planned(sweep)
-    return round(len(trials) * scale) + (1 if sweep.file.search.final else 0)
+    planned = _planned(sweep)
+    return round(len(planned.trials) * planned.scale) + planned.extra
 
 
 def scheduler_text(sweep: Sweep, n_arms: int) -> str:
-    """What the scheduler will do, in one line."""
-    s, n_seeds = sweep.file.scheduler, len(sweep.file.seeds)
-    if s.name == "racing":
-        test = "paired t-test" if s.test == "ttest" else "Wilcoxon signed-rank test"
-        first = min(s.first_round, n_seeds)
-        return (f"scheduler: racing over seeds — every arm gets seeds {sweep.file.seeds[:first]} first, then "
-                f"{s.seeds_per_round} more per round while it survives; after each round an arm a one-sided {test} "
-                f"over matched seeds shows worse than the current best (p < {s.level:g}) gets no more seeds: "
-                f"between {n_arms * first} and {n_arms * n_seeds} trials")
-    if s.name in ("asha", "median"):
-        return (f"scheduler: {s.name} by arm — decided on the mean over each arm's seeds (from epoch "
-                f"{s.grace_period}), every seed of a stopped arm stops together, seeds not yet started never start")
-    return "scheduler: fifo (every trial trains to the end)"
+    """What the arm rule will do, in one line."""
+    return create_arm_rule(sweep).describe(n_arms)
 
 
 def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = False, price: float | None = None,
@@ -244,13 +208,13 @@ def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = Fal
     """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate: a FLOP guess,
     or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``)."""
     file = sweep.file
-    trials, notes, scale = _planned(sweep, picked)
+    planned = _planned(sweep, picked)
+    trials, scale = planned.trials, planned.scale
     n_arms = len(trials) // len(file.seeds)
-    final = " (+1 final run)" if file.search.final and picked is None else ""
+    final = f" (+{planned.extra} final run)" if planned.extra else ""
     lines = [f"sweep '{sweep.name}' ({file.search.kind}): {n_arms} arms × "
-             f"{len(file.seeds)} seeds = {len(trials)} trials" + final
-             + (" in the first batch" if file.search.kind == "bayes" else "")]
-    lines += notes
+             f"{len(file.seeds)} seeds = {len(trials)} trials" + final + planned.scope]
+    lines += planned.notes
     aliased = {t.arm.label: t.arm for t in trials if t.arm.aliases}
     lines += [f"{alias_note(arm)}: one arm, trained once per seed" for arm in aliased.values()]
     lines.append(f"{'trial id':<17} {'arm':<48} seed  epochs")

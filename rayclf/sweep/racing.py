@@ -107,11 +107,15 @@ def unique_arms(sweep: Sweep, arms: Sequence[Arm]) -> dict[str, Arm]:
 def check_eliminations(sweep: Sweep, log: DecisionLog) -> None:
     """Refuse a resume whose file would have decided a logged elimination otherwise: another scheduler, another
     ``rank_by``, another test or level. (Eliminations of arms that had no value depend on none of them.)"""
+    from rayclf.sweep.strategies.registry import arm_rule_class
+
     s, rank_by = sweep.file.scheduler, sweep.file.rank_by or "best"
+    if ELIMINATE not in arm_rule_class(s.name).decisions:  # --rerun-stopped cannot help: only racing re-opens them
+        from rayclf.sweep.strategies.arm_rules import refuse_eliminations
+
+        refuse_eliminations(sweep, log)
+        return
     for d in log.of_kind(ELIMINATE):
-        if s.name != "racing":  # --rerun-stopped cannot help: only racing re-opens its eliminations
-            raise UserError(f"--resume: racing eliminated arm '{d.label}' {d.detail['reason']}; the file now says "
-                            f"scheduler: {s.name}. Restore scheduler: racing, or run the sweep in a new --out.")
         if d.detail["test"] == "none":
             continue
         if d.detail["value"] != value_key(rank_by):

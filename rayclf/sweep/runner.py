@@ -132,7 +132,9 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     ``out``; return the recorded rows.
 
     Ctrl-C or SIGTERM stops the running trials at their last checkpoints and raises ``SweepInterrupted`` (no
-    decision is taken on the partial round, nothing is published); ``--resume`` continues them."""
+    decision is taken on the partial round); ``--resume`` continues them. The sweep layer never imports the
+    report: the caller publishes a finished sweep's W&B summary (``rayclf.report.publish.track_sweep``) with
+    ``outcome.tracking``, which an interrupted sweep never returns."""
     import ray
 
     from rayclf.sweep.preflight import Preflight
@@ -164,7 +166,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         lock.release()
         if started:
             ray.shutdown()
-    _track_sweep(outcome, tracking, echo)
+    outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
     return outcome
 
 
@@ -177,22 +179,3 @@ def _session_dir() -> str | None:
 
     node = getattr(ray._private.worker, "_global_node", None)
     return node.get_session_dir_path() if node is not None else None
-
-
-def _track_sweep(outcome: SweepOutcome, tracking: TrackingSettings, echo: Callable[[str], None]) -> None:
-    """The sweep-level W&B run with the finished sweep's table and report figures, and where offline runs
-    are and how to upload them."""
-    if tracking.mode == "disabled":
-        return
-    from rayclf.report.publish import publish, render_for_tracking
-
-    try:
-        rep = render_for_tracking(outcome.out)
-    except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
-        echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
-             f"run `rayclf report {outcome.out} --wandb {tracking.mode}` later.")
-        return
-    publish(outcome.out, rep, settings=tracking)
-    if tracking.mode == "offline":
-        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
-             f"wandb sync {tracking.dir}/wandb/offline-run-*")

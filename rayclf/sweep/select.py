@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayclf.config import ConfigError, closest
-from rayclf.sweep.spec import Arm, Sweep, Trial, factor_levels, grid_arms
-
-ADAPTIVE = ("asha", "median", "racing")
+from rayclf.sweep.spec import Arm, Sweep, Trial
+from rayclf.sweep.strategies.registry import arm_rule_class, create_search
 
 
 @dataclass(frozen=True)
@@ -40,64 +39,16 @@ def stage_winners(sweep_dir: str) -> dict[int, dict[str, Any]]:
             if d.kind == WINNER and d.key.isdigit()}
 
 
-def _stage_keys(sweep: Sweep, stage: int) -> set[str]:
-    """The config keys a stage's arms set (so a winner of it carries values for them)."""
-    st = sweep.file.search.stages[stage]  # type: ignore[index]
-    if st.bayes is not None:
-        return set(st.bayes.params)
-    return {k for key, spec in (st.vary or {}).items() for _, ov in factor_levels(key, spec) for k in ov}
-
-
-def _carried(sweep: Sweep, upto: int, winners: Mapping[int, Mapping[str, Any]]) -> tuple[dict[str, Any], set[str]]:
-    """What stages ``0..upto-1`` carry into stage ``upto``, and the keys whose values only a winner would tell."""
-    carried: dict[str, Any] = {}
-    unknown: set[str] = set()
-    for i in range(upto):
-        if i in winners:
-            carried, unknown = dict(winners[i]), set()
-        else:
-            unknown |= _stage_keys(sweep, i)
-        carried = sweep.carried_after(i, carried)
-        unknown -= set(sweep.file.search.stages[i].carry or {})  # type: ignore[index]
-    return carried, unknown
-
-
 def sweep_arms(sweep: Sweep, winners: Mapping[int, Mapping[str, Any]] | None = None) -> tuple[list[Arm], list[str]]:
     """Every arm the sweep runs that can be told now, in sweep order, and the labels of those that need
-    earlier stage winners (``winners``: stage index → the winner's full overrides)."""
-    s = sweep.file.search
-    if s.kind == "bayes":
-        raise ConfigError(f"sweep '{sweep.name}' is a bayes search: its arms are proposed as results come in, "
-                          "so none can be picked by --arm.")
-    if s.kind != "stages":
-        return sweep.arms(), []
-    winners = winners or {}
-    known: list[Arm] = []
-    pending: list[str] = []
-    for i in range(sweep.stage_count()):
-        carried, unknown = _carried(sweep, i, winners)
-        if s.stages[i].bayes is not None:  # type: ignore[index]
-            continue  # its proposals exist only in a run's decision log
-        levels = grid_arms(s.stages[i].vary or {})  # type: ignore[index]
-        # label by label (which labels alias one another depends on the winners too): an arm that sets every
-        # unknown value itself needs no winner; the known ones are deduplicated as the sweep does
-        sure = [unknown <= set(lv.overrides) for lv in levels]
-        arms = sweep.place(levels, i, carried)
-        known += sweep.unique([a for a, ok in zip(arms, sure, strict=True) if ok])
-        pending += [a.label for a, ok in zip(arms, sure, strict=True) if not ok]
-    if s.final is not None:
-        carried, unknown = _carried(sweep, sweep.stage_count(), winners)
-        if unknown - set(s.final):
-            pending.append("final")
-        else:
-            known.append(Arm("final", {**carried, **s.final}, sweep.stage_count()))
-    return known, pending
+    earlier stage winners (``winners``: stage index → the winner's full overrides). The search strategy says."""
+    return create_search(sweep).selectable(winners or {})
 
 
 def select_arms(sweep: Sweep, wanted: Iterable[str], from_dir: str | None = None) -> Selection:
     """The arms named by whole label or by (a unique prefix of) arm id; a bad name is a ``ConfigError``."""
     winners = stage_winners(from_dir) if from_dir else {}
-    if from_dir and not winners and sweep.file.search.kind == "stages":
+    if from_dir and not winners and create_search(sweep).staged:
         raise ConfigError(f"--from {from_dir}: no stage winner is logged there (decisions.parquet); point it at "
                           f"a sweep directory of '{sweep.name}' whose stages have finished.")
     listed, pending = sweep_arms(sweep, winners)
@@ -132,9 +83,10 @@ def _find(sweep: Sweep, name: str, listed: list[Arm], ids: list[str], pending: l
 
 
 def check_subset(sweep: Sweep) -> None:
-    """A subset of arms runs only under FIFO: an adaptive scheduler would decide on part of the arms."""
+    """A subset of arms runs only under an arm rule that takes subsets (fifo): an adaptive one would decide on
+    part of the arms."""
     name = sweep.file.scheduler.name
-    if name in ADAPTIVE:
+    if not arm_rule_class(name).takes_subsets:
         raise ConfigError(f"sweep '{sweep.name}' runs scheduler {name}, which decides on all its arms together; "
                           "a subset (--arm) would take those decisions on part of them. Run the whole sweep, or "
                           "train one arm to the end with: rayclf train FILE --arm LABEL.")

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from rayclf.config import (
     ConfigError,
@@ -106,6 +107,11 @@ class Stage(Strict):
 
 
 class SearchSpec(Strict):
+    """One search kind's section. The built-in kinds are typed fields here; a kind registered elsewhere
+    (``rayclf.sweep.strategies.register_search``) is an extra key, typed by its strategy's ``options``."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
     grid: dict[str, Any] | None = None
     random: RandomSearch | None = None
     bayes: BayesSearch | None = None
@@ -115,26 +121,45 @@ class SearchSpec(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> SearchSpec:
-        kinds = [k for k in SEARCH_KINDS if getattr(self, k) is not None]
+        from rayclf.sweep.strategies.registry import search_class, search_names
+
+        names = search_names()
+        extra = self.model_extra or {}
+        for key in extra:
+            if key not in names:  # the message pydantic gives an unknown key, with the registry's kinds allowed
+                raise PydanticCustomError("unknown_key", "unknown key {key}",
+                                          {"key": key, "allowed": sorted({*names, *type(self).model_fields})})
+        for key, value in extra.items():
+            extra[key] = _typed(search_class(key).options, value, f"search.{key}")
+        kinds = [k for k in names if self.section(k) is not None]
         if len(kinds) > 1:
-            raise ValueError(f"search takes one of grid, random, bayes, ablation or stages, "
+            raise ValueError(f"search takes one of {', '.join(names[:-1])} or {names[-1]}, "
                              f"not {' and '.join(kinds)}")
-        if self.final is not None and self.stages is None:
-            raise ValueError("search.final only applies to stages")
-        labels = [st.name or f"stage{i + 1}" for i, st in enumerate(self.stages or [])]
-        twice = sorted({label for label in labels if labels.count(label) > 1})
-        if twice:  # a stage's name prefixes its arms' labels: two stages of one name would share labels
-            i = labels.index(twice[0], labels.index(twice[0]) + 1)
-            raise ValueError(f"search.stages.{i}.name {twice[0]!r} names an earlier stage too; give each stage "
-                             f"its own name (e.g. '{twice[0]}2')")
+        search_class(self.kind).validate_search(self)
         return self
+
+    def section(self, kind: str) -> Any:
+        """The file's ``search.<kind>`` (None when absent)."""
+        if kind in type(self).model_fields:
+            return getattr(self, kind)
+        return (self.model_extra or {}).get(kind)
 
     @property
     def kind(self) -> str:
-        return next((k for k in SEARCH_KINDS if getattr(self, k) is not None), "single")
+        from rayclf.sweep.strategies.registry import search_names, unkeyed_search
+
+        return next((k for k in search_names() if self.section(k) is not None), None) or unkeyed_search()
 
 
-SEARCH_KINDS = ("grid", "random", "bayes", "ablation", "stages")
+def _typed(options: Any, value: Any, where: str) -> Any:
+    """A registered search kind's section validated as its strategy's ``options`` type (as given when None)."""
+    if options is None:
+        return value
+    try:
+        return TypeAdapter(options).validate_python(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join([where, *map(str, e['loc'])])}: {e['msg']}"
+                                   for e in exc.errors(include_url=False))) from None
 
 
 class SchedulerSpec(Strict):
@@ -142,7 +167,7 @@ class SchedulerSpec(Strict):
     arm stops); racing gives arms their seeds in rounds and stops giving seeds to arms a paired test shows
     worse than the current best."""
 
-    name: Literal["fifo", "asha", "median", "racing"] = "fifo"
+    name: str = Field("fifo", description="the arm rule (rayclf.sweep.strategies): fifo, asha, median, racing")
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_epochs: int | None = Field(None, ge=1, description="default: the base config's epochs")
@@ -152,21 +177,24 @@ class SchedulerSpec(Strict):
     seeds_per_round: int = Field(1, ge=1, description="racing: seeds each surviving arm gets per round")
     first_round: int = Field(2, ge=1, description="racing: seeds every arm gets before any test (≥ 2 for a test)")
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from rayclf.sweep.strategies.registry import arm_rule_names
+
+        names = arm_rule_names()
+        if name not in names:  # the message a Literal of the names gives
+            expected = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return name
+
     @model_validator(mode="after")
     def _fits(self) -> SchedulerSpec:
+        from rayclf.sweep.strategies.registry import arm_rule_class
+
         fields = type(self).model_fields
         given = {k for k in self.model_fields_set if getattr(self, k) != fields[k].default}  # a dumped file re-loads
-        racing_only = {"level", "test", "seeds_per_round", "first_round"} & given
-        if racing_only and self.name != "racing":
-            raise ValueError(f"scheduler.{sorted(racing_only)[0]} only applies to scheduler name: racing")
-        rung_only = {"grace_period", "reduction_factor", "max_epochs"} & given
-        if rung_only and self.name in ("racing", "fifo"):
-            raise ValueError(f"scheduler.{sorted(rung_only)[0]} only applies to asha and median, not {self.name}")
-        if self.name == "racing" and self.test == "wilcoxon" and self.first_round < wilcoxon_pairs(self.level):
-            raise ValueError(f"scheduler.first_round = {self.first_round} with test: wilcoxon can never eliminate an "
-                             f"arm after round 1 at level {self.level:g}: the smallest one-sided Wilcoxon p over "
-                             f"{self.first_round} pairs is {0.5 ** self.first_round:g}; use first_round: "
-                             f"{wilcoxon_pairs(self.level)} or more, or test: ttest")
+        arm_rule_class(self.name).validate_spec(self, given)
         return self
 
 
@@ -236,15 +264,10 @@ class SweepFile(Strict):
             self.mode = metric_mode(self.metric)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be distinct")
-        if self.scheduler.name == "racing" and len(self.seeds) < 2:
-            raise ValueError("scheduler racing needs at least 2 seeds to compare arms (seeds: [0, 1, ...])")
-        if self.scheduler.name == "racing" and len(self.seeds) <= self.scheduler.first_round:
-            raise ValueError(f"scheduler racing with first_round = {self.scheduler.first_round} and "
-                             f"{len(self.seeds)} seeds never tests (every arm gets every seed in its first round): "
-                             f"give seeds more than first_round, or scheduler name: fifo")
-        if self.search.bayes is not None and self.scheduler.name == "racing":
-            raise ValueError("search.bayes scores every proposal on all seeds; use scheduler asha or median "
-                             "with it, not racing")
+        from rayclf.sweep.strategies.registry import arm_rule_class, search_class
+
+        arm_rule_class(self.scheduler.name).validate_file(self)
+        search_class(self.search.kind).validate_file(self)
         return self
 
 
@@ -304,24 +327,9 @@ class Sweep:
         return out
 
     def _listed_arms(self, base_overrides: Mapping[str, Any] | None, stage: int | None) -> list[Arm]:
-        s = self.file.search
-        if s.kind == "grid":
-            return grid_arms(s.grid or {})
-        if s.kind == "random":
-            return random_arms(s.random)  # type: ignore[arg-type]
-        if s.kind == "bayes":
-            raise ValueError("bayes arms are proposed as results come in: use rayclf.sweep.bayes")
-        if s.kind == "ablation":
-            return ablation_arms(s.ablation)  # type: ignore[arg-type]
-        if s.kind == "stages":
-            assert stage is not None, "staged sweeps expand one stage at a time"
-            if s.stages[stage].bayes is not None:  # type: ignore[index]
-                raise ValueError("a bayes stage's arms are proposed as results come in: use rayclf.sweep.bayes")
-            arms = grid_arms(s.stages[stage].vary or {})  # type: ignore[index]
-            prefix = self.stage_label(stage)
-            carried = dict(base_overrides or {})
-            return [Arm(f"{prefix}:{a.label}", {**carried, **a.overrides}, stage) for a in arms]
-        return [Arm("baseline", {})]
+        from rayclf.sweep.strategies.registry import create_search
+
+        return create_search(self).arms(base_overrides, stage)
 
     def trials(self, arms: list[Arm]) -> list[Trial]:
         """Arms × seeds, each validated and content-addressed."""
@@ -512,24 +520,9 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
     except ConfigError as exc:
         raise ConfigError(f"sweep '{file.name}': {exc}") from None
     sweep = Sweep(file, base, source)
-    if file.search.kind == "stages":
-        carried: dict[str, Any] = {}  # the stages' pinned carry values: each is checked where it applies
-        for i in range(sweep.stage_count()):
-            if file.search.stages[i].bayes is not None:  # type: ignore[index]
-                from rayclf.sweep.bayes import check_space
+    from rayclf.sweep.strategies.registry import create_search
 
-                check_space(sweep.bayes_stage(i, carried))
-            else:
-                sweep.trials(sweep.arms(carried, stage=i))
-            carried = sweep.carried_after(i, carried)
-        if file.search.final:
-            sweep.config_for(Arm("final", dict(file.search.final)), file.seeds[0])
-    elif file.search.kind == "bayes":
-        from rayclf.sweep.bayes import check_space
-
-        check_space(sweep)
-    else:
-        sweep.trials(sweep.arms())
+    create_search(sweep).check()
     check_reported(sweep)
     return sweep
 
@@ -537,14 +530,9 @@ def parse_sweep(data: Mapping[str, Any], source: Path | None = None, overrides: 
 def arm_labels(sweep: Sweep) -> list[str] | None:
     """Every arm label the sweep can produce (stage labels do not depend on earlier winners); None when arms
     are proposed as results come in (bayes), so no list exists before the sweep runs."""
-    s = sweep.file.search
-    if s.kind == "bayes" or any(st.bayes is not None for st in s.stages or []):
-        return None
-    if s.kind != "stages":
-        return [label for a in sweep.arms() for label in (a.label, *a.aliases)]
-    labels = [label for i in range(sweep.stage_count()) for a in sweep.arms({}, stage=i)
-              for label in (a.label, *a.aliases)]
-    return labels + (["final"] if sweep.file.search.final else [])
+    from rayclf.sweep.strategies.registry import create_search
+
+    return create_search(sweep).labels()
 
 
 def check_reported(sweep: Sweep) -> None:
@@ -584,19 +572,9 @@ def describe_file(path: str | Path) -> str:
     path = Path(path)
     data = read_yaml(path)
     if is_sweep_file(data):
-        sweep = parse_sweep(data, path)
-        n_seeds = len(sweep.file.seeds)
-        if sweep.file.search.kind == "stages":
-            per_stage = [len(sweep.arms({}, stage=i)) for i in range(sweep.stage_count())]
-            extra = " + final" if sweep.file.search.final else ""
-            return (f"sweep '{sweep.name}': {sweep.stage_count()} stages of {per_stage} arms{extra} "
-                    f"× {n_seeds} seeds")
-        if sweep.file.search.kind == "bayes":
-            b = sweep.file.search.bayes
-            return (f"sweep '{sweep.name}': bayes (TPE), {b.num_samples} proposals × {n_seeds} seeds = "  # type: ignore[union-attr]
-                    f"up to {b.num_samples * n_seeds} trials")  # type: ignore[union-attr]
-        arms = sweep.arms()
-        return f"sweep '{sweep.name}': {len(arms)} arms × {n_seeds} seeds = {len(arms) * n_seeds} trials"
+        from rayclf.sweep.strategies.registry import create_search
+
+        return create_search(parse_sweep(data, path)).describe()
     cfg = build_config(data)
     return f"trial config: model {cfg.model.name}, data {cfg.data.name}, {cfg.train.epochs} epochs"
 

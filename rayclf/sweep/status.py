@@ -199,7 +199,7 @@ def status_lines(st: Status) -> list[str]:
             lines.append(f"{str(r.get('label') or r.get('arm') or r['trial_id'])[:44]:<44} {r.get('seed', ''):>4} "
                          f"{r.get('epoch', 0)}/{r.get('epochs', '?'):>3}  {r.get('node') or ''}".rstrip())
     if st.arms:
-        lines += ["", format_table(st.arms, data.metric, effects=data.ablation), "",
+        lines += ["", format_table(st.arms, data.metric, effects=data.effects_against_baseline), "",
                   f"{'cost per arm':<44} {'params':>12} {'s/epoch':>8} {'trial-h':>8}"]
         lines += [f"{r.arm[:44]:<44} {p:>12} {s:>8} {h:>8}" for r in st.arms for p, s, h in [cost_text(r)]]
     if st.decisions:
