@@ -190,20 +190,17 @@ def test_an_arm_rule_registered_here_is_checked_like_a_built_in(registered):
 
 
 # ----------------------------------------------------------------------------- built-in facts
-def test_the_arm_board_comes_from_the_rule(tmp_path):
-    """asha / median build the board ``runner._arm_board`` builds today; fifo and racing none."""
-    from rayclf.sweep.runner import _arm_board
-
+def test_the_rungs_come_from_the_rule():
+    """asha and median bring their rungs and cutoffs; fifo and racing stop nothing inside a Tune run."""
     spec = {"name": "b", "base": BASE, "seeds": [0, 1, 2], "search": {"grid": {"optim.lr": [0.01, 0.1]}}}
-    for name, board in [("fifo", False), ("racing", False), ("asha", True), ("median", True)]:
-        sweep = parse_sweep({**spec, "scheduler": {"name": name}})
-        run = fake_run(sweep, str(tmp_path / name))
-        trials = sweep.trials(sweep.arms())
-        got = create_arm_rule(sweep).board(run, trials, 2, {})
-        want = _arm_board(run, 2, trials, {})
-        assert (got is not None) == board and (want is not None) == board
-        if board:
-            assert got.rule == want.rule and got.plan == want.plan and got.mode == want.mode
+    rungs = {}
+    for name in ("fifo", "racing", "asha", "median"):
+        sched = {"name": name, **({"grace_period": 1} if name in ("asha", "median") else {})}
+        rule = create_arm_rule(parse_sweep({**spec, "scheduler": sched})).rung_rule(8)
+        rungs[name] = (rule.name, rule.rungs, rule.cutoff([0.2, 0.4, 0.6]))
+    assert rungs["fifo"] == ("fifo", [], None) and rungs["racing"] == ("racing", [], None)
+    assert rungs["asha"][:2] == ("asha", [1, 2, 4]) and rungs["asha"][2] == pytest.approx(0.4)
+    assert rungs["median"] == ("median", [1, 2, 3, 4, 5, 6, 7], pytest.approx(0.4))
 
 
 def test_builtin_strategies_state_the_facts_other_modules_ask():
@@ -223,10 +220,8 @@ def test_builtin_strategies_state_the_facts_other_modules_ask():
 # ----------------------------------------------------------------------------- structure
 NAMES = {"grid", "random", "bayes", "ablation", "stages", "fifo", "asha", "median", "racing"}
 STRATEGIES = ROOT / "sweep" / "strategies"
-# The Tune side, being rewritten by the lead (one Tuner.fit() per sweep): runner._arm_board / _search,
-# schedulers.RungRule, callbacks, session. The lead removes these entries when they ask the arm rule instead
-# (``create_arm_rule(sweep).board(...)``, the rule's own rung logic).
-TUNE_SIDE = {"sweep/runner.py", "sweep/schedulers.py", "sweep/callbacks.py", "sweep/session.py"}
+# The Tune side (session, schedulers, callbacks) asks the arm rule too: its rungs come from ``ArmRule.rung_rule``.
+TUNE_SIDE: set[str] = set()
 # Same words, other vocabularies: a flip augmentation's mode.
 OTHER_VOCABULARY = {("data/augment.py", "random")}
 

@@ -26,7 +26,7 @@ from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.plan import DRIVER_RESOURCE, unmet_resources
 from rayclf.sweep.session import TuneSession, storage_path
 from rayclf.sweep.spec import Sweep, dump_sweep
-from rayclf.tracking import TrackingSettings, resolve_settings
+from rayclf.tracking import resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
 

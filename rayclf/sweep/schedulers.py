@@ -41,7 +41,9 @@ from rayclf.sweep.trialspec import TrialSpec
 
 @dataclass
 class RungRule:
-    """Where decisions are taken (epochs) and how: ``asha`` (quantile cutoff) or ``median``."""
+    """Where per-arm decisions are taken (epochs) and the cutoff there. This base takes none (an arm rule that
+    stops nothing inside a Tune run: the board then only counts slots); each rung-stopping arm rule
+    (``rayclf.sweep.strategies.arm_rules``) brings its own subclass."""
 
     name: str
     rungs: list[int]
@@ -50,26 +52,51 @@ class RungRule:
 
     def cutoff(self, others: list[float]) -> float | None:
         """The score (higher is better) an arm must reach at a rung, given the other arms there; None: no rule
-        applies yet (ASHA: no other arm; median: fewer than ``min_arms``)."""
-        if self.name == "asha":
-            return float(np.percentile(others, (1 - 1 / self.reduction_factor) * 100)) if others else None
-        return float(np.median(others)) if len(others) >= self.min_arms else None
+        applies (yet)."""
+        return None
 
     def describe(self, n_others: int) -> str:
-        if self.name == "asha":
-            return f"the top 1/{self.reduction_factor:g} cutoff"
-        return f"the median of {n_others} other arms"
+        return "no cutoff"
 
 
-def rung_rule(name: str, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> RungRule:
-    """ASHA rungs at grace·rf^k below ``max_epochs``; the median rule decides at every epoch from ``grace``."""
-    if name == "asha":
+class QuantileRungs(RungRule):
+    """ASHA: rungs at grace·rf^k below the last epoch; an arm below the top 1/rf of the others there stops."""
+
+    @classmethod
+    def at(cls, name: str, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> RungRule:
         rungs, r = [], float(grace)
         while r < max_epochs:
             rungs.append(round(r))
             r *= reduction_factor
-        return RungRule(name, sorted(set(rungs)), reduction_factor)
-    return RungRule(name, list(range(grace, max_epochs)), reduction_factor, min_arms)
+        return cls(name, sorted(set(rungs)), reduction_factor, min_arms)
+
+    def cutoff(self, others: list[float]) -> float | None:
+        return float(np.percentile(others, (1 - 1 / self.reduction_factor) * 100)) if others else None
+
+    def describe(self, n_others: int) -> str:
+        return f"the top 1/{self.reduction_factor:g} cutoff"
+
+
+class MedianRungs(RungRule):
+    """The median rule: every epoch from grace on; an arm worse than the median of ``min_arms`` or more others
+    stops."""
+
+    @classmethod
+    def at(cls, name: str, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> RungRule:
+        return cls(name, list(range(grace, max_epochs)), reduction_factor, min_arms)
+
+    def cutoff(self, others: list[float]) -> float | None:
+        return float(np.median(others)) if len(others) >= self.min_arms else None
+
+    def describe(self, n_others: int) -> str:
+        return f"the median of {n_others} other arms"
+
+
+def rung_rule(name: str, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> RungRule:
+    """The rung rule of the registered arm rule ``name`` (no rung for one that stops nothing in a run)."""
+    from rayclf.sweep.strategies.registry import arm_rule_class
+
+    return arm_rule_class(name).rungs(grace, reduction_factor, max_epochs, min_arms)
 
 
 def _never() -> bool:

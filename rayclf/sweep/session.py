@@ -28,6 +28,7 @@ from rayclf.sweep.plan import concurrency, driver_resources, trial_resources
 from rayclf.sweep.resume import find_checkpoints
 from rayclf.sweep.rows import trial_row
 from rayclf.sweep.spec import Sweep, Trial
+from rayclf.sweep.strategies import create_arm_rule
 from rayclf.sweep.trialspec import TrialSpec
 from rayclf.tracking import TrackingSettings
 
@@ -130,16 +131,12 @@ def _trainable(sweep: Sweep, cluster: dict[str, float]) -> tuple[Any, bool]:
 
 
 def _arm_board(run: SweepRun, max_epochs: int) -> Any:
-    """The run's board: arm-level early stopping (asha / median over all of an arm's seeds), or, for other
-    rules, a board with no rung that only does the run's slot accounting. It takes no decision once a stop
-    was asked for."""
-    from rayclf.sweep.schedulers import ArmBoard, RungRule, rung_rule
+    """The run's board: the arm rule's rungs (asha / median decide there on all of an arm's seeds; other rules
+    have none, and the board only does the run's slot accounting). It takes no decision once a stop was asked
+    for."""
+    from rayclf.sweep.schedulers import ArmBoard
 
-    s = run.sweep.file.scheduler
-    if s.name in ("asha", "median"):
-        rule = rung_rule(s.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
-    else:
-        rule = RungRule(s.name, [])
+    rule = create_arm_rule(run.sweep).rung_rule(max_epochs)
     board = ArmBoard(rule, run.mode, run.sweep.file.metric, log=run.log)
     board.halted = run.stop.is_set
     return board

@@ -4,7 +4,6 @@ paired test stops giving seeds to worse arms: ``rayclf.sweep.racing``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rayclf.config import UserError
@@ -53,26 +52,28 @@ class RungStopRule(OneRound):
                 f"{self.spec.grace_period}), every seed of a stopped arm stops together, seeds not yet started "
                 "never start")
 
-    def board(self, run: SweepRun, trials: list[Trial], max_epochs: int, histories: Mapping[str, Any]) -> Any:
-        """Rebuilt from the decision log and every seed's stored epochs; it takes no decision once a stop was
-        asked for (Ctrl-C)."""
-        from rayclf.sweep.schedulers import ArmBoard, replay, rung_rule
-
-        s, file = self.spec, self.sweep.file
-        rule = rung_rule(self.name, s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
-        board = ArmBoard(rule, file.mode or "max", file.metric)
-        board.halted = run.stop.is_set
-        return replay(board, trials, run.store, run.log, dict(histories), run.rerun_stopped)
 
 
 @register_arm_rule("asha")
 class AshaRule(RungStopRule):
     """ASHA: at each rung an arm below the top 1/reduction_factor of the arms recorded there stops."""
 
+    @classmethod
+    def rungs(cls, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> Any:
+        from rayclf.sweep.schedulers import QuantileRungs
+
+        return QuantileRungs.at(cls.name, grace, reduction_factor, max_epochs, min_arms)
+
 
 @register_arm_rule("median")
 class MedianRule(RungStopRule):
     """The median rule: an arm worse than the median of the other arms at an epoch stops."""
+
+    @classmethod
+    def rungs(cls, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> Any:
+        from rayclf.sweep.schedulers import MedianRungs
+
+        return MedianRungs.at(cls.name, grace, reduction_factor, max_epochs, min_arms)
 
 
 @register_arm_rule("racing")

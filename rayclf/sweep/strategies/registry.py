@@ -210,12 +210,18 @@ class ArmRule:
         skipped as already done."""
         return run.run(self.sweep.trials(arms), order)
 
-    def board(self, run: SweepRun, trials: list[Trial], max_epochs: int,
-              histories: Mapping[str, Any]) -> Any:
-        """The arm-level early-stopping board (``schedulers.ArmBoard``) Tune's scheduler shares, rebuilt from
-        the decision log and every seed's stored epochs (``histories``: trial id → checkpointed history), or
-        None when the rule stops nothing inside a Tune run."""
-        return None
+    @classmethod
+    def rungs(cls, grace: int, reduction_factor: float, max_epochs: int, min_arms: int = 2) -> Any:
+        """Where and how the rule stops whole arms inside a Tune run (a ``schedulers.RungRule``); the base
+        stops nothing there (no rung)."""
+        from rayclf.sweep.schedulers import RungRule
+
+        return RungRule(cls.name, [], reduction_factor, min_arms)
+
+    def rung_rule(self, max_epochs: int) -> Any:
+        """The run's rung rule, for trials of up to ``max_epochs`` epochs."""
+        s = self.spec
+        return self.rungs(s.grace_period, s.reduction_factor, s.max_epochs or max_epochs, s.min_arms)
 
 
 def register_arm_rule(name: str) -> Callable[[R], R]:
