@@ -382,3 +382,23 @@ def test_an_interrupted_sweep_publishes_nothing(fake_sweeps, tmp_path):
     assert res.exit_code == 130 and "sweep interrupted" in res.output, res.output
     assert fake_sweeps["published"] == [] and not (tmp_path / "wb").exists()
     assert len(stored_rows(tmp_path / "o")) == 2  # there was something to publish
+
+
+# ----------------------------------------------------------------------------- end to end, on Ray
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_a_search_kind_and_an_arm_rule_registered_here_run_from_the_cli_on_ray(registered, ray_local, tmp_path):
+    """``rayclf sweep`` with this file's kind and rule: real training in one Tune run, rows, winner, report."""
+    f, out = tmp_path / "fa.yaml", tmp_path / "out"
+    f.write_text(yaml.safe_dump({**first_arm_file(), "scheduler": {"name": "screen"}}))
+    res = CliRunner().invoke(main, ["sweep", str(f), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "staged winner: lr=0.01" in res.output
+    from rayclf.results import ResultsStore
+
+    status = {(r["arm"], r["seed"]): r["status"] for r in ResultsStore(str(out)).trials}
+    assert len(status) == 6 and list(status.values()).count("eliminated") == 1
+    assert all(status[(a, 0)] == "completed" for a in ("lr=0.01", "lr=0.05", "lr=0.2"))
+    assert len(list((out / "_ray").glob("run-*"))) == 1  # seed 0, then the kept arms' seed 1: one Tune run
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
