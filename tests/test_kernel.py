@@ -302,3 +302,16 @@ def test_racing_that_could_never_test_is_refused():
     doc = {**ablation(seeds=(0, 1)), "scheduler": {"name": "racing", "first_round": 2}}
     with pytest.raises(ConfigError, match="never tests"):
         parse_sweep(doc)
+
+
+def test_a_carried_winner_that_wins_again_is_named_where_the_table_shows_it(tmp_path):
+    """Stage 2's dropout=0.1 is stage 1's winner's own config (the base's dropout): trained once, in stage 1, so
+    the table shows it under its stage-1 label, and the summary says so when it wins again."""
+    spec = {"name": "stg", "base": _base(), "seeds": [0, 1],
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.02, 0.05]}},
+                                  {"name": "drop", "vary": {"model.dropout": [0.1, 0.9]}}]}}
+    outcome = execute(fake_run(parse_sweep(spec), str(tmp_path / "o")))
+    assert outcome.winner is not None and outcome.winner.label == "drop:dropout=0.1"
+    assert "drop:dropout=0.1" not in {r["arm"] for r in outcome.rows}
+    assert ("staged winner: drop:dropout=0.1 (shown as lr:lr=0.05: the same config, trained once)"
+            in outcome.summary_text())

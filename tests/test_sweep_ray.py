@@ -182,3 +182,5 @@ def test_staged_sweep_carries_each_winner_and_reruns_the_final(ray_local, tmp_pa
     assert rows["final"]["config.model.widths"] == rows[width_winner]["config.model.widths"]
     assert rows["final"]["epochs"] == 2 and rows["final"]["stage"] == 2
     assert outcome.winner is not None and outcome.winner.label == width_winner
+    if width_winner == "width:widths=8/16":  # the carried stage-1 winner: the summary says where its row is
+        assert "(shown as lr:lr=0.1: the same config, trained once)" in outcome.summary_text()

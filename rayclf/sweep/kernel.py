@@ -90,6 +90,15 @@ class SweepOutcome:
     aliased: list[Arm] = field(default_factory=list)
     tracking: Any = None  # the run's W&B settings: the CLI publishes the sweep-level summary with them
 
+    def _shown_as(self, arm: Arm) -> str:
+        """Where the table shows an arm whose config an earlier stage trained under another label."""
+        labels = {r["arm"] for r in self.rows}
+        if arm.label in labels:
+            return ""
+        arm_id = self.sweep.arm_id(arm)
+        first = next((r["arm"] for r in self.rows if r.get("arm_id") == arm_id), None)
+        return f" (shown as {first}: the same config, trained once)" if first else ""
+
     def summary_text(self) -> str:
         stats = arm_table(self.rows, self.sweep.file.mode or "max", value_key(self.sweep.file.rank_by))
         effects = search_class(self.sweep.file.search.kind).effects_against_baseline  # as the report has
@@ -102,7 +111,7 @@ class SweepOutcome:
         for arm in self.aliased:
             lines.append(f"{alias_note(arm)} (trained once, shown once)")
         if self.winner is not None:
-            lines.append(f"staged winner: {self.winner.label} {self.winner.overrides}")
+            lines.append(f"staged winner: {self.winner.label}{self._shown_as(self.winner)} {self.winner.overrides}")
         lines.append(f"results: {join(self.out, TRIALS)}")
         return "\n".join(lines)
 
