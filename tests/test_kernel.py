@@ -315,3 +315,21 @@ def test_a_carried_winner_that_wins_again_is_named_where_the_table_shows_it(tmp_
     assert "drop:dropout=0.1" not in {r["arm"] for r in outcome.rows}
     assert ("staged winner: drop:dropout=0.1 (shown as lr:lr=0.05: the same config, trained once)"
             in outcome.summary_text())
+
+
+def test_more_proposals_for_a_decided_bayes_stage_are_refused_before_any_trains(tmp_path):
+    bayes = {"num_samples": 2, "batch": 2, "startup": 2, "params": {"model.dropout": {"uniform": [0.0, 0.3]}}}
+    spec = {"name": "sb", "base": _base(), "seeds": [0],
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.02, 0.05]}}, {"name": "reg", "bayes": bayes}]}}
+    out = str(tmp_path / "o")
+    execute(fake_run(parse_sweep(spec), out))
+    more = copy.deepcopy(spec)
+    more["search"]["stages"][1]["bayes"]["num_samples"] = 4
+    runner = FakeTrials()
+    with pytest.raises(UserError, match=r"stage reg .* decided \(winner reg:bayes-\d\) on 2 bayes proposals; the "
+                                        r"file now asks for 4.*--redecide reg"):
+        execute(fake_run(parse_sweep(more), out, runner))
+    assert all(not ids for ids in runner.calls)  # nothing trained
+    runner = FakeTrials()
+    outcome = execute(fake_run(parse_sweep(more), out, runner, redecide=("reg",)))
+    assert sum(map(len, runner.calls)) == 2 and len(outcome.rows) == 6  # the 2 new proposals, then decided

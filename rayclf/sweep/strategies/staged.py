@@ -207,6 +207,20 @@ def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
     return winner
 
 
+def _refuse_more_proposals(run: SweepRun, i: int) -> None:
+    """A decided bayes stage whose file now asks for more proposals: refused before any of them trains (the
+    winner check after the proposals would refuse too, but only once they had cost their training)."""
+    logged = run.log.get(WINNER, str(i))
+    asked = run.sweep.file.search.stages[i].bayes.num_samples  # type: ignore[index, union-attr]
+    made = sum(1 for d in run.log.of_kind(PROPOSAL) if d.key.split("/", 1)[0] == str(i))
+    if logged is not None and asked > made:
+        label = run.sweep.stage_label(i)
+        raise UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on {made} "
+                        f"bayes proposals; the file now asks for {asked}. Its winner and every later stage would "
+                        f"change: pass --redecide {label} to decide it again with the new proposals, or undo the "
+                        "edit.")
+
+
 def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
     """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
     from rayclf.sweep.bayes import run_bayes
@@ -214,6 +228,7 @@ def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, l
 
     sweep = run.sweep
     view = sweep.bayes_stage(i, carried)
+    _refuse_more_proposals(run, i)
 
     def run_batch(batch: list[Arm], seen: list[Arm]) -> int:
         return run_arms(run, sweep.place(batch, i, carried), sweep.place(seen, i, carried))
