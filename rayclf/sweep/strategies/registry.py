@@ -139,13 +139,17 @@ def search_names(keyed: bool = True) -> list[str]:
     return [n for n, c in _SEARCHES.items() if c.keyed or not keyed]
 
 
-def search_class(kind: str) -> type[SearchStrategy]:
+def _lookup(registry: dict[str, Any], name: str, what: str, choices: list[str]) -> Any:
+    """A registered class by name, or the usual error: the bad value, the choices, the closest one."""
     _load_builtins()
-    if kind not in _SEARCHES:
-        hint = closest(kind, _SEARCHES)
-        raise ConfigError(f"'search' kind {kind!r} is not registered; choose one of: {', '.join(search_names())}."
-                          + (f" Did you mean '{hint}'?" if hint else ""))
-    return _SEARCHES[kind]
+    if name not in registry:
+        hint = closest(name, registry)
+        raise ConfigError(f"{what}; choose one of: {', '.join(choices)}." + (f" Did you mean '{hint}'?" if hint else ""))
+    return registry[name]
+
+
+def search_class(kind: str) -> type[SearchStrategy]:
+    return _lookup(_SEARCHES, kind, f"'search' kind {kind!r} is not registered", search_names())
 
 
 def create_search(sweep: Sweep) -> SearchStrategy:
@@ -241,12 +245,7 @@ def arm_rule_names() -> list[str]:
 
 
 def arm_rule_class(name: str) -> type[ArmRule]:
-    _load_builtins()
-    if name not in _ARM_RULES:
-        hint = closest(name, _ARM_RULES)
-        raise ConfigError(f"'scheduler.name' = {name!r} is not allowed; choose one of: {', '.join(_ARM_RULES)}."
-                          + (f" Did you mean '{hint}'?" if hint else ""))
-    return _ARM_RULES[name]
+    return _lookup(_ARM_RULES, name, f"'scheduler.name' = {name!r} is not allowed", arm_rule_names())
 
 
 def create_arm_rule(sweep: Sweep) -> ArmRule:
