@@ -144,7 +144,8 @@ def _lookup(registry: dict[str, Any], name: str, what: str, choices: list[str]) 
     _load_builtins()
     if name not in registry:
         hint = closest(name, registry)
-        raise ConfigError(f"{what}; choose one of: {', '.join(choices)}." + (f" Did you mean '{hint}'?" if hint else ""))
+        raise ConfigError(f"{what}; choose one of: {', '.join(choices)}."
+                          + (f" Did you mean '{hint}'?" if hint else ""))
     return registry[name]
 
 
