@@ -33,6 +33,7 @@ from rayclf.sweep.strategies import (
 from rayclf.sweep.strategies import registry as reg
 
 from .fake_runner import FakeTrials, fake_run
+from .test_structure import all_imports
 
 ROOT = Path(__file__).resolve().parents[1] / "rayclf"
 BASE = {"data": {"name": "synthetic", "synthetic": {"num_train": 64, "num_test": 32, "num_classes": 4,
@@ -277,18 +278,11 @@ ok = kind == "l1" or {"lr": 1} or Literal["random", "alternate"]
         (2, "ablation"), (3, "asha"), (3, "median"), (4, "racing"), (5, "bayes"), (6, "stages"), (7, "grid")]
 
 
-def _rayclf_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    return {n for n in names if n.startswith("rayclf")}
-
-
 def test_the_sweep_layer_does_not_import_the_report():
     """Data flows one way: the sweep writes results, the report reads them (the CLI runs one, then the other),
     even through lazy imports."""
     for path in (ROOT / "sweep").rglob("*.py"):
-        assert not [m for m in _rayclf_imports(path) if m.startswith("rayclf.report")], path.name
+        assert not [m for m in all_imports(path) if m.startswith("rayclf.report")], path.name
 
 
 def test_importing_and_using_the_sweep_layer_loads_no_report_module():
