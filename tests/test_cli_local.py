@@ -173,3 +173,19 @@ def test_train_shows_a_progress_bar_inside_each_epoch_on_a_terminal_only(tmp_pat
     assert "epoch   2/2 | train loss" in text  # the per-epoch line stays
     piped = CliRunner().invoke(main, ["train", str(cfg), "--out", str(tmp_path / "pipe")])
     assert piped.exit_code == 0 and "━" not in piped.output and "epoch   1/2 | train loss" in piped.output
+
+
+def test_a_sweep_over_ray_client_is_refused_with_the_ways_that_work(tmp_path, monkeypatch):
+    """Tune's loop must run beside the sweep's strategy, store and decision log: ray:// would move it away."""
+    from click.testing import CliRunner
+
+    from rayclf.cli import main
+
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nsearch: {grid: {optim.lr: [0.1, 0.01]}}\n")
+    res = CliRunner().invoke(main, ["sweep", str(f), "--out", str(tmp_path / "o"), "--address", "ray://head:10001"])
+    assert res.exit_code == 2 and "ray job submit --address http://head:8265" in res.output, res.output
+    assert "--address head:6379" in res.output and not (tmp_path / "o").exists()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.5:10001")
+    res = CliRunner().invoke(main, ["sweep", str(f), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "Ray Client (ray://)" in res.output and not (tmp_path / "o").exists()

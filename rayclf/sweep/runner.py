@@ -139,6 +139,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
 
     from rayclf.sweep.preflight import Preflight
 
+    _refuse_ray_client(address)
     out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, bool(redecide))
     started = False
     try:
@@ -168,6 +169,18 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             ray.shutdown()
     outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
     return outcome
+
+
+def _refuse_ray_client(address: str | None) -> None:
+    """Ray Client (``ray://``) would run Tune's loop on the cluster, away from this driver's strategy thread,
+    results store and decision log, which take their turns with it: the sweep driver must run where Tune runs."""
+    target = address or os.environ.get("RAY_ADDRESS", "")
+    if target.startswith("ray://"):
+        host = target.removeprefix("ray://").split(":", 1)[0]
+        raise UserError(f"--address {target}: a sweep's driver runs where Tune runs, and Ray Client (ray://) runs "
+                        f"Tune on the cluster. Submit the sweep as a job there (ray job submit --address "
+                        f"http://{host}:8265 -- rayclf sweep FILE --out s3://...), or run it on a machine in the "
+                        f"cluster's network with --address {host}:6379.")
 
 
 def _no_session(run: SweepRun, trials: list, order: list) -> int:
