@@ -85,3 +85,15 @@ def test_the_strategy_decides_inside_the_last_trials_callback(tmp_path):
     _, tune, session = _one_run(_staged({"name": "fifo"}, [0]), out, 2)
     handed = [h for h, _ in tune.handouts]
     assert len(handed) == 6 and session.steps.idle
+
+
+def test_a_later_stage_that_trains_longer_gets_rungs_that_reach_its_epochs(tmp_path):
+    sweep = parse_sweep({
+        "name": "longer", "base": tiny(train={"epochs": 2}), "seeds": [0],
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.01, 0.03]}},
+                              {"name": "len", "vary": {"train.epochs": [4, 8]}}]}})
+    _, tune, session = _one_run(sweep, str(tmp_path / "out"), 2)
+    rungs = {t.config["trial"].arm: t.config["trial"].rungs for t in tune.trials}
+    assert rungs["lr:lr=0.01"] == (1,) and rungs["len:epochs=8"] == (1, 2, 4)
+    assert session.queue.board.rule.rungs == [1, 2, 4]

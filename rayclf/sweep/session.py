@@ -157,6 +157,7 @@ class TuneSession:
         self.recorder: Any = None
         self.view: Any = None
         self.slots = 0
+        self.longest = 0  # the most epochs of any trial released so far: the rungs reach that far
         self.fits = 0  # Tune runs started (one, or none when nothing is left to train)
 
     # ---------------------------------------------------------------------------- strategy thread
@@ -208,15 +209,19 @@ class TuneSession:
         from rayclf.sweep.schedulers import replay
 
         run = self.run
+        longest = max(t.config.total_epochs() for t in todo)
         if self.queue.board is None:
             self.slots = self._slots()
-            self.queue.board = _arm_board(run, max(t.config.total_epochs() for t in todo))
+            self.queue.board = _arm_board(run, longest)
             self.queue.board.slots = self.slots
             self.recorder = Recorder(run.store, run.sweep.file.metric, run.mode, storage=run.out,
                                      board=self.queue.board, stop=run.stop, on_recorded=self.steps.done)
             self.view = LiveView(0, run.sweep.file.metric, run.mode, terminal=None if run.live else False,
                                  slots=self.slots or len(todo), stream=None if run.live else _Discard())
         board = self.queue.board
+        if longest > self.longest:  # a later stage trains longer: its rungs reach further (earlier ones stay)
+            board.rule = create_arm_rule(run.sweep).rung_rule(longest)
+        self.longest = max(self.longest, longest)
         if board.rule.rungs:
             replay(board, trials, run.store, run.log, histories, run.rerun_stopped)
         else:
