@@ -98,9 +98,11 @@ def _dataset(cfg: Any) -> Any:
 def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, device: str | None,
               extra: dict[str, Any]) -> None:
     """Build the trial, continue from ``checkpoint`` if any, train it, report every epoch through ``send``."""
+    from rayclf.sweep.warm import fit_threads
     from rayclf.tracking import TrackingSettings, WandbReporter
     from rayclf.train.engine import MultiReporter, fit
 
+    fit_threads()  # a preloaded torch (warm start) sized its threads before Ray set this trial's
     cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto" and device is not None:
         cfg.train.device = device
