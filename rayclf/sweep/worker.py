@@ -102,7 +102,7 @@ def run_trial(trial: dict[str, Any], send: Send, checkpoint: Any, rank: int, dev
     from rayclf.tracking import TrackingSettings, WandbReporter
     from rayclf.train.engine import MultiReporter, fit
 
-    fit_threads()  # a preloaded torch (warm start) sized its threads before Ray set this trial's
+    fit_threads()  # torch sized its threads on import, before Ray set this trial's OMP_NUM_THREADS
     cfg = build_config(dict(trial["config"]))
     if cfg.train.device == "auto" and device is not None:
         cfg.train.device = device
