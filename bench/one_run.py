@@ -20,6 +20,8 @@ first trial trains.
 
 Usage: ``python -m bench.one_run --part staged|overhead|bayes [--repeat N] [--out FILE]``; each part prints one
 ``SUMMARY`` line and writes ``bench/results/one_run-<part>-cpu-2core.json`` unless ``--out`` says otherwise.
+``RAYCLF_BENCH_TREE=/path/to/checkout`` runs that checkout's rayclf instead of this one's (a "before" figure);
+``RAYCLF_WARM_START=0`` turns the warm start off.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     """Time one whole ``rayclf sweep`` command of this tree; read its trials back."""
     import pandas as pd
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))  # another checkout's rayclf (e.g. main, for "before")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "rayclf.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", str(SLOTS)]
     start = time.time()
@@ -57,13 +60,12 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     trials = pd.read_parquet(out / "trials.parquet")
-    parts = sorted(p.stat().st_mtime for p in (out / "trials.parquet").rglob("*.parquet"))
     done = trials[trials["status"] == "completed"]
     seconds = float(done["seconds"].sum())
-    first = None
-    if parts and len(done):
-        # the first recorded trial finished at parts[0]; it trained for about its own seconds before that
-        first = parts[0] - start - float(done["seconds"].min())
+    # a trial's part (named by its id) is written when it finishes; it trained for its own seconds before that
+    parts = {p.stem: p.stat().st_mtime for p in (out / "trials.parquet").glob("*.parquet")}
+    began = [parts[t] - s for t, s in zip(done["trial_id"], done["seconds"], strict=True) if t in parts]
+    first = min(began) - start if began else None
     runs = sorted(p.name for p in (out / "_ray").glob("run-*") if p.is_dir()) if (out / "_ray").is_dir() else []
     return {"file": sweep_file.name, "trials": len(trials), "completed": len(done), "wall_s": wall,
             "trial_seconds_sum": seconds, "slots": SLOTS, "fixed_overhead_s": wall - seconds / SLOTS,
@@ -169,7 +171,9 @@ def main() -> None:
     record: dict[str, Any] = {"part": args.part, "label": args.label, "commit": git.strip(),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "device": device_name("cpu"), "ray": ray.__version__, "torch": torch.__version__,
-                              "cpus": os.cpu_count(), "load_at_start": load()}
+                              "cpus": os.cpu_count(), "load_at_start": load(),
+                              "RAYCLF_WARM_START": os.environ.get("RAYCLF_WARM_START"),
+                              "RAYCLF_BENCH_TREE": os.environ.get("RAYCLF_BENCH_TREE")}
     record.update({"staged": staged, "overhead": overhead, "bayes": bayes}[args.part](tmp, args.repeat))
     out = args.out or ROOT / "bench" / "results" / f"one_run-{args.part}-cpu-2core.json"
     emit(record, out)
