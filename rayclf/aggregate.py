@@ -28,8 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scipy import stats as sps
-
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value) of the finite values."""
@@ -75,6 +73,8 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], mode: str 
         return PairedComparison(delta, None, None, n, note="1 pair")
     if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):
         return PairedComparison(delta, None, None, n, 0.0, NO_VARIANCE)
+    from scipy import stats as sps  # here, not at the top: the driver imports this module before Ray starts
+
     better = diffs if mode == "max" else [-d for d in diffs]  # > 0: a is better than b
     side = "less" if alternative == "worse" else "two-sided"
     with warnings.catch_warnings():  # scipy warns about ties and zeros on tiny samples; the p stands
@@ -104,6 +104,8 @@ def seeds_for_half_width(sd: float | None, half_width: float) -> int | None:
     difference with spread ``sd`` would be ± ``half_width``: t(0.975, n − 1)·sd/√n ≤ half_width."""
     if sd is None or sd <= 0 or half_width <= 0:
         return None
+    from scipy import stats as sps
+
     n = max(2, math.ceil((sps.norm.ppf(0.975) * sd / half_width) ** 2))  # t > z: the answer is at least this
     while sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n) > half_width:
         n += 1
@@ -173,6 +175,8 @@ def ci95(values: Sequence[float]) -> float | None:
     n = len(values)
     if n < 2:
         return None
+    from scipy import stats as sps
+
     _, sd = mean_std(values)
     return float(sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 

@@ -18,6 +18,7 @@ from typing import Any
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
+from rayclf.sweep import warm
 from rayclf.sweep.connect import connect
 from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
@@ -63,6 +64,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's result grid looks for the per-trial result files rayclf does not write: say nothing about it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    warm.share_idle_workers(warm.starts_local_instance(address))  # before the credentials are taken out
     _keep_credentials_out_of_ray()
     if ray.is_initialized():
         return False
@@ -70,7 +72,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
         connect(address, verbose)
         return False
     ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=verbose,
-             logging_level=level)
+             logging_level=level, **warm.init_options())
     return True
 
 

@@ -99,9 +99,11 @@ def _dataset(cfg: Any) -> Any:
 def run_trial(trial: TrialSpec, send: Send, checkpoint: Any, rank: int, device: str | None,
               extra: dict[str, Any]) -> None:
     """Build the trial, continue from ``checkpoint`` if any, train it, report every epoch through ``send``."""
+    from rayclf.sweep.warm import fit_threads
     from rayclf.tracking import TrackingSettings, WandbReporter
     from rayclf.train.engine import MultiReporter, fit
 
+    fit_threads()  # torch sized its threads on import, before Ray set this trial's OMP_NUM_THREADS
     cfg = build_config(dict(trial.config))
     if cfg.train.device == "auto" and device is not None:
         cfg.train.device = device

@@ -1,0 +1,79 @@
+"""The warm start's pieces, without starting Ray: which instance gets it, and Tune's environment copy restored."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayclf.sweep import warm
+
+
+@pytest.fixture
+def tune_env():
+    from ray.tune.execution import class_cache
+
+    saved = dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)
+    yield class_cache
+    class_cache.DEFAULT_ENV_VARS.clear()
+    class_cache.DEFAULT_ENV_VARS.update(saved[0])
+    class_cache.ENV_VARS_TO_PROPAGATE.clear()
+    class_cache.ENV_VARS_TO_PROPAGATE.update(saved[1])
+
+
+def test_local_instance_shares_idle_workers_and_a_cluster_keeps_tunes_environment(tune_env, monkeypatch):
+    monkeypatch.delenv("RAYCLF_WARM_START", raising=False)
+    before = dict(tune_env.DEFAULT_ENV_VARS), set(tune_env.ENV_VARS_TO_PROPAGATE)
+    assert before[1], "Tune copies some variables into its trial actors"
+    warm.share_idle_workers(local=True)  # no runtime env on the trial actors: they take pre-started workers
+    assert not tune_env.DEFAULT_ENV_VARS and not tune_env.ENV_VARS_TO_PROPAGATE
+    warm.share_idle_workers(local=False)  # a cluster's workers do not inherit the driver's environment
+    assert (dict(tune_env.DEFAULT_ENV_VARS), set(tune_env.ENV_VARS_TO_PROPAGATE)) == before
+    monkeypatch.setenv("RAYCLF_WARM_START", "0")
+    warm.share_idle_workers(local=True)
+    assert (dict(tune_env.DEFAULT_ENV_VARS), set(tune_env.ENV_VARS_TO_PROPAGATE)) == before
+
+
+def test_credentials_stay_out_after_a_local_run(tune_env, monkeypatch):
+    from rayclf.sweep.runner import SECRET_ENV_VARS, _keep_credentials_out_of_ray
+
+    warm.share_idle_workers(local=True)
+    warm.share_idle_workers(local=False)
+    _keep_credentials_out_of_ray()  # _start_ray's order: the restore first, then the credentials out
+    assert not set(SECRET_ENV_VARS) & tune_env.ENV_VARS_TO_PROPAGATE
+
+
+def test_preload_only_for_an_instance_this_driver_starts(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever other tests of this session started
+    monkeypatch.delenv("RAYCLF_WARM_START", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert warm.init_options()["_system_config"]["preload_python_modules"] == list(warm.PRELOAD)
+    assert warm.starts_local_instance(None) and not warm.starts_local_instance("ray://head:10001")
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")  # ray.init connects: no _system_config allowed there
+    assert warm.init_options() == {} and not warm.starts_local_instance(None)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setenv("RAYCLF_WARM_START", "0")
+    assert warm.init_options() == {}
+
+
+def test_preloaded_modules_exist():
+    import importlib.util
+
+    assert all(importlib.util.find_spec(m) is not None for m in warm.PRELOAD)
+
+
+def test_fit_threads_sizes_a_preloaded_torch_to_the_trials_cpus(monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        warm.fit_threads()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset or odd: leave torch alone
+        torch.set_num_threads(2)
+        warm.fit_threads()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
