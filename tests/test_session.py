@@ -97,3 +97,13 @@ def test_a_later_stage_that_trains_longer_gets_rungs_that_reach_its_epochs(tmp_p
     rungs = {t.config["trial"].arm: t.config["trial"].rungs for t in tune.trials}
     assert rungs["lr:lr=0.01"] == (1,) and rungs["len:epochs=8"] == (1, 2, 4)
     assert session.queue.board.rule.rungs == [1, 2, 4]
+
+
+def test_without_rungs_a_free_slot_never_waits_for_a_whole_arm(tmp_path):
+    """fifo hands out the next seed as soon as one slot frees (asha keeps an arm's seeds together for its
+    rungs): on 2 slots, 3 seeds per arm, a new arm's first seed starts while the other slot still trains."""
+    sweep = parse_sweep({"name": "ff", "base": tiny(train={"epochs": 2}), "seeds": [0, 1, 2],
+                         "search": {"grid": {"optim.lr": [0.01, 0.02, 0.03]}}})
+    _, tune, _ = _one_run(sweep, str(tmp_path / "out"), 2)
+    busy = [b for _, b in tune.handouts]
+    assert busy.count(0) == 1 and len(busy) == 9  # only the first seed found both slots idle

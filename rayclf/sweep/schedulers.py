@@ -425,8 +425,9 @@ class TrialQueue(Searcher):
         return True
 
     def _needs(self, arm: str) -> int:
-        """Free slots the next seed needs: one within the arm being handed out, else the whole arm's."""
-        if arm == self.current:
+        """Free slots the next seed needs: one within the arm being handed out, else the whole arm's (its
+        seeds reach each rung together); one when the rule has no rung (a slot never idles waiting)."""
+        if arm == self.current or not self.board.rule.rungs:
             return 1
         left = sum(1 for d in self.todo[self.next:] if d.arm_id == arm)
         return min(left, self.board.slots) if self.board.slots else 1
