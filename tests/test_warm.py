@@ -8,8 +8,10 @@ from rayclf.sweep import warm
 
 
 @pytest.fixture
-def tune_env():
+def tune_env(monkeypatch):
     from ray.tune.execution import class_cache
+
+    monkeypatch.setattr(warm, "_TUNE_ENV", None)  # what an earlier sweep in this process captured: not this test's
 
     saved = dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)
     yield class_cache
