@@ -44,6 +44,7 @@ class FakeTune:
         self.finished = False
         self.now = 0.0
         self.pauses: list[tuple[str, int]] = []
+        self.staged_in_hook = 0  # batches staged from a trial's completion hook (one per stage boundary)
         self.handouts: list[tuple[str, int]] = []  # (arm, trials holding a slot) as each trial was handed out
         self.checkpoints: dict[str, int] = {}  # trial id -> last checkpointed epoch
         self.history: dict[str, list[dict[str, Any]]] = {}
@@ -87,6 +88,15 @@ class FakeTune:
         t.status, t.clock = RUNNING, self.now
         for cb in self.callbacks:
             getattr(cb, "on_trial_start", lambda *a, **k: None)(0, self.trials, t)
+
+    # What rayclf's session calls on Ray Tune's controller from the scheduler's on_trial_complete (private in
+    # Tune): bring the strategy's next batch in and stage it before the ended trial's process is released.
+    def _maybe_update_trial_queue(self) -> None:
+        self.staged_in_hook += 1
+        self._ask()
+
+    def _maybe_add_actors(self) -> None:
+        self._start()
 
     def _start(self) -> None:
         chosen = self.scheduler.choose_trial_to_run(self)

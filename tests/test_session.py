@@ -45,7 +45,8 @@ def _one_run(sweep: Any, out: str, slots: int) -> tuple[Any, FakeTune, TuneSessi
     session.steps.start(lambda: execute(run))
     if session.steps.error is not None:
         raise session.steps.error
-    tune = FakeTune(session.queue, ArmScheduler(session.queue.board), _value, slots, [session.recorder])
+    tune = FakeTune(session.queue, ArmScheduler(session.queue.board, session._complete), _value, slots,
+                    [session.recorder])
     assert tune.run(), "the single run ended"
     session.steps.abort()
     return session.steps.outcome(), tune, session
@@ -63,6 +64,9 @@ def test_a_staged_sweep_runs_every_stage_in_one_tune_run(tmp_path, scheduler, se
     assert {a for a, _ in rows} == {"lr:lr=0.01", "lr:lr=0.02", "lr:lr=0.03", "width:widths=4/8",
                                     "width:widths=16/32", "final"}
     assert len(tune.trials) == 6 * len(seeds)  # every trial handed out once, in one run
+    # the next stage (and the final) is staged inside the completion of the stage's last trial, before Tune
+    # would release that trial's process for want of a staged trial
+    assert tune.staged_in_hook == 2
     winners = {d.key: d.label for d in DecisionLog(out).of_kind(WINNER)}
     assert winners == {"0": "lr:lr=0.03", "1": "width:widths=16/32"}
     assert rows[("final", 0)]["config.optim.lr"] == 0.03 and rows[("final", 0)]["epochs"] == 5

@@ -101,6 +101,8 @@ class Recorder(Callback):
         return self.stop is not None and self.stop.is_set()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial_info(trial).trial_id in self.rows:  # recorded already, from the scheduler's hook (session)
+            return
         summary = self.summaries.get(trial_info(trial).trial_id)
         if summary is None and self._interrupted():  # stopped by Ctrl-C: continues from its checkpoint
             return

@@ -73,6 +73,11 @@ class Lockstep:
         """Nothing queued and the strategy finished: no Tune run is needed (or the current one may end)."""
         return self._finished and not self._queue
 
+    @property
+    def queued(self) -> bool:
+        """Items wait for Tune (the strategy just released a batch)."""
+        return bool(self._queue)
+
     def abort(self) -> None:
         """Tune's run is over: a strategy still waiting for trials raises ``Aborted`` (unless stopping)."""
         with self._cv:

@@ -328,10 +328,14 @@ class ArmScheduler(FIFOScheduler):
     """Tune scheduler side of the arm-level rule: feeds the board, pauses a seed that reached an undecided
     rung first (arms with more seeds than slots), returns STOP for every seed of a stopped arm."""
 
-    def __init__(self, board: ArmBoard):
+    def __init__(self, board: ArmBoard, on_complete: Callable[[Any, Any], None] | None = None):
         super().__init__()
         self.board = board
+        self.on_complete = on_complete  # (controller, trial): a trial ended by itself (the session records it)
         self._supports_buffered_results = False  # a PAUSE must come at the rung's own result
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its scheduler with the tuner: no live links
+        return {**self.__dict__, "on_complete": None}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         info: TrialSpec = trial.config["trial"]
@@ -360,6 +364,8 @@ class ArmScheduler(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._ended(tune_controller, trial)
+        if self.on_complete is not None:
+            self.on_complete(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         self._ended(tune_controller, trial)

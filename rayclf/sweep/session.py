@@ -236,6 +236,19 @@ class TuneSession:
         """A queued seed of an arm stopped before it started: recorded, never trained."""
         self.recorder.record_unstarted(d, "stopped_early", why, rung)
 
+    def _complete(self, controller: Any, trial: Any) -> None:
+        """A trial ended by itself (Tune's scheduler hook, before Tune decides whether to keep its process):
+        recorded now, so a batch's last trial lets the strategy release the next batch here, and Tune stages it
+        at once; a process Tune sees no staged trial for is stopped (it keeps at most one idle), and a new one
+        costs its imports again. Tune has no public call for this; without those methods the next batch waits
+        for Tune's next step, as it would anyway."""
+        self.recorder.on_trial_complete(0, [], trial)
+        update = getattr(controller, "_maybe_update_trial_queue", None)
+        add = getattr(controller, "_maybe_add_actors", None)
+        if self.steps.queued and callable(update) and callable(add):
+            update()
+            add()
+
     def execute(self, strategy: Any) -> Any:
         """Run ``strategy`` (the kernel's ``execute``) with one Tune run fed by its batches; its result."""
         self.steps.start(strategy)
@@ -266,7 +279,7 @@ class TuneSession:
         # Tune keeps one trial pending for a searcher of its own (the queue counts slots itself): an autoscaler
         # would see the demand of one trial at a time. As many as may run, or Tune's autoscaling default.
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(self.slots or 200)
-        _tuner(run.sweep, trainable, in_process, self.queue, ArmScheduler(self.queue.board), self.slots,
+        _tuner(run.sweep, trainable, in_process, self.queue, ArmScheduler(self.queue.board, self._complete), self.slots,
                self.storage, callbacks, SweepStopper(run.stop)).fit()
 
 
