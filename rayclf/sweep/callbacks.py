@@ -101,7 +101,12 @@ class Recorder(Callback):
         return self.stop is not None and self.stop.is_set()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial_info(trial).trial_id in self.rows:  # recorded already, from the scheduler's hook (session)
+        self.ended(trial)
+
+    def ended(self, trial: Any) -> None:
+        """A trial ended by itself or was stopped by the scheduler: its one row. The session calls this from the
+        scheduler's hook, before Tune's callbacks; the second call then finds the row and does nothing."""
+        if trial_info(trial).trial_id in self.rows:
             return
         summary = self.summaries.get(trial_info(trial).trial_id)
         if summary is None and self._interrupted():  # stopped by Ctrl-C: continues from its checkpoint

@@ -65,10 +65,6 @@ class Lockstep:
         self._sleep_until(lambda: self._turn == "tune")
 
     @property
-    def finished(self) -> bool:
-        return self._finished
-
-    @property
     def idle(self) -> bool:
         """Nothing queued and the strategy finished: no Tune run is needed (or the current one may end)."""
         return self._finished and not self._queue

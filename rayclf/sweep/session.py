@@ -99,10 +99,9 @@ def _prepare_everywhere(trials: list[Trial], prepared: set[Any]) -> None:
     prepared |= set(todo)
 
 
-def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings | None,
+def _describe(sweep: Sweep, t: Trial, index: int, storage: str, tracking: TrackingSettings | None, res: Any,
               resume_from: str | None) -> TrialSpec:
-    """What a trial process needs, carried through Tune's trial config."""
-    res = trial_resources(sweep)
+    """What a trial process needs, carried through Tune's trial config (``res``: ``plan.trial_resources``)."""
     return TrialSpec.of(sweep, t, index, storage=storage, max_failures=sweep.file.max_failures,
                         tracking=tracking.to_dict() if tracking else {}, resume_from=resume_from, cpus=res.cpus,
                         gpus=res.gpus, num_workers=res.num_workers)
@@ -158,7 +157,6 @@ class TuneSession:
         self.view: Any = None
         self.slots = 0
         self.longest = 0  # the most epochs of any trial released so far: the rungs reach that far
-        self.fits = 0  # Tune runs started (one, or none when nothing is left to train)
 
     # ---------------------------------------------------------------------------- strategy thread
     def run_batch(self, run: SweepRun, trials: list[Trial], order: list[Trial]) -> int:
@@ -172,7 +170,8 @@ class TuneSession:
         self._check(todo)
         found = find_checkpoints(self.storage, {t.trial_id for t in todo})
         pos = {t.trial_id: i for i, t in enumerate(order)}
-        descriptions = [_describe(run.sweep, t, pos[t.trial_id], self.storage, run.tracking,
+        res = trial_resources(run.sweep)
+        descriptions = [_describe(run.sweep, t, pos[t.trial_id], self.storage, run.tracking, res,
                                   found[t.trial_id].uri if t.trial_id in found else None) for t in todo]
         metric = run.sweep.file.metric
         run.store.prepare([trial_row(d, "completed", "", None, [], metric, run.mode) for d in descriptions])
@@ -214,6 +213,7 @@ class TuneSession:
             self.slots = self._slots()
             self.queue.board = _arm_board(run, longest)
             self.queue.board.slots = self.slots
+            self.longest = longest
             self.recorder = Recorder(run.store, run.sweep.file.metric, run.mode, storage=run.out,
                                      board=self.queue.board, stop=run.stop, on_recorded=self.steps.done)
             self.view = LiveView(0, run.sweep.file.metric, run.mode, terminal=None if run.live else False,
@@ -242,7 +242,7 @@ class TuneSession:
         at once; a process Tune sees no staged trial for is stopped (it keeps at most one idle), and a new one
         costs its imports again. Tune has no public call for this; without those methods the next batch waits
         for Tune's next step, as it would anyway."""
-        self.recorder.on_trial_complete(0, [], trial)
+        self.recorder.ended(trial)
         update = getattr(controller, "_maybe_update_trial_queue", None)
         add = getattr(controller, "_maybe_add_actors", None)
         if self.steps.queued and callable(update) and callable(add):
@@ -275,7 +275,6 @@ class TuneSession:
             callbacks.append(PlacementGroupJanitor(self.recorder, {"CPU": res.cpus, "GPU": res.gpus},
                                                    res.num_workers))
         callbacks.append(LiveCallback(self.view, self.recorder, run.driver))
-        self.fits += 1
         # Tune keeps one trial pending for a searcher of its own (the queue counts slots itself): an autoscaler
         # would see the demand of one trial at a time. As many as may run, or Tune's autoscaling default.
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(self.slots or 200)
