@@ -180,11 +180,16 @@ def _check_logged_stage(run: SweepRun, i: int, arms: list[Arm]) -> Decision | No
         removed = [then.get(a) or a for a in then if a not in now]
         change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
                                        f"removed {', '.join(removed)}" if removed else "") if p)
-        label = run.sweep.stage_label(i)
-        raise UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on other "
-                        f"arms than the file now lists ({change}). Its winner and every later stage would change: "
-                        f"pass --redecide {label} to decide it again from the stored results, or undo the edit.")
+        raise _decided(run, i, logged, f"other arms than the file now lists ({change})", "from the stored results")
     return logged
+
+
+def _decided(run: SweepRun, i: int, logged: Decision, on: str, again: str) -> UserError:
+    """Stage ``i`` was decided on other inputs than the file now gives: the way out is --redecide."""
+    label = run.sweep.stage_label(i)
+    return UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on {on}. Its "
+                     f"winner and every later stage would change: pass --redecide {label} to decide it again "
+                     f"{again}, or undo the edit.")
 
 
 def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
@@ -214,11 +219,8 @@ def _refuse_more_proposals(run: SweepRun, i: int) -> None:
     asked = run.sweep.file.search.stages[i].bayes.num_samples  # type: ignore[index, union-attr]
     made = sum(1 for d in run.log.of_kind(PROPOSAL) if d.key.split("/", 1)[0] == str(i))
     if logged is not None and asked > made:
-        label = run.sweep.stage_label(i)
-        raise UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on {made} "
-                        f"bayes proposals; the file now asks for {asked}. Its winner and every later stage would "
-                        f"change: pass --redecide {label} to decide it again with the new proposals, or undo the "
-                        "edit.")
+        raise _decided(run, i, logged, f"{made} bayes proposals; the file now asks for {asked}",
+                       "with the new proposals")
 
 
 def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
