@@ -130,7 +130,7 @@ def test_sweep_from_zero_workers_scales_up_reuses_nodes_and_scales_down(cluster,
     assert cluster.wait_for_scale_down(60)  # starts from zero worker nodes
     head = _head_id()
     base = _base(3)
-    base["data"]["synthetic"]["num_train"] = 1600  # trials outlast a node's start: the second added node is used
+    base["data"]["synthetic"]["num_train"] = 3200  # trials outlast a node's start: the second added node is used
     spec = {"name": "autoscale", "base": base, "resources": {"cpus": 1, "gpus": 1},
             "search": {"grid": {"optim.lr": [0.05, 0.02, 0.01]}}}  # 3 trials, at most 2 nodes
     out = tmp_path / "as"
