@@ -58,6 +58,12 @@ class SweepResults:
         return self.data.metric
 
     @property
+    def reused(self) -> str | None:
+        """How many trials were taken from a trial cache instead of trained, and from where (None: none was);
+        the rows say which (``trials.reused_from``) and who trained them (``trials.provenance``)."""
+        return self.data.reused
+
+    @property
     def trials(self) -> pd.DataFrame:
         """One row per trial: identity, status, metrics, cost and the resolved config as ``config.*``."""
         return _frame(TRIALS, self.root)

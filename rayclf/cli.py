@@ -148,11 +148,17 @@ def validate(files: tuple[Path, ...]) -> None:
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
 @click.option("--redecide", multiple=True, metavar="STAGE",
               help="with --resume: decide this stage's winner (and every later stage) again from stored results")
+@click.option("--cache", metavar="DIR|s3://...",
+              help="trial cache: completed trials found there by trial id are reused instead of trained, trained "
+                   "ones are added (default: the sweep file's cache:, else $RAYCLF_CACHE, else none)")
+@click.option("--no-cache", is_flag=True, help="use no trial cache, whatever the file or RAYCLF_CACHE say")
+@click.option("--refresh", multiple=True, metavar="ARM",
+              help="train this arm again even if the trial cache holds it, and replace its entries (repeatable)")
 @user_errors
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
           calibrate: bool, price_per_hour: float | None, arms: tuple[str, ...], from_dir: str | None,
           overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool, wandb_mode: str | None,
-          redecide: tuple[str, ...]) -> None:
+          redecide: tuple[str, ...], cache: str | None, no_cache: bool, refresh: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.select import pick
     from rayclf.sweep.spec import load_sweep
@@ -166,7 +172,8 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
         from rayclf.sweep.plan import dry_run_text
 
         click.echo(dry_run_text(spec, address=address, calibrate=calibrate, price=price_per_hour, echo=click.echo,
-                                picked=selection.arms if selection else None))
+                                picked=selection.arms if selection else None, cache=cache, no_cache=no_cache,
+                                refresh=refresh))
         return
     from rayclf.sweep.interrupt import SweepInterrupted
     from rayclf.sweep.runner import default_out, run_sweep
@@ -177,13 +184,16 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     try:
         outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
                             echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                            redecide=redecide, selection=selection)
+                            redecide=redecide, selection=selection, cache=cache, no_cache=no_cache,
+                            refresh=refresh)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
-        kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir}
+        kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir,
+                "--cache": cache}
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
                           *(["--rerun-stopped"] if rerun_stopped else []),  # its decisions are already re-opened
                           *(f"--set {shlex.quote(o)}" for o in overrides), *(f"--arm {shlex.quote(a)}" for a in arms),
+                          *(["--no-cache"] if no_cache else []),
                           *(f"{k} {shlex.quote(str(v))}" for k, v in kept.items() if v is not None)])
         click.echo(f"\nsweep interrupted: finished trials are recorded; interrupted trials keep their last "
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",

@@ -52,6 +52,8 @@ TRIAL_COLUMNS: dict[str, str] = {
     "params": "int", "seconds": "float", "train_seconds": "float", "images_per_sec": "float",
     "best_epoch": "int", "early_stopped": "bool", "world_size": "int", "node": "string", "checkpoint": "string",
     "per_class_accuracy": "json", "confusion_matrix": "json", "classes": "json", "overrides": "json",
+    # a trial taken from the trial cache (rayclf.cache) instead of trained: the cache, and who trained it
+    "reused_from": "string", "provenance": "json",
 }
 EPOCH_COLUMNS: dict[str, str] = {
     "trial_id": "string", "arm": "string", "seed": "int", "epoch": "int", "phase": "int", "lr": "float",

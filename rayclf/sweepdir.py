@@ -92,6 +92,13 @@ class SweepData:
 
         return bool(self.spec) and search_class(infer_kind(self.spec, self.trials)).effects_against_baseline
 
+    @property
+    def reused(self) -> str | None:
+        """How many trials were taken from a trial cache and from where (``rayclf.cache.reuse_note``), or None."""
+        from rayclf.cache import reuse_note
+
+        return reuse_note(self.trials)
+
     def arm_rows(self, target_ci: float | None = None) -> list[ArmRow]:
         """The per-arm table every reader prints: ``aggregate.arm_table`` (arms grouped by arm id) under the
         sweep's ranking rule, with each arm's cost beside it; ``target_ci``: the planning column's half-width."""

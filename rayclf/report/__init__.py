@@ -397,7 +397,8 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     rows = data.arm_rows(half_width)
     name = data.name
     aliases = alias_notes(spec)
-    (out / "results.md").write_text(to_markdown(rows, metric, target) + "".join(f"\n{a}\n" for a in aliases))
+    notes = [*aliases, *([data.reused] if data.reused else [])]
+    (out / "results.md").write_text(to_markdown(rows, metric, target) + "".join(f"\n{a}\n" for a in notes))
     to_csv(rows, out / "results.csv")
     (out / "results.tex").write_text(to_latex(rows, metric, f"{name}: best {metric} per arm, mean ± std over seeds.",
                                               target))
@@ -415,7 +416,7 @@ def build_report(sweep_dir: str, out: Path | None = None, target_ci: float | Non
     reported_md = reported_section(spec, trials, out, figdir, figs)
     which = "final-epoch" if spec.get("rank_by") == "final" else "best"
     subtitle = (f"{len(trials)} trials ({counts_text(status_counts(trials))}); metric: {which} "
-                f"{metric} per trial ({mode}); source: {sweep_dir}" + "".join(f"; {a}" for a in aliases))
+                f"{metric} per trial ({mode}); source: {sweep_dir}" + "".join(f"; {a}" for a in notes))
     page = to_html(f"rayclf report: {name}", subtitle, rows, metric, figs, stage_md, stopped_md, target)
     if reported_md:
         page = page.replace("<h2>Results per arm</h2>", "<h2>Reported vs reproduced</h2>" + md_table_html(reported_md)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayclf.aggregate import arm_table, counts_text, format_table, status_counts, value_key
+from rayclf.cache import reuse_note
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import join, read_plan, write_plan
 from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, DecisionLog
@@ -47,6 +48,8 @@ class SweepRun:
     aliased: dict[str, Arm] = field(default_factory=dict)
     selection: Any = None  # a subset of arms (``--arm``, select.Selection): run as they are, nothing decided
     shown_plan: set[str] | None = None  # the plan readers see now (``_plan.json``), kept in step by extend_plan
+    cache: Any = None  # the trial cache (``reuse.Reuse``): planned trials it holds are recorded, not trained
+    last_reused: set[str] = field(default_factory=set)  # the trials the current batch took from the cache
 
     @property
     def mode(self) -> str:
@@ -54,14 +57,19 @@ class SweepRun:
 
     def run(self, trials: list[Trial], order: list[Trial] | None = None) -> int:
         """Run the trials not yet finished (``order``, a superset, fixes table positions); return how many were
-        skipped as already done. Raises ``SweepInterrupted`` when a stop was asked for, before or after."""
+        skipped as already done (trials taken from the trial cache, ``reuse``, are not counted: they are
+        recorded first, and the batch's newly completed trials are published to it after). Raises
+        ``SweepInterrupted`` when a stop was asked for, before or after."""
         self.stop.check(self.out)
         for t in order or trials:
             self.planned.setdefault(t.trial_id, t)
         self.extend_plan()
+        self.last_reused = self.cache.take(self, trials, order or trials) if self.cache is not None else set()
         skipped = self.execute_trials(self, trials, order or trials)
+        if self.cache is not None:
+            self.cache.give(self, trials)
         self.stop.check(self.out)
-        return skipped
+        return skipped - len(self.last_reused)
 
     def extend_plan(self) -> None:
         """Add the trials released so far to the stored plan before they run, so readers never list a new arm's
@@ -105,6 +113,9 @@ class SweepOutcome:
         lines = [format_table(stats, self.sweep.file.metric, effects=effects), ""]
         lines.append(f"{len(self.rows)} trials recorded ({counts_text(status_counts(self.rows))})"
                      f"; {self.skipped} already done and skipped")
+        reused = reuse_note(self.rows)
+        if reused:
+            lines.append(reused)
         if self.removed:
             lines.append(f"{self.removed} stored trials belong to arms or seeds no longer in the file: kept in the "
                          "store, left out of this table")

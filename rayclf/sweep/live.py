@@ -4,6 +4,7 @@ The Tune callback (or anything else) turns what happens into five calls::
 
     with LiveView(total=12, metric="val_accuracy", mode="max", slots=2) as view:
         view.skipped(3)                                        # trials already finished (resume)
+        view.reused(2, "s3://team/cache")                      # trials taken from the trial cache
         view.started("a1b2", arm="baseline", seed=0, epochs_total=4, node="10.0.0.5")
         view.result("a1b2", epoch=1, value=0.61, epoch_seconds=2.3)
         view.finished("a1b2", "completed", value=0.74)        # or stopped_early/diverged/failed/skipped
@@ -105,6 +106,18 @@ class LiveView:
             self.done += n
             self.counts["skipped"] = self.counts.get("skipped", 0) + n
         self._say(f"resume: {n} trial(s) already finished, skipped")
+
+    def reused(self, n: int, where: str) -> None:
+        """``n`` trials were taken from the trial cache at ``where`` instead of trained: they count as done."""
+        if n <= 0:
+            return
+        with self._lock:
+            self.done += n
+            self.counts["reused"] = self.counts.get("reused", 0) + n
+        line = f"cache: {n} trial(s) reused from {where}, not trained"
+        if self._live is not None:
+            self._live.console.print(Text(line, style="cyan"))
+        self._say(line)
 
     def started(self, trial_id: str, arm: str, seed: int, epochs_total: int, node: str | None = None) -> None:
         with self._lock:
@@ -224,9 +237,9 @@ class LiveView:
         with self._lock:
             assert self._progress is not None
             eta = self.eta_seconds()
-            early = self.counts.get("stopped_early", 0)
+            early, reused = self.counts.get("stopped_early", 0), self.counts.get("reused", 0)
             state = (f"{len(self.running)} running, {self.failed()} failed"
-                     + (f", {early} stopped early" if early else "")
+                     + (f", {early} stopped early" if early else "") + (f", {reused} reused" if reused else "")
                      + f", {duration(eta) if self.done < self.total else '0s'} left")
             self._progress.update(self._task, completed=self.done, total=self.total, state=state)
             parts: list[RenderableType] = [self._progress.get_renderable()]

@@ -204,9 +204,11 @@ def scheduler_text(sweep: Sweep, n_arms: int) -> str:
 
 def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = False, price: float | None = None,
                  echo: Callable[[str], None] | None = None, clock: Callable[[], float] | None = None,
-                 picked: list[Arm] | None = None) -> str:
+                 picked: list[Arm] | None = None, cache: str | None = None, no_cache: bool = False,
+                 refresh: tuple[str, ...] = ()) -> str:
     """The trial table (arms × seeds), count, resources, concurrency and a device-hour estimate: a FLOP guess,
-    or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``)."""
+    or with ``calibrate`` measured seconds per epoch, trial-hours, wall time (and cost at ``price``); with a
+    trial cache (``cache``, the file's ``cache:``, ``RAYCLF_CACHE``), how many planned trials it already holds."""
     file = sweep.file
     planned = _planned(sweep, picked)
     trials, scale = planned.trials, planned.scale
@@ -241,8 +243,29 @@ def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = Fal
     else:
         lines += guess_lines(trials, res.gpus > 0, scale, unit, price)
     lines.append(scheduler_text(sweep, n_arms) + f"; metric: {file.metric} ({file.mode})")
+    lines += cache_lines(sweep, trials, cache, no_cache, refresh, echo)
     lines += model_sizes(trials)
     return "\n".join(lines)
+
+
+def cache_lines(sweep: Sweep, trials: list[Trial], cache: str | None, no_cache: bool, refresh: tuple[str, ...],
+                echo: Callable[[str], None] | None) -> list[str]:
+    """What the trial cache already holds of the planned trials, and the trial-hours their training took."""
+    from rayclf.cache import resolve_cache
+    from rayclf.sweep.reuse import open_reuse
+
+    reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo or print)
+    if reuse is None:
+        return []
+    wanted = [t for t in trials if not reuse.refreshed(t)]
+    found = reuse.cache.lookup(t.trial_id for t in wanted)
+    hours = sum(float(e.row.get("seconds") or 0.0) for e in found.values()) / 3600
+    sweeps = sorted({str(e.provenance.get("sweep")) for e in found.values()})
+    by = f" (trained by sweep {', '.join(sweeps)})" if sweeps else ""
+    refreshed = f"; {len(trials) - len(wanted)} refreshed on purpose (--refresh)" if len(wanted) < len(trials) else ""
+    return [f"trial cache {reuse.where}: {len(found)} of the {len(trials)} planned trials are cached as completed"
+            f"{by} and will be reused, not trained: {hours:.3g} trial-hours saved (their recorded training time); "
+            f"{len(trials) - len(found)} to train{refreshed}"]
 
 
 def guess_lines(trials: list[Trial], use_gpu: bool, scale: float, unit: str, price: float | None) -> list[str]:

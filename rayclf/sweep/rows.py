@@ -25,7 +25,8 @@ def _identity(info: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
 def trial_row(info: TrialSpec | Mapping[str, Any], status: str, reason: str, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], metric: str, mode: str, checkpoint: str | None = None,
               resumed_from: int | None = None, rung: int | None = None,
-              data_seconds: float | None = None) -> dict[str, Any]:
+              data_seconds: float | None = None, reused_from: str | None = None,
+              provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One ``trials.parquet`` row: identity, status, final/best metrics, and the flattened config.
 
     Best and final values skip non-finite epochs (a NaN epoch never hides the others); a trial that trained
@@ -33,6 +34,7 @@ def trial_row(info: TrialSpec | Mapping[str, Any], status: str, reason: str, sum
     of its arm's mean silently losing a seed. A trial whose arm was stopped at epoch ``rung`` carries that epoch
     as ``stopped_at_epoch`` and its best up to it as ``metric_best`` (the arm's value there; epochs it trained
     past the rung stay in epochs.parquet).
+    A trial taken from the trial cache carries the cache as ``reused_from`` and who trained it as ``provenance``.
     Lists and dicts go in as values: the store encodes them (canonical JSON), once, for every row alike."""
     ident = _identity(info)
     s = summary or {}
@@ -57,7 +59,8 @@ def trial_row(info: TrialSpec | Mapping[str, Any], status: str, reason: str, sum
         "best_epoch": s.get("best_epoch"), "early_stopped": s.get("early_stopped"),
         "world_size": s.get("world_size"), "node": last.get("node"), "checkpoint": checkpoint,
         "per_class_accuracy": s.get("per_class_accuracy", []), "confusion_matrix": s.get("confusion_matrix", []),
-        "classes": s.get("classes", []),
+        "classes": s.get("classes", []), "reused_from": reused_from,
+        "provenance": dict(provenance) if provenance else None,
     }
     if set(values) != set(TRIAL_COLUMNS):  # results.TRIAL_COLUMNS is the one table of row columns
         raise AssertionError(f"trial_row and TRIAL_COLUMNS disagree: {sorted(set(values) ^ set(TRIAL_COLUMNS))}")

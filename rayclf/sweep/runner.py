@@ -129,19 +129,24 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
               wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
-              redecide: tuple[str, ...] = (), selection: Any = None) -> SweepOutcome:
+              redecide: tuple[str, ...] = (), selection: Any = None, cache: str | None = None,
+              no_cache: bool = False, refresh: tuple[str, ...] = ()) -> SweepOutcome:
     """Run every trial of a sweep (or of the ``selection``'s arms, ``--arm``) that is not already finished in
     ``out``; return the recorded rows.
 
     Ctrl-C or SIGTERM stops the running trials at their last checkpoints and raises ``SweepInterrupted`` (no
     decision is taken on the partial round); ``--resume`` continues them. The sweep layer never imports the
     report: the caller publishes a finished sweep's W&B summary (``rayclf.report.publish.track_sweep``) with
-    ``outcome.tracking``, which an interrupted sweep never returns."""
+    ``outcome.tracking``, which an interrupted sweep never returns. ``cache`` / ``no_cache`` / ``refresh``: the
+    trial cache (``rayclf.cache.resolve_cache``) and the arms that train again anyway."""
     import ray
 
+    from rayclf.cache import resolve_cache
     from rayclf.sweep.preflight import Preflight
+    from rayclf.sweep.reuse import open_reuse
 
     _refuse_ray_client(address)
+    reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo)
     out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, bool(redecide))
     started = False
     try:
@@ -150,7 +155,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         started = _start_ray(address, num_cpus, verbose)
         lock.set_session(_session_dir() if started else None)
         run = SweepRun(sweep, out, store, DecisionLog(out), _no_session, StopFlag(), echo, rerun_stopped,
-                       redecide, live, tracking, driver=lock, selection=selection)
+                       redecide, live, tracking, driver=lock, selection=selection, cache=reuse)
         session = TuneSession(run)
         run.execute_trials = session.run_batch
         # after ray.init, which installs a SIGTERM handler of its own (exit 15)

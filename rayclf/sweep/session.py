@@ -229,7 +229,10 @@ class TuneSession:
                 board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage)
         self.recorder.add_prior(histories)
         self.view.planned(len(trials))
-        self.view.skipped(len(trials) - len(todo))
+        reused = len(run.last_reused & {t.trial_id for t in trials})  # recorded from the trial cache (kernel)
+        if reused:
+            self.view.reused(reused, run.cache.where)
+        self.view.skipped(len(trials) - len(todo) - reused)
 
     # ---------------------------------------------------------------------------- Tune's thread
     def _skip(self, d: TrialSpec, rung: int | None, why: str) -> None:

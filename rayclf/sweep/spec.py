@@ -257,6 +257,8 @@ class SweepFile(Strict):
     reported: list[Reported] = Field(default_factory=list, description="the report's numbers, per arm")
     rank_by: Literal["best", "final"] = Field("best", description="a trial's value for tables and winners: its "
                                                                  "best epoch's metric, or its final epoch's")
+    cache: str | None = Field(None, description="a trial cache (folder or s3:// prefix): completed trials found "
+                                                "there by trial id are reused, not trained; trained ones are added")
 
     @model_validator(mode="after")
     def _mode(self) -> SweepFile:

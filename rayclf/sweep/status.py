@@ -165,6 +165,8 @@ def status_json(st: Status) -> dict[str, Any]:
     return {
         "sweep": st.data.name, "root": st.data.root, "metric": st.data.metric, "mode": st.data.mode,
         "trials": st.counts, "statuses": status_counts(st.data.trials), "eta_seconds": st.eta_seconds(),
+        "reused": sum(1 for t in st.data.trials if t.get("reused_from")),
+        "reused_from": sorted({str(t["reused_from"]) for t in st.data.trials if t.get("reused_from")}),
         "driver": {"state": d.state, "host": d.info.get("host"), "pid": d.info.get("pid"),
                    "started": d.info.get("started"), "heartbeat": d.info.get("heartbeat"),
                    "heartbeat_age_s": d.heartbeat_age_s, "detail": d.why},
@@ -193,6 +195,8 @@ def status_lines(st: Status) -> list[str]:
     lines = [f"sweep '{data.name}' ({data.root}): {c['done']} done, {c['running']} running, {c['failed']} failed, "
              f"{c['waiting']} waiting of {c['total']} trials; {left}",
              f"driver: {st.driver.state} ({st.driver.why})"]
+    if data.reused:
+        lines.append(data.reused)
     if st.running:
         lines += ["", f"{'running':<44} {'seed':>4} {'epoch':>7}  node"]
         for r in st.running:
