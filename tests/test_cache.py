@@ -360,3 +360,43 @@ def test_rung_values_of_reused_trials_count_in_the_board_as_trained_ones_do(tmp_
         for rung in board.rule.rungs:
             want = sum(max(v for ep, v in epochs[s].items() if ep <= rung) for s in seeds) / len(seeds)
             assert board.recorded[rung][arm] == pytest.approx(want)
+
+
+# ------------------------------------------------------------------------------ a team's cache on S3
+def test_a_cache_on_an_s3_prefix_is_shared_by_two_sweeps(tmp_path, s3_server, monkeypatch):
+    """Two sweeps (two machines of a team, say) point at one S3 prefix: the second reuses what the first
+    published, checkpoint copy included; the credentials stay in the environment."""
+    import pyarrow.fs as pafs
+
+    from .conftest import SENTINEL_SECRET
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    cache = "s3://bkt/team/cache"
+    sweep = study(**A)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "checkpoint.pt").write_bytes(b"weights")
+
+    import tests.fake_runner as fake
+
+    real = fake.trial_row  # trained trials leave a checkpoint, as Ray's do
+    monkeypatch.setattr(fake, "trial_row", lambda *a, **kw: real(*a, **kw, checkpoint=str(ckpt)))
+    run_with(sweep, tmp_path / "a", cache)
+    monkeypatch.setattr(fake, "trial_row", real)
+    outcome, runner = run_with(study(**B), tmp_path / "b", cache)
+    plain, _ = run_with(study(**B), tmp_path / "plain")
+    assert len(trained(runner)) == 4 and values(outcome.rows) == values(plain.rows)
+    reused = [r for r in outcome.rows if r["reused_from"]]
+    assert len(reused) == 4 and {r["reused_from"] for r in reused} == {cache}
+    assert all(r["checkpoint"].startswith("s3://bkt/team/cache/identity-v") for r in reused)
+    fs, path = pafs.FileSystem.from_uri(reused[0]["checkpoint"])
+    with fs.open_input_stream(path + "/checkpoint.pt") as f:
+        assert f.read() == b"weights"
+    entry = TrialCache(cache).get(reused[0]["trial_id"])
+    assert entry.provenance["sweep"] == "first"
+    from .test_s3 import bucket_objects
+
+    objects = bucket_objects(s3_server)
+    assert [k for k in objects if k.startswith("team/cache/") and k.endswith("/entry.json")]
+    assert [k for k, body in objects.items() if SENTINEL_SECRET.encode() in body] == []
