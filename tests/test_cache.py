@@ -175,6 +175,8 @@ def test_no_cache_and_refresh_train_on_purpose(tmp_path, monkeypatch):
     # the refreshed result replaced the cached one: its provenance is the follow-up's now
     assert {TrialCache(str(cache)).get(t).provenance["sweep"] for t in base_ids} == {"followup"}
 
+    arm_id = next(t.arm_id for t in b.trials(b.arms()) if t.arm.label == "lr=0.1")
+    assert open_reuse(str(cache), [arm_id[:8]], b).refresh == {arm_id[:8]}  # an arm-id prefix names it too
     with pytest.raises(UserError, match="did you mean 'baseline'"):
         open_reuse(str(cache), ["baseline_"], b)
     with pytest.raises(UserError, match="needs a cache"):
@@ -400,3 +402,18 @@ def test_a_cache_on_an_s3_prefix_is_shared_by_two_sweeps(tmp_path, s3_server, mo
     objects = bucket_objects(s3_server)
     assert [k for k in objects if k.startswith("team/cache/") and k.endswith("/entry.json")]
     assert [k for k, body in objects.items() if SENTINEL_SECRET.encode() in body] == []
+
+
+def test_the_dry_run_says_how_many_planned_trials_the_cache_holds_and_the_hours_saved(tmp_path):
+    from rayclf.sweep.plan import cache_lines
+
+    cache = tmp_path / "cache"
+    first, _ = run_with(study(**A), tmp_path / "a", cache)
+    b = study(**B)
+    hours = sum(r["seconds"] for r in first.rows) / 3600
+    (line,) = cache_lines(b, b.trials(b.arms()), str(cache), False, (), None)
+    assert "4 of the 8 planned trials are cached as completed (trained by sweep first)" in line
+    assert f"{hours:.3g} trial-hours saved" in line and "4 to train" in line
+    (line,) = cache_lines(b, b.trials(b.arms()), str(cache), False, ("baseline",), None)
+    assert "2 of the 8 planned trials" in line and "2 refreshed on purpose" in line
+    assert cache_lines(b, b.trials(b.arms()), str(cache), True, (), None) == []  # --no-cache

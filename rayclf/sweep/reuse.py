@@ -39,7 +39,8 @@ class Reuse:
         return self.cache.where
 
     def refreshed(self, t: Trial) -> bool:
-        return t.arm.label in self.refresh or t.arm_id in self.refresh or bool(set(t.arm.aliases) & self.refresh)
+        """Whether ``--refresh`` names the trial's arm (a label of it, or a prefix of its arm id)."""
+        return bool({t.arm.label, *t.arm.aliases} & self.refresh) or any(t.arm_id.startswith(v) for v in self.refresh)
 
     def take(self, run: SweepRun, trials: list[Trial], order: list[Trial]) -> set[str]:
         """Record the planned trials the cache holds as completed (not finished in this sweep's store, not
@@ -93,30 +94,25 @@ class Reuse:
 
 
 def check_refresh(sweep: Sweep, refresh: Iterable[str]) -> frozenset[str]:
-    """``--refresh ARM`` values that name an arm of the file (label, alias or arm-id prefix); else exit 2 with the
-    closest label."""
+    """``--refresh ARM`` values that name an arm of the file (a label, or a prefix of an arm id); else exit 2 with
+    the closest label. Arms a search proposes as it goes (bayes) are known only then: anything is taken."""
     refresh = tuple(refresh)
     if not refresh:
         return frozenset()
     from rayclf.sweep.strategies.registry import create_search
 
-    trials = sweep.trials(sweep.arms()) if create_search(sweep).labels() is not None else []
-    labels = {label for t in trials for label in (t.arm.label, *t.arm.aliases)}
-    ids = {t.arm_id for t in trials}
-    picked: set[str] = set()
+    search = create_search(sweep)
+    labels = search.labels()
+    if labels is None:
+        return frozenset(refresh)
+    ids = {t.arm_id for t in sweep.trials(sweep.arms())} if search.fixed_arms else set()
     for value in refresh:
-        by_id = {i for i in ids if i.startswith(value)}
-        if value in labels:
-            picked.add(value)
-        elif len(by_id) == 1:
-            picked |= by_id
-        elif labels:
-            hint = closest(value, labels)
-            raise UserError(f"--refresh {value!r} is not an arm of sweep '{sweep.name}'"
-                            + (f"; did you mean {hint!r}?" if hint else f"; its arms: {', '.join(sorted(labels))}"))
-        else:  # proposed arms (bayes): an arm id is known only once proposed
-            picked.add(value)
-    return frozenset(picked)
+        if value in labels or any(i.startswith(value) for i in ids):
+            continue
+        hint = closest(value, labels)
+        raise UserError(f"--refresh {value!r} is not an arm of sweep '{sweep.name}'"
+                        + (f"; did you mean {hint!r}?" if hint else f"; its arms: {', '.join(sorted(labels))}"))
+    return frozenset(refresh)
 
 
 def open_reuse(uri: str | None, refresh: Iterable[str], sweep: Sweep,
