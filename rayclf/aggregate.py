@@ -233,11 +233,12 @@ def _decoded(value: Any) -> Any:
 @functools.lru_cache(maxsize=4096)
 def _derived_arm_id(flat_config: str) -> str:
     from rayclf.config import build_config, set_path
+    from rayclf.identity import LEGACY_VERSION, arm_id
 
     tree: dict[str, Any] = {}
     for key, value in json.loads(flat_config).items():
         set_path(tree, key, value)
-    return build_config(tree).arm_fingerprint()
+    return arm_id(build_config(tree), version=LEGACY_VERSION)  # rows without arm ids predate identity versions
 
 
 def group_arms(trials: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

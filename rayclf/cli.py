@@ -167,6 +167,10 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
         raise UserError("--calibrate and --price-per-hour go with --dry-run (they estimate a sweep, run nothing); "
                         "add --dry-run.")
     spec = load_sweep(file, overrides)
+    if out or resume:  # trial and arm ids as the sweep directory computes them (its identity version)
+        from rayclf.results import stored_identity_version
+
+        spec.identity_version = stored_identity_version(out or str(Path("runs") / spec.name))
     selection = pick(spec, arms, from_dir)
     if dry_run:
         from rayclf.sweep.plan import dry_run_text

@@ -8,8 +8,6 @@ the key path, the value, what is allowed and the closest valid spelling.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -293,37 +291,11 @@ class TrialConfig(Strict):
         """Epochs the trial trains: the sum of its phases, or ``train.epochs``."""
         return sum(p.epochs for p in self.train.phases) or self.train.epochs
 
-    def identity(self) -> dict[str, Any]:
-        """What identifies the run: the (dotted) values that differ from its model family's defaults.
 
-        A release that adds an option with a default leaves every existing identity unchanged."""
-        base = _default_values(self.model.name)
-        return {k: v for k, v in flatten(self.to_dict()).items() if k not in base or base[k] != v}
-
-    def fingerprint(self) -> str:
-        """Content address of the trial (seed included): its non-default values and the semantics version."""
-        blob = json.dumps({"semantics": SEMANTICS_VERSION, "values": self.identity()}, sort_keys=True,
-                          separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def arm_fingerprint(self) -> str:
-        """Content address of the trial's arm: the same config with the seed at its default. Two arms of a sweep
-        that resolve to one config share it (they are one arm), whatever their labels."""
-        return self.model_copy(update={"seed": type(self).model_fields["seed"].default}).fingerprint()
-
-
-# Bumped only when the meaning of a default (or of a stored result) changes: trial ids and sweep directories
-# of another version are then refused instead of silently matched.
+# Bumped only when the meaning of a default (or of a stored result) changes: trial ids (rayclf.identity) and
+# sweep directories of another version are then refused instead of silently matched.
 # 3: reduce-on-plateau lowers the LR at wait >= patience (Keras's rule; was PyTorch's wait > patience).
 SEMANTICS_VERSION = 3
-_DEFAULTS: dict[str, dict[str, Any]] = {}
-
-
-def _default_values(model_name: str) -> dict[str, Any]:
-    """Every default of a trial config with this model family, dotted (cached per family)."""
-    if model_name not in _DEFAULTS:
-        _DEFAULTS[model_name] = flatten(build_config({"model": {"name": model_name}}).to_dict())
-    return _DEFAULTS[model_name]
 
 
 # ------------------------------------------------------------------------------- loading, errors

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayclf.config import SEMANTICS_VERSION
+from rayclf.identity import store_version
 from rayclf.storage import exists, filesystem, join, read_text, write_atomically, write_text
 
 TRIALS = "trials.parquet"
@@ -176,6 +177,15 @@ def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- the store
+def stored_identity_version(root: str) -> int:
+    """The identity version of the sweep directory ``root`` (``rayclf.identity``); this rayclf's for a new one."""
+    uri = join(root, STORE_FILE)
+    try:
+        return store_version(json.loads(read_text(uri)) if exists(uri) else {})
+    except ValueError:  # an unreadable _store.json: the store itself reports it when opened
+        return store_version({})
+
+
 def part_name(trial_id: str) -> str:
     return f"{trial_id}.parquet"
 
@@ -190,6 +200,8 @@ class ResultsStore:
         self.root, self.read_only = root, read_only
         meta_uri = join(root, STORE_FILE)
         self.meta: dict[str, Any] = json.loads(read_text(meta_uri)) if exists(meta_uri) else {}
+        # the rule its trial ids were computed by (rayclf.identity): kept for the directory's whole life
+        self.identity_version = store_version(self.meta)
         # keyed by trial id, so recording a trial costs the same at any size of the sweep
         self._trials = {r["trial_id"]: r for r in self._read_trials()}
         self._epochs: dict[str, list[dict[str, Any]]] = {}
@@ -244,8 +256,8 @@ class ResultsStore:
             fs.create_dir(path, recursive=True)
 
     def _write_meta(self, schema: dict[str, str], migrating_from: dict[str, str] | None = None) -> None:
-        self.meta = {"semantics": self.meta.get("semantics", SEMANTICS_VERSION), "trials": schema,
-                     "epochs": EPOCH_COLUMNS}
+        self.meta = {"semantics": self.meta.get("semantics", SEMANTICS_VERSION), "identity": self.identity_version,
+                     "trials": schema, "epochs": EPOCH_COLUMNS}
         if migrating_from is not None:
             self.meta[MIGRATION] = {"from": migrating_from}
         write_text(join(self.root, STORE_FILE), json.dumps(self.meta, indent=1))

@@ -69,11 +69,13 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path):
     assert "Did you mean 'adam'?" in res.output and "Traceback" not in res.output
 
 
-def test_fingerprint_is_content_address():
+def test_trial_id_is_content_address():
+    from rayclf.identity import trial_id
+
     a, b = build_config(tiny()), build_config(tiny())
-    assert a.fingerprint() == b.fingerprint()
-    assert build_config(tiny(seed=1)).fingerprint() != a.fingerprint()
-    assert build_config(tiny(optim={"lr": 0.1})).fingerprint() != a.fingerprint()
+    assert trial_id(a) == trial_id(b)
+    assert trial_id(build_config(tiny(seed=1))) != trial_id(a)
+    assert trial_id(build_config(tiny(optim={"lr": 0.1}))) != trial_id(a)
 
 
 def test_misspelt_phase_optimizer_is_caught_when_the_config_loads(tmp_path):

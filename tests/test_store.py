@@ -146,18 +146,22 @@ def test_stopped_early_trials_are_finished_unless_asked(tmp_path):
     assert store.finished_ids(rerun_stopped=True) == {"t0", "t1"}
 
 
-def test_trial_identity_hashes_only_what_differs_from_the_defaults():
+def test_legacy_trial_identity_hashes_only_what_differs_from_the_defaults():
+    """Identity version 1 (every directory written before versions were recorded) computes ids as it always did."""
+    from rayclf.identity import LEGACY_VERSION, identity_values, trial_id
+
     cfg = build_config(tiny(seed=3))
-    assert cfg.identity() == {
+    assert identity_values(cfg, version=LEGACY_VERSION) == {
         "seed": 3, "data.synthetic.num_train": 400, "data.synthetic.num_test": 200, "data.synthetic.num_classes": 4,
         "data.synthetic.image_size": 16, "data.synthetic.difficulty": 0.0, "model.widths": [8, 16],
         "train.epochs": 2, "train.batch_size": 32,
         "sched.name": "constant"}
     # golden value: this id must survive releases that add options (change it only with SEMANTICS_VERSION)
-    assert cfg.fingerprint() == "cff40b966d6740f4"
+    assert trial_id(cfg, version=LEGACY_VERSION) == "cff40b966d6740f4"
     # spelling a default out changes nothing; changing a value does
-    assert build_config(tiny(seed=3, optim={"name": "sgd"})).fingerprint() == cfg.fingerprint()
-    assert build_config(tiny(seed=3, optim={"lr": 0.07})).fingerprint() != cfg.fingerprint()
+    v1 = {"version": LEGACY_VERSION}
+    assert trial_id(build_config(tiny(seed=3, optim={"name": "sgd"})), **v1) == trial_id(cfg, **v1)
+    assert trial_id(build_config(tiny(seed=3, optim={"lr": 0.07})), **v1) != trial_id(cfg, **v1)
 
 
 # ------------------------------------------------------------------------------ crash-safe schema migrations

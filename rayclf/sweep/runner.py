@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rayclf.config import UserError
+from rayclf.identity import LEGACY_VERSION
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
 from rayclf.sweep import warm
@@ -92,6 +93,12 @@ def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore, rerun_stopped:
         old = SweepFile.model_validate({k: v for k, v in yaml.safe_load(read_text(uri)).items() if k != "base"})
     except (ValidationError, AttributeError, yaml.YAMLError):  # written by a release with other file rules
         return None
+    workers = (old.resources.num_workers, sweep.file.resources.num_workers)
+    if store.identity_version == LEGACY_VERSION and workers[0] != workers[1] and store.trials:
+        return (f"{out} was recorded with resources.num_workers={workers[0]} under trial ids that leave the world "
+                f"size out (identity version {LEGACY_VERSION}); train.batch_size is per worker, so "
+                f"num_workers={workers[1]} would mix two global batch sizes under one id. Keep "
+                f"--set resources.num_workers={workers[0]}, or start a new --out.")
     recorded = sorted({r.get("metric") for r in store.trials} - {None})
     if recorded and recorded != [sweep.file.metric]:
         old = old.model_copy(update={"metric": recorded[0]})
@@ -116,6 +123,7 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
         lock = DriverLock.acquire(out, echo)
         try:
             store = ResultsStore(out)
+            sweep.identity_version = store.identity_version  # ids as this directory computes them
             problem = store.check_semantics() or _resume_conflict(sweep, out, store, rerun_stopped, redecide)
             if problem:
                 raise UserError(problem)

@@ -2,7 +2,8 @@
 
 rayclf expands every search (grid, seeded random, one-factor-at-a-time ablation, greedy stages)
 itself, before Ray sees anything, so arms, seeds and trial identities are deterministic: a trial's
-id is the hash of its fully resolved config (seed included). Tune then only schedules that list.
+id is the hash of the resolved settings that can change what it learns (seed included; ``rayclf.identity``).
+Tune then only schedules that list.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from rayclf import identity
 from rayclf.config import (
     ConfigError,
     Strict,
@@ -32,6 +34,7 @@ from rayclf.config import (
     read_yaml,
     validation_message,
 )
+from rayclf.identity import IDENTITY_VERSION
 from rayclf.metrics import metric_mode
 
 
@@ -290,11 +293,7 @@ class Trial:
     arm: Arm
     seed: int
     config: TrialConfig
-
-    @property
-    def arm_id(self) -> str:
-        """The identity of the trial's arm (its config with the seed at its default), not its label."""
-        return self.config.arm_fingerprint()
+    arm_id: str  # the identity of the trial's arm (its config with the seed at its default), not its label
 
 
 @dataclass
@@ -304,6 +303,7 @@ class Sweep:
     file: SweepFile
     base: dict[str, Any]
     source: Path | None = None
+    identity_version: int = IDENTITY_VERSION  # the rule ids are computed by: the sweep directory's (rayclf.identity)
 
     @property
     def name(self) -> str:
@@ -339,11 +339,18 @@ class Sweep:
 
     def trial(self, arm: Arm, seed: int) -> Trial:
         cfg = self.config_for(arm, seed)
-        return Trial(cfg.fingerprint(), arm, seed, cfg)
+        return Trial(self.trial_id(cfg), arm, seed, cfg, self.config_arm_id(cfg))
+
+    def trial_id(self, cfg: TrialConfig) -> str:
+        """A trial's id under this sweep's identity rule and world size (``rayclf.identity``)."""
+        return identity.trial_id(cfg, self.file.resources.num_workers, self.identity_version)
+
+    def config_arm_id(self, cfg: TrialConfig) -> str:
+        return identity.arm_id(cfg, self.file.resources.num_workers, self.identity_version)
 
     def arm_id(self, arm: Arm) -> str:
-        """The arm's identity: the fingerprint of its config with the seed at its default."""
-        return self.config_for(arm, TrialConfig.model_fields["seed"].default).arm_fingerprint()
+        """The arm's identity: the content address of its config with the seed at its default."""
+        return self.config_arm_id(self.config_for(arm, TrialConfig.model_fields["seed"].default))
 
     def config_for(self, arm: Arm, seed: int) -> TrialConfig:
         raw = apply_overrides(self.base, {**arm.overrides, "seed": seed})
@@ -367,7 +374,7 @@ class Sweep:
         overrides, so a proposal's trials are the very trials (same content address) the stage runs."""
         spec = self.file.search.stages[stage].bayes  # type: ignore[index]
         file = self.file.model_copy(update={"search": SearchSpec(bayes=spec)})
-        return Sweep(file, apply_overrides(self.base, dict(carried)), self.source)
+        return Sweep(file, apply_overrides(self.base, dict(carried)), self.source, self.identity_version)
 
     def place(self, arms: list[Arm], stage: int, carried: Mapping[str, Any]) -> list[Arm]:
         """A bayes stage's proposals as arms of the staged sweep: stage label, stage index, carried values."""

@@ -29,6 +29,7 @@ from rayclf.config import TrialConfig, UserError
 from rayclf.data.augment import AlternatingFlip, Augmenter, Targets
 from rayclf.data.loader import DeviceLoader
 from rayclf.data.sources import Dataset, load_dataset
+from rayclf.identity import trial_id
 from rayclf.metrics import lower_is_better
 from rayclf.models import count_params, create_model
 from rayclf.models.hooks import hooks
@@ -710,5 +711,5 @@ def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str
         "classes": list(ds.classes),
         "device": str(tr.device),
         "world_size": world()[1],
-        "fingerprint": cfg.fingerprint(),
+        "fingerprint": trial_id(cfg, world()[1]),
     }
