@@ -39,13 +39,11 @@ REUSABLE = "completed"  # the one status a cache entry may hold: a trial that ra
 
 
 def identity_version() -> int:
-    """The identity rule trial ids are computed under (``rayclf.identity``; before it existed, the trial
-    semantics version the store records). Entries of another version are other experiments."""
-    try:
-        from rayclf.identity import IDENTITY_VERSION  # type: ignore[import-not-found]
-    except ImportError:
-        from rayclf.config import SEMANTICS_VERSION as IDENTITY_VERSION
-    return int(IDENTITY_VERSION)
+    """The identity rule this rayclf computes new trial ids by (``rayclf.identity``). A sweep directory written
+    under an older rule keeps its own (``Sweep.identity_version``): its cache entries live apart."""
+    from rayclf.identity import IDENTITY_VERSION
+
+    return IDENTITY_VERSION
 
 
 def resolve_cache(flag: str | None, no_cache: bool, file_value: str | None,
@@ -58,13 +56,14 @@ def resolve_cache(flag: str | None, no_cache: bool, file_value: str | None,
     return flag or file_value or env.get(CACHE_ENV) or None
 
 
-def provenance(sweep: str, out: str) -> dict[str, Any]:
-    """Who trained a trial: sweep, its directory, host, time, rayclf version, identity version."""
+def provenance(sweep: str, out: str, version: int | None = None) -> dict[str, Any]:
+    """Who trained a trial: sweep, its directory, host, time, rayclf version, identity version (the rule its
+    trial id was computed by; this rayclf's unless given)."""
     from rayclf import __version__
 
     return {"sweep": sweep, "out": shown(out), "host": socket.gethostname(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rayclf_version": __version__,
-            "identity_version": identity_version()}
+            "identity_version": identity_version() if version is None else version}
 
 
 @dataclass
@@ -89,12 +88,12 @@ class Entry:
 
 
 class TrialCache:
-    """A cache at ``uri`` (a local folder or ``s3://`` / ``gs://`` prefix). ``warn`` hears each entry that
-    could not be used and why."""
+    """A cache at ``uri`` (a local folder or ``s3://`` / ``gs://`` prefix) for trial ids of identity rule
+    ``version`` (default: this rayclf's). ``warn`` hears each entry that could not be used and why."""
 
-    def __init__(self, uri: str, warn: Callable[[str], None] = print):
+    def __init__(self, uri: str, warn: Callable[[str], None] = print, version: int | None = None):
         self.uri, self.warn = uri, warn
-        self.version = identity_version()
+        self.version = identity_version() if version is None else version
 
     @property
     def where(self) -> str:

@@ -417,3 +417,22 @@ def test_the_dry_run_says_how_many_planned_trials_the_cache_holds_and_the_hours_
     (line,) = cache_lines(b, b.trials(b.arms()), str(cache), False, ("baseline",), None)
     assert "2 of the 8 planned trials" in line and "2 refreshed on purpose" in line
     assert cache_lines(b, b.trials(b.arms()), str(cache), True, (), None) == []  # --no-cache
+
+
+def test_a_directory_of_an_older_identity_rule_keeps_its_entries_apart(tmp_path):
+    """A sweep directory whose ids follow identity version 1 publishes and reuses under version 1 only: a
+    current sweep never takes those entries, whatever their ids."""
+    from rayclf.identity import LEGACY_VERSION
+
+    cache = tmp_path / "cache"
+    old = study(**A)
+    old.identity_version = LEGACY_VERSION
+    run_with(old, tmp_path / "old", cache)
+    assert {json.loads(p.read_text())["provenance"]["identity_version"]
+            for p in cache.glob("identity-v*/*/entry.json")} == {LEGACY_VERSION}
+    again = study(**A)
+    again.identity_version = LEGACY_VERSION
+    _, runner = run_with(again, tmp_path / "again", cache)
+    assert trained(runner) == []  # the same rule: reused
+    _, runner = run_with(study(**A), tmp_path / "new", cache)
+    assert len(trained(runner)) == 4  # another rule: trained

@@ -78,7 +78,7 @@ class Reuse:
         epochs: dict[str, list[dict[str, Any]]] = {}
         for e in run.store.epochs:
             epochs.setdefault(e["trial_id"], []).append(e)
-        prov = provenance(run.sweep.name, run.out)
+        prov = provenance(run.sweep.name, run.out, self.cache.version)
         n = 0
         for t in trials:
             row = rows.get(t.trial_id)
@@ -117,7 +117,8 @@ def check_refresh(sweep: Sweep, refresh: Iterable[str]) -> frozenset[str]:
 
 def open_reuse(uri: str | None, refresh: Iterable[str], sweep: Sweep,
                warn: Callable[[str], None] = print) -> Reuse | None:
-    """The sweep's ``Reuse`` for the cache at ``uri`` (None: no cache; ``--refresh`` then has nothing to do)."""
+    """The sweep's ``Reuse`` for the cache at ``uri`` (None: no cache; ``--refresh`` then has nothing to do),
+    keyed by the identity rule of the sweep's ids (its directory's, once ``runner.prepare_out`` read it)."""
     refresh = tuple(refresh)
     if uri is None:
         if refresh:
@@ -127,4 +128,4 @@ def open_reuse(uri: str | None, refresh: Iterable[str], sweep: Sweep,
     from rayclf.storage import check_bucket
 
     check_bucket(uri)
-    return Reuse(TrialCache(uri, warn), check_refresh(sweep, refresh))
+    return Reuse(TrialCache(uri, warn, sweep.identity_version), check_refresh(sweep, refresh))

@@ -149,13 +149,16 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     trial cache (``rayclf.cache.resolve_cache``) and the arms that train again anyway."""
     import ray
 
-    from rayclf.cache import resolve_cache
+    from rayclf.cache import TrialCache, resolve_cache
     from rayclf.sweep.preflight import Preflight
     from rayclf.sweep.reuse import open_reuse
 
     _refuse_ray_client(address)
+    # a bad --refresh or an unusable cache stops here, before the sweep directory is touched
     reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo)
     out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, bool(redecide))
+    if reuse is not None:  # entries keyed as this directory computes its trial ids (rayclf.identity)
+        reuse.cache = TrialCache(reuse.cache.uri, echo, sweep.identity_version)
     started = False
     try:
         w = sweep.file.wandb
