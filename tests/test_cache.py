@@ -436,3 +436,27 @@ def test_a_directory_of_an_older_identity_rule_keeps_its_entries_apart(tmp_path)
     assert trained(runner) == []  # the same rule: reused
     _, runner = run_with(study(**A), tmp_path / "new", cache)
     assert len(trained(runner)) == 4  # another rule: trained
+
+
+def test_the_live_view_status_and_open_sweep_say_how_many_were_reused_and_from_where(tmp_path):
+    import io
+
+    import rayclf
+    from rayclf.sweep.live import LiveView
+    from rayclf.sweep.status import read_status, status_json, status_lines
+
+    stream = io.StringIO()
+    view = LiveView(8, "val_accuracy", stream=stream, terminal=False)
+    view.reused(4, "s3://team/cache")
+    view.skipped(0)
+    assert "cache: 4 trial(s) reused from s3://team/cache, not trained" in stream.getvalue()
+    assert view.done == 4 and view.counts == {"reused": 4}
+
+    cache = tmp_path / "cache"
+    run_with(study(**A), tmp_path / "a", cache)
+    run_with(study(**B), tmp_path / "b", cache)
+    st = read_status(str(tmp_path / "b"))
+    assert any(line.startswith(f"4 of 8 trials reused from the trial cache {cache}") for line in status_lines(st))
+    assert status_json(st)["reused"] == 4 and status_json(st)["reused_from"] == [str(cache)]
+    assert rayclf.open_sweep(str(tmp_path / "b")).reused.startswith("4 of 8 trials reused")
+    assert rayclf.open_sweep(str(tmp_path / "a")).reused is None
