@@ -107,7 +107,8 @@ def test_status_finished_sweep_json_schema_and_decisions(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert set(out) == {"sweep", "root", "metric", "mode", "trials", "statuses", "eta_seconds", "driver", "running",
-                        "arms", "decisions"}
+                        "arms", "decisions", "reused", "reused_from"}
+    assert (out["reused"], out["reused_from"]) == (0, [])  # no trial cache: nothing reused
     assert out["trials"] == {"done": 36, "running": 0, "failed": 0, "waiting": 0, "total": 36}
     assert out["driver"]["state"] == "none" and out["running"] == []
     assert [d["kind"] for d in out["decisions"]] == ["stop", "winner"]
