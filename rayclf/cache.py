@@ -202,9 +202,16 @@ def reuse_note(rows: Iterable[Mapping[str, Any]]) -> str | None:
     caches = sorted({str(r["reused_from"]) for r in reused})
     sweeps = sorted({str(p.get("sweep")) for r in reused if isinstance(p := _prov(r), dict) and p.get("sweep")})
     by = f" (trained by sweep {', '.join(sweeps)})" if sweeps else ""
-    hours = sum(float(r.get("seconds") or 0.0) for r in reused) / 3600
+    seconds = sum(float(r.get("seconds") or 0.0) for r in reused)
     return (f"{len(reused)} of {len(rows)} trials reused from the trial cache {', '.join(caches)}{by}, not trained "
-            f"again ({hours:.3g} trial-hours saved)")
+            f"again ({trial_time(seconds)} saved)")
+
+
+def trial_time(seconds: float) -> str:
+    """Training time summed over trials, in the unit a person reads it in (trial-hours from 0.1 h)."""
+    if seconds >= 360:
+        return f"{seconds / 3600:.2f} trial-hours"
+    return f"{seconds / 60:.1f} trial-minutes" if seconds >= 60 else f"{seconds:.1f} trial-seconds"
 
 
 def _prov(row: Mapping[str, Any]) -> Any:

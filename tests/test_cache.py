@@ -84,7 +84,7 @@ def test_a_follow_up_study_trains_only_its_new_arms_and_equals_a_run_without_the
     assert {r["trial_id"] for r in reused} == shared and {r["reused_from"] for r in reused} == {str(cache)}
     assert {json.loads(r["provenance"])["sweep"] for r in reused} == {"first"}
     assert "4 of 8 trials reused from the trial cache" in outcome.summary_text()
-    assert "trained by sweep first" in outcome.summary_text()
+    assert "trained by sweep first" in outcome.summary_text() and "(1.2 trial-seconds saved)" in outcome.summary_text()
     assert outcome.skipped == 0  # reused is not "already done in this directory"
 
 
@@ -410,10 +410,10 @@ def test_the_dry_run_says_how_many_planned_trials_the_cache_holds_and_the_hours_
     cache = tmp_path / "cache"
     first, _ = run_with(study(**A), tmp_path / "a", cache)
     b = study(**B)
-    hours = sum(r["seconds"] for r in first.rows) / 3600
+    seconds = sum(r["seconds"] for r in first.rows)
     (line,) = cache_lines(b, b.trials(b.arms()), str(cache), False, (), None)
     assert "4 of the 8 planned trials are cached as completed (trained by sweep first)" in line
-    assert f"{hours:.3g} trial-hours saved" in line and "4 to train" in line
+    assert f"{seconds:.1f} trial-seconds saved" in line and "4 to train" in line
     (line,) = cache_lines(b, b.trials(b.arms()), str(cache), False, ("baseline",), None)
     assert "2 of the 8 planned trials" in line and "2 refreshed on purpose" in line
     assert cache_lines(b, b.trials(b.arms()), str(cache), True, (), None) == []  # --no-cache
@@ -460,3 +460,9 @@ def test_the_live_view_status_and_open_sweep_say_how_many_were_reused_and_from_w
     assert status_json(st)["reused"] == 4 and status_json(st)["reused_from"] == [str(cache)]
     assert rayclf.open_sweep(str(tmp_path / "b")).reused.startswith("4 of 8 trials reused")
     assert rayclf.open_sweep(str(tmp_path / "a")).reused is None
+
+
+def test_trial_time_reads_in_seconds_minutes_or_hours():
+    from rayclf.cache import trial_time
+
+    assert [trial_time(s) for s in (1.24, 90, 7200)] == ["1.2 trial-seconds", "1.5 trial-minutes", "2.00 trial-hours"]

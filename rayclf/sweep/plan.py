@@ -251,7 +251,7 @@ def dry_run_text(sweep: Sweep, address: str | None = None, calibrate: bool = Fal
 def cache_lines(sweep: Sweep, trials: list[Trial], cache: str | None, no_cache: bool, refresh: tuple[str, ...],
                 echo: Callable[[str], None] | None) -> list[str]:
     """What the trial cache already holds of the planned trials, and the trial-hours their training took."""
-    from rayclf.cache import resolve_cache
+    from rayclf.cache import resolve_cache, trial_time
     from rayclf.sweep.reuse import open_reuse
 
     reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo or print)
@@ -259,12 +259,12 @@ def cache_lines(sweep: Sweep, trials: list[Trial], cache: str | None, no_cache: 
         return []
     wanted = [t for t in trials if not reuse.refreshed(t)]
     found = reuse.cache.lookup(t.trial_id for t in wanted)
-    hours = sum(float(e.row.get("seconds") or 0.0) for e in found.values()) / 3600
+    saved = trial_time(sum(float(e.row.get("seconds") or 0.0) for e in found.values()))
     sweeps = sorted({str(e.provenance.get("sweep")) for e in found.values()})
     by = f" (trained by sweep {', '.join(sweeps)})" if sweeps else ""
     refreshed = f"; {len(trials) - len(wanted)} refreshed on purpose (--refresh)" if len(wanted) < len(trials) else ""
     return [f"trial cache {reuse.where}: {len(found)} of the {len(trials)} planned trials are cached as completed"
-            f"{by} and will be reused, not trained: {hours:.3g} trial-hours saved (their recorded training time); "
+            f"{by} and will be reused, not trained: {saved} saved (their recorded training time); "
             f"{len(trials) - len(found)} to train{refreshed}"]
 
 
