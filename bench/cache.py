@@ -1,15 +1,15 @@
 """The trial cache (issue 30): wall time and trial-hours of a follow-up study with and without the cache.
 
 Study A is an ablation of the learning rate (baseline + 3 arms × 2 seeds = 8 trials of ``bench.sweep_overhead``'s
-small CNN, 3 epochs, 2,000 synthetic images); the follow-up B shares A's baseline and one arm and adds two new
-arms (8 trials, 4 of them A's). Per repeat: A runs with ``--cache C`` (a fresh cache), then B with ``--cache C``
-and B without a cache, alternating which of the two goes first. Every figure is the wall time of a whole
+small CNN, 2,000 synthetic images, 3 epochs or ``--epochs``); the follow-up B shares A's baseline and one arm and
+adds two new arms (8 trials, 4 of them A's). Per repeat: A runs with ``--cache C`` (a fresh cache), then B with
+``--cache C`` and B without a cache, alternating which of the two goes first. Every figure is the wall time of a whole
 ``rayclf sweep FILE --out DIR --quiet --wandb disabled --num-cpus 2`` command in a subprocess (Python and Ray
 start-up included); trial-hours are the sum of the ``seconds`` of the trials a run trained itself (reused rows
 carry the seconds A spent on them, and are not counted).
 
-Usage: ``python -m bench.cache [--repeat N] [--out FILE]``: prints one ``SUMMARY`` line and writes
-``bench/results/cache-cpu-2core.json`` unless ``--out`` says otherwise.
+Usage: ``python -m bench.cache [--epochs E] [--repeat N] [--out FILE]``: prints one ``SUMMARY`` line and writes
+``bench/results/cache-<E>ep-cpu-2core.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SLOTS = 2
 
 
-def study(name: str, lrs: list[float]) -> dict[str, Any]:
-    return {"name": name, "base": SMALL, "seeds": [0, 1], "resources": {"cpus": 1},
+def study(name: str, lrs: list[float], epochs: int) -> dict[str, Any]:
+    base = {**SMALL, "train": {**SMALL["train"], "epochs": epochs}}
+    return {"name": name, "base": base, "seeds": [0, 1], "resources": {"cpus": 1},
             "search": {"ablation": {"factors": {"optim.lr": lrs}}}}
 
 
-A = study("first", [0.1, 0.02, 0.01])
-B = study("followup", [0.1, 0.2, 0.005])  # baseline and lr=0.1 are A's; lr=0.2 and lr=0.005 are new
+def studies(epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A, and the follow-up B: baseline and lr=0.1 are A's; lr=0.2 and lr=0.005 are new."""
+    return study("first", [0.1, 0.02, 0.01], epochs), study("followup", [0.1, 0.2, 0.005], epochs)
 
 
 def run_cli(sweep_file: Path, out: Path, cache: Path | None) -> dict[str, Any]:
@@ -64,8 +66,11 @@ def run_cli(sweep_file: Path, out: Path, cache: Path | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cache-cpu-2core.json")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (3: small trials, start-up dominates)")
+    parser.add_argument("--out", type=Path, help="default bench/results/cache-<epochs>ep-cpu-2core.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"cache-{args.epochs}ep-cpu-2core.json"
+    A, B = studies(args.epochs)
     runs = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -81,7 +86,8 @@ def main() -> None:
                          "same_values": b[True]["values"] == b[False]["values"]})
     w = [(x["B_cache"]["wall_s"], x["B_plain"]["wall_s"]) for x in runs]
     h = [(x["B_cache"]["trial_hours"], x["B_plain"]["trial_hours"]) for x in runs]
-    summary = ("SUMMARY cache: follow-up B (8 trials, 4 shared with A) wall with / without cache "
+    summary = (f"SUMMARY cache: follow-up B (8 trials of {args.epochs} epochs, 4 shared with A) wall with / without "
+               "cache "
                + "; ".join(f"{c:.1f} s / {p:.1f} s" for c, p in w) + "; trial-hours "
                + "; ".join(f"{c * 3600:.1f} s / {p * 3600:.1f} s" for c, p in h)
                + f"; trained {runs[0]['B_cache']['trained']} vs {runs[0]['B_plain']['trained']}"
