@@ -1,9 +1,8 @@
 """The decision log of a sweep directory: every decision that shapes which trials run, written before it acts.
 
 An arm continued or stopped at a rung, an arm eliminated by racing, a stage's winner, a bayes proposal: each is
-one row of
-``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by pandas or DuckDB like the
-results tables), keyed by ``(kind, key)``. ``--resume`` reads the log first and replays it: a decision that is
+one row of ``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by pandas or DuckDB like
+the results tables), keyed by ``(kind, key)``. ``--resume`` reads the log first and replays it: a decision that is
 logged stays made, so a resumed sweep takes exactly the path the interrupted one took. Re-deciding (``--rerun-stopped``,
 ``--redecide STAGE``) replaces a decision's row in one step, under the same part name.
 """
