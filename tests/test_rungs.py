@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,25 +159,88 @@ def test_a_new_seed_follows_its_arms_logged_verdicts(tmp_path):
             assert rows[seed2[arm]]["epochs"] == 0 and "never started" in rows[seed2[arm]]["reason"]
 
 
+class _StopsOnly:
+    """The decision log as it was before continues were logged: stops only."""
+
+    def __init__(self, log: DecisionLog):
+        self.log = log
+
+    def record(self, d: Decision) -> Decision:
+        return self.log.record(d) if d.kind == STOP else d
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)
+
+
+def _old_scheduler(board: ArmBoard) -> ArmScheduler:
+    """The code before this change, with a slot per seed: no seed waits at a rung, only stops are logged."""
+    board.should_pause = lambda tid, epoch: False  # type: ignore[method-assign]
+    board.log = _StopsOnly(board.log)
+    return ArmScheduler(board)
+
+
 def test_a_directory_with_only_stops_logged_resumes_without_mixing_statuses(tmp_path):
-    """A sweep directory written before continues were logged: the rungs its finished seeds trained past count
-    as passed (logged now, from the stored epochs), so the resume never stops an arm beside a completed seed."""
-    sweep = _sweep("max", [0, 1], "median")
+    """A sweep directory written before this change (seeds ran apart; only stops logged), killed while fast seeds
+    had completed and slow ones trained on: the rungs a finished seed trained past count as passed (logged now
+    as continues from the stored epochs, with each seed's value at the rung), so the resume never stops an arm
+    beside its completed seed, and every logged stop stays."""
+    sweep = _sweep("max", [0, 1], "median", lrs=[*LRS, 0.03, 0.07])
     out = str(tmp_path / "old")
-    tune, _, complete = _run(sweep, out, slots=3, kill_after=14, duration=_slow_second_seed)
-    assert not complete
-    stops = {d.key: d for d in DecisionLog(out).of_kind(STOP)}
-    for part in Path(out, "decisions.parquet").glob("continue-*.parquet"):
-        part.unlink()  # as the log looked before this change
+    tune, _, complete = _run(sweep, out, slots=3, kill_after=16, duration=_slow_second_seed,
+                             scheduler=_old_scheduler)
+    assert not complete and not DecisionLog(out).of_kind(CONTINUE)
+    stops = {d.key: d.seq for d in DecisionLog(out).of_kind(STOP)}
     finished = {r["trial_id"] for r in ResultsStore(out).trials if r["status"] == "completed"}
+    assert finished, "a fast seed completed before its slow sibling reached the first rung"
     _, store, complete = _run(sweep, out, slots=3, histories=tune.interrupted_histories())
     assert complete
     after = DecisionLog(out)
-    assert {d.key: d.seq for d in after.of_kind(STOP) if d.key in stops} == {a: d.seq for a, d in stops.items()}
-    _check_together(sweep, store, out)
+    assert {d.key: d.seq for d in after.of_kind(STOP) if d.key in stops} == stops
+    for arm, rows in _rows_by_arm(store, sweep).items():  # (an arm the old code stopped beside a completed
+        if arm not in stops:  # seed before the kill stays as it was recorded)
+            assert not {"completed", "stopped_early"} <= {r["status"] for r in rows}, "the resume mixed statuses"
     arm_of = {t.trial_id: t.arm_id for t in sweep.trials(sweep.arms())}
     settled = [d for d in after.of_kind(CONTINUE) if d.detail.get("from") == "trials.parquet"]
     assert {arm_of[t] for t in finished} <= {d.arm_id for d in settled}  # its passed rungs logged as passed
+    epochs = {(e["trial_id"], e["epoch"]): e["val_accuracy"] for e in store.epochs}
+    seed_of = {t.trial_id: t.seed for t in sweep.trials(sweep.arms())}
+    for d in settled:  # each seed's value at the rung itself (the best up to it), never a later epoch's
+        for tid in (t for t in finished if arm_of[t] == d.arm_id):
+            best = max(epochs[(tid, e)] for e in range(1, d.detail["rung"] + 1))
+            assert d.detail["values"][str(seed_of[tid])] == pytest.approx(best)
+
+
+def test_a_decision_reads_each_seed_only_up_to_its_rung():
+    """A seed an earlier run trained past a rung (a resumed old directory) counts at the rung with its value
+    there, not its later, better one."""
+    log = _ListLog()
+    board = ArmBoard(rung_rule("asha", 1, 2, 4), "max", "val_accuracy", log=log)
+    board.add_arm("a", "a", [("a0", 0), ("a1", 1)], epochs=4)
+    for epoch, value in ((1, 0.2), (2, 0.9), (3, 0.95)):
+        board.observe("a0", epoch, value)
+    board.observe("a1", 1, 0.4)
+    board.decide("a")
+    assert log.decisions[0].kind == CONTINUE and log.decisions[0].detail["values"] == {"0": 0.2, "1": 0.4}
+    assert board.recorded[1]["a"] == pytest.approx(0.3)
+
+
+def test_no_rung_at_or_after_an_arms_last_epoch():
+    """One board serves stages of different lengths: an arm that trains 2 epochs is never judged at the rungs
+    (2, 4) a longer stage brought (it has finished there), so a finished arm is never stopped."""
+    log = _ListLog()
+    board = ArmBoard(rung_rule("asha", 1, 2, 8), "max", "val_accuracy", log=log)
+    assert board.rule.rungs == [1, 2, 4]
+    board.add_arm("long", "long", [("l0", 0)], epochs=8)
+    board.add_arm("short", "short", [("s0", 0)], epochs=2)
+    for epoch, value in ((1, 0.9), (2, 0.99), (3, 0.99), (4, 0.99)):
+        board.observe("l0", epoch, value)
+    board.decide("long")
+    board.observe("s0", 1, 0.95)  # above the long arm at epoch 1: continues
+    board.observe("s0", 2, 0.95)  # below it at epoch 2, its last epoch: no rung for it there
+    board.decide("short")
+    board.end("s0")
+    assert [(d.kind, d.detail["rung"]) for d in log.decisions if d.arm_id == "short"] == [(CONTINUE, 1)]
+    assert not board.stopped and board.rungs_of("short") == [1]
 
 
 # ------------------------------------------------------------------------------------- property-style
