@@ -1,7 +1,7 @@
 """Slot efficiency of an arm-level ASHA sweep (issue 28): seeds that wait for each other at rungs vs seeds that
 run apart.
 
-The sweep: 4 learning rates × 3 seeds of a small CNN (2,000 synthetic 32×32 images, 4 epochs), ``scheduler: asha``
+The sweep: 4 learning rates × 3 seeds of a small CNN (6,000 synthetic 32×32 images, 4 epochs), ``scheduler: asha``
 (grace 1, reduction factor 2: rungs at epochs 1 and 2), 1 CPU per trial on a local Ray instance of 2 CPUs: 2 slots.
 Each figure is one whole ``rayclf sweep FILE --out DIR --quiet --wandb disabled --num-cpus 2`` command in a
 subprocess (Python, Ray and Tune start-up included), run once with this tree's rayclf ("after") and once with
@@ -34,7 +34,9 @@ from bench.sweep_overhead import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = 2
-SWEEP = {"name": "asha4x3", "base": {**SMALL, "train": {**SMALL["train"], "epochs": 4}},
+BASE = {**SMALL, "data": {"name": "synthetic", "synthetic": {**SMALL["data"]["synthetic"], "num_train": 6000}},
+        "train": {**SMALL["train"], "epochs": 4}}  # epochs of a few seconds: training, not start-up, dominates
+SWEEP = {"name": "asha4x3", "base": BASE,
          "search": {"grid": {"optim.lr": [0.1, 0.05, 0.01, 0.001]}}, "seeds": [0, 1, 2],
          "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, "resources": {"cpus": 1}}
 
