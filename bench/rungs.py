@@ -9,8 +9,7 @@ another checkout's (``--before /path``, e.g. ``/work/main``: "before"), alternat
 
 Slot efficiency = Σ ``epoch_seconds`` of every epoch any trial trained (from ``epochs.parquet``: the work done,
 stopped trials included) ÷ (2 slots × the command's wall time). Also reported: the trial-epochs trained, the
-statuses per arm (an arm whose seeds ended with different statuses or stop epochs is counted as *mixed*), and
-the rung pauses (trials whose row says they resumed from an epoch > 0).
+statuses per arm (an arm whose seeds ended with different statuses or stop epochs is counted as *mixed*).
 
 Usage: ``python -m bench.rungs [--before /work/main] [--repeat N] [--out FILE]``; prints one ``SUMMARY`` line and
 writes ``bench/results/rungs-asha-cpu-2core.json`` unless ``--out`` says otherwise.
@@ -62,7 +61,6 @@ def run_cli(tree: Path, sweep_file: Path, out: Path) -> dict[str, Any]:
     return {"tree": str(tree), "load_before": load, "wall_s": wall, "epoch_seconds_sum": work,
             "trial_epochs": len(epochs), "slot_efficiency": work / (SLOTS * wall),
             "statuses": trials["status"].value_counts().to_dict(), "mixed_arms": mixed,
-            "resumed_trials": int((trials["resumed_from_epoch"].fillna(0) > 0).sum()),
             "per_arm": {arm: sorted(f"{s}@{e}" for s, e in zip(g["status"], g["epochs"], strict=True))
                         for arm, g in trials.groupby("arm")}}
 
