@@ -324,7 +324,7 @@ def replay(board: ArmBoard, trials: Iterable[Any], store: Any, log: Any,
     continues: dict[str, list[Decision]] = {}
     for d in log.of_kind(CONTINUE) if log is not None else []:
         continues.setdefault(d.arm_id, []).append(d)
-    for arm in sorted(new, key=list(board.plan).index):
+    for arm in [a for a in board.plan if a in new]:
         seeds = board.plan[arm]
         _apply(board, arm, [*continues.get(arm, []), *([d] if log and (d := log.get(STOP, arm)) else [])])
         if arm not in board.stopped:
@@ -397,7 +397,7 @@ def _settle(board: ArmBoard, arm: str, earlier: list[str], finished: set[str]) -
 
 class ArmScheduler(FIFOScheduler):
     """Tune scheduler side of the arm-level rule: feeds the board, pauses a seed that reached an undecided
-    rung first (arms with more seeds than slots), returns STOP for every seed of a stopped arm."""
+    rung before its siblings (on any number of slots), returns STOP for every seed of a stopped arm."""
 
     def __init__(self, board: ArmBoard, on_complete: Callable[[Any, Any], None] | None = None):
         super().__init__()
