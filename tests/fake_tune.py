@@ -9,11 +9,14 @@ paused gets ``on_trial_remove``. A ``suggest`` that returns None when nothing is
 an error here: real Tune then polls the searcher every second for ten minutes, deaf to Ctrl-C.
 ``kill_after`` stops the run after that many results with no callback at all (``kill -9``); what each unfinished
 trial could continue from is its last checkpoint (every epoch, as ``train.checkpoint_every: 1``).
+``duration`` sets how long each of a trial's epochs takes (seeds slower, faster), ``fail`` the epoch at which a
+trial's process dies instead of reporting (Tune's ``on_trial_error``, no retry). ``idle`` counts the steps that
+left a slot free while the queue had a seed it could start (or a paused seed could continue there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray.tune.schedulers import TrialScheduler
@@ -26,7 +29,7 @@ PENDING, RUNNING, PAUSED, TERMINATED = "PENDING", "RUNNING", "PAUSED", "TERMINAT
 
 class FakeTrial:
     def __init__(self, config: dict[str, Any], epoch: int = 0):
-        self.config, self.status, self.is_saving = config, PENDING, False
+        self.config, self.status, self.is_saving, self.error_file = config, PENDING, False, None
         self.epoch, self.clock = epoch, 0.0
         self.trial_id = config["trial"].trial_id
 
@@ -35,8 +38,12 @@ class FakeTune:
     """Runs ``queue`` and ``scheduler`` (and ``callbacks``, e.g. rayclf's Recorder) over fake trials."""
 
     def __init__(self, queue: Any, scheduler: Any, value: Callable[[dict[str, Any], int], float], slots: int,
-                 callbacks: list[Any] = (), start: dict[str, int] | None = None):
+                 callbacks: list[Any] = (), start: dict[str, int] | None = None,
+                 duration: Callable[[Any, int], float] | None = None, fail: Mapping[str, int] | None = None):
         self.queue, self.scheduler, self.value, self.slots = queue, scheduler, value, slots
+        self.duration = duration or (lambda info, epoch: 1.0 + 0.37 * (info.seed % 3) + 0.11 * (info.position % 5))
+        self.fail = dict(fail or {})
+        self.idle = 0
         self.metric = scheduler.board.metric
         self.callbacks, self.start = list(callbacks), start or {}
         self.queue.set_max_concurrency(slots)
@@ -111,8 +118,14 @@ class FakeTune:
     def _result(self, t: FakeTrial) -> None:
         info = t.config["trial"]
         t.epoch += 1
-        duration = 1.0 + 0.37 * (info.seed % 3) + 0.11 * (info.position % 5)
-        t.clock = self.now = t.clock + duration
+        t.clock = self.now = t.clock + self.duration(info, t.epoch)
+        if self.fail.get(t.trial_id) == t.epoch:  # the process died during this epoch: no result
+            t.status = "ERROR_RAISED"  # (not Tune's ERROR, which means it is retried)
+            self.scheduler.on_trial_error(self, t)
+            t.status = TERMINATED
+            for cb in self.callbacks:
+                getattr(cb, "on_trial_error", lambda *a: None)(0, self.trials, t)
+            return
         result = {"epoch": t.epoch, self.metric: self.value(info, t.epoch)}
         final = t.epoch >= info.epochs
         if final:
@@ -140,17 +153,29 @@ class FakeTune:
                 return True
             self._ask()
             self._start()
+            self._count_idle()
             running = [t for t in self.trials if t.status == RUNNING]
             if not running:
                 assert self._live() or self.finished, "nothing runs and nothing can start: the sweep is stuck"
                 continue
             if kill_after is not None and results >= kill_after:
                 return False
-            nxt = min(running, key=lambda t: (t.clock + 1.0 + 0.37 * (t.config["trial"].seed % 3),
+            nxt = min(running, key=lambda t: (t.clock + self.duration(t.config["trial"], t.epoch + 1),
                                               t.config["trial"].position))
             self._result(nxt)
             results += 1
         raise AssertionError("the fake sweep did not finish")
+
+    def _count_idle(self) -> None:
+        """A slot free after this step while the queue had a seed that could have started in it (a slot kept
+        for a paused seed whose arm was judged is not free: Tune starts one chosen trial per step)."""
+        board = self.scheduler.board
+        running = sum(t.status == RUNNING for t in self.trials)
+        ready = sum(t.status == PAUSED and board.ready(t.trial_id) for t in self.trials)
+        first = self.queue._first() if hasattr(self.queue, "_first") else None
+        startable = first is not None and self.queue.todo[first].arm_id not in board.stopped
+        if running + ready < self.slots and startable:
+            self.idle += 1
 
     def interrupted_histories(self) -> dict[str, list[dict[str, Any]]]:
         """What ``find_checkpoints`` finds after a kill: each unfinished trial's epochs up to its checkpoint."""

@@ -1,8 +1,8 @@
 """The decision log of a sweep directory: every decision that shapes which trials run, written before it acts.
 
-An arm stopped at a rung, an arm eliminated by racing, a stage's winner, a bayes proposal: each is one row of
-``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by pandas or DuckDB like the
-results tables), keyed by ``(kind, key)``. ``--resume`` reads the log first and replays it: a decision that is
+An arm continued or stopped at a rung, an arm eliminated by racing, a stage's winner, a bayes proposal: each is
+one row of ``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by pandas or DuckDB like
+the results tables), keyed by ``(kind, key)``. ``--resume`` reads the log first and replays it: a decision that is
 logged stays made, so a resumed sweep takes exactly the path the interrupted one took. Re-deciding (``--rerun-stopped``,
 ``--redecide STAGE``) replaces a decision's row in one step, under the same part name.
 """
@@ -22,7 +22,8 @@ from rayclf.results import arrow_table, canonical_json, filesystem, join, read_r
 
 DECISIONS = "decisions.parquet"
 STOP, ELIMINATE, WINNER, PROPOSAL = "stop", "eliminate", "winner", "proposal"
-KINDS = (STOP, ELIMINATE, WINNER, PROPOSAL)
+CONTINUE = "continue"  # an arm passed a rung (asha / median): keyed ``arm/rung``, so a resume never re-judges it
+KINDS = (STOP, ELIMINATE, WINNER, PROPOSAL, CONTINUE)
 COLUMNS: dict[str, str] = {
     "seq": "int", "kind": "string", "key": "string", "arm_id": "string", "label": "string", "stage": "int",
     "n_seeds": "int", "detail": "json", "time": "float",

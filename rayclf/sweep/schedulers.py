@@ -4,21 +4,25 @@ rayclf's results are per arm (mean over seeds), so its early stopping is too. Ra
 rule judge each trial alone: an arm's three seeds could be judged separately at a rung, and every stopped
 trial drops out of the per-arm tables. Here three pieces share one ``ArmBoard`` in the sweep driver:
 
-- ``TrialQueue`` (a Tune ``Searcher``) hands Tune rayclf's trial list in order, an arm's seeds together once
-  that many slots are free, and never hands out a seed of an arm that is already stopped: that seed is
-  recorded at once (status ``stopped_early``), so every trial still gets exactly one row.
+- ``TrialQueue`` (a Tune ``Searcher``) hands Tune rayclf's trial list in order whenever a slot is free (so
+  an arm's seeds go out together when the slots allow, and a slot never idles while a seed could start), and
+  never hands out a seed of an arm that is already stopped: that seed is recorded at once (status
+  ``stopped_early``), so every trial still gets exactly one row. A seed an earlier run left at a rung its arm
+  has not judged yet is held back until the arm is judged there.
 - ``ArmScheduler`` (a Tune ``FIFOScheduler``) records each seed's best-so-far metric. An arm's decision at a
   rung waits until every *planned* seed has reached it (or ended before it): every decision sees the planned
   number of seeds. Then it takes the arm's mean and applies the rule (ASHA: below the top 1/reduction_factor
-  of the arms recorded at that rung so far; median: worse than the median of the other arms). Only an arm
-  with more seeds than slots has a seed that reached the rung first *pause* (Tune's ``PAUSE``, at the rung's
-  checkpoint, which the trial forces) until its arm is decided; then it continues or stops.
+  of the arms recorded at that rung so far; median: worse than the median of the other arms). A seed that
+  reaches a rung before its siblings *pauses* there (Tune's ``PAUSE``, at the rung's checkpoint, which the
+  trial forces; its slot goes to other work) until its arm is decided, whatever the ratio of seeds to slots;
+  then it continues or stops with its siblings. So an arm's seeds all stop at one rung or all go on.
 - ``Recorder`` asks the board why a trial stopped and at which rung, so the row says so and carries the
   value at that rung.
 
-A stop is written to the decision log (``rayclf.sweep.decisions``, kind ``stop``, keyed by arm id) before any
-trial stops; ``--resume`` rebuilds the board from that log and from the stored epochs of every seed
-(``build_board``). Nothing is decided once the run is halting (``ArmBoard.halted``: Ctrl-C).
+Every verdict, continue as well as stop, is written to the decision log (``rayclf.sweep.decisions``: kind
+``continue`` keyed ``arm/rung``, kind ``stop`` keyed by arm id) before it acts; ``--resume`` rebuilds the
+board from that log first and from the stored epochs of every seed (``replay``), so a rung already judged is
+never judged again. Nothing is decided once the run is halting (``ArmBoard.halted``: Ctrl-C).
 Racing over seeds is a loop of rounds in ``rayclf.sweep.racing``.
 """
 
@@ -34,7 +38,7 @@ from ray.tune.experiment import Trial as TuneTrial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from rayclf.sweep.decisions import STOP, Decision
+from rayclf.sweep.decisions import CONTINUE, STOP, Decision
 from rayclf.sweep.keys import SUMMARY_KEY
 from rayclf.sweep.trialspec import TrialSpec
 
@@ -106,8 +110,8 @@ def _never() -> bool:
 @dataclass
 class ArmBoard:
     """What the queue, the scheduler and the recorder share about arms (keyed by arm id, never by label):
-    planned seeds, rung values, paused seeds, stops. ``log`` (a ``DecisionLog``) gets every stop before it
-    acts; ``slots`` is how many trials run at once (0: no limit); ``halted`` says the run is being stopped
+    planned seeds, rung values, paused seeds, verdicts. ``log`` (a ``DecisionLog``) gets every verdict before
+    it acts; ``slots`` is how many trials run at once (0: no limit); ``halted`` says the run is being stopped
     (Ctrl-C), when no decision may be taken on what happens to be known."""
 
     rule: RungRule
@@ -121,6 +125,7 @@ class ArmBoard:
     seed_of: dict[str, int] = field(default_factory=dict)
     names: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # arm -> (label, stage) for the log
     stages: dict[str, set[int | None]] = field(default_factory=dict)  # arm -> the stages it is an arm of
+    epochs: dict[str, int] = field(default_factory=dict)  # arm -> its trials' epochs (no rung there or later)
     started: set[str] = field(default_factory=set)  # trial ids handed to Tune in this run
     ended: set[str] = field(default_factory=set)
     paused: dict[str, int] = field(default_factory=dict)  # trial id -> the rung it waits at
@@ -130,9 +135,13 @@ class ArmBoard:
     recorded: dict[int, dict[str, float]] = field(default_factory=dict)  # rung -> arm -> score
     stopped: dict[str, tuple[int, str]] = field(default_factory=dict)  # arm -> (rung, why)
 
-    def add_arm(self, arm: str, label: str, seeds: Iterable[tuple[str, int]], stage: int | None = None) -> None:
-        """Plan an arm: its (trial id, seed) pairs, finished ones included (they count in every decision)."""
+    def add_arm(self, arm: str, label: str, seeds: Iterable[tuple[str, int]], stage: int | None = None,
+                epochs: int | None = None) -> None:
+        """Plan an arm: its (trial id, seed) pairs, finished ones included (they count in every decision), and
+        how many epochs its trials train (a rung at or after that is no rung of this arm: it has finished)."""
         self.names.setdefault(arm, (label, stage))
+        if epochs is not None:
+            self.epochs.setdefault(arm, epochs)
         self.stages.setdefault(arm, set()).add(stage)  # a carried winner is also an arm of the next stage
         for tid, seed in seeds:
             if tid not in self.arm_of:
@@ -167,6 +176,11 @@ class ArmBoard:
         self.paused.pop(tid, None)
         return tid in self.arm_of and self.decide(self.arm_of[tid])
 
+    def rungs_of(self, arm: str) -> list[int]:
+        """The rule's rungs before the arm's last epoch (a later stage may train longer, with more rungs)."""
+        last = self.epochs.get(arm)
+        return [r for r in self.rule.rungs if last is None or r < last]
+
     def decide(self, arm: str) -> bool:
         """Judge every rung all of the arm's planned seeds have reached (or ended before); True when this
         call stopped the arm. Nothing is judged while the run halts."""
@@ -174,7 +188,7 @@ class ArmBoard:
             return False
         done = self.decided.setdefault(arm, set())
         seeds = self.plan.get(arm, [])
-        for rung in self.rule.rungs:
+        for rung in self.rungs_of(arm):
             if arm in self.stopped:
                 return False
             if rung in done:
@@ -186,37 +200,49 @@ class ArmBoard:
         return False
 
     def _judge(self, arm: str, rung: int, seeds: list[str]) -> bool:
-        """One rung's decision for an arm, from the values of its seeds that reached it."""
-        self.decided[arm].add(rung)
-        values = {t: v for t in seeds if self._reached(t, rung) and (v := self._at(t, rung)) is not None}
-        if not values:
+        """One rung's decision for an arm, from the values of its seeds that reached it (the best of each up to
+        this rung, never later): logged (continue or stop), then acted on. True: the arm stopped."""
+        if not any(self._reached(t, rung) for t in seeds):
+            self.decided[arm].add(rung)  # every seed ended before the rung: nothing to judge there
             return False
-        mean = float(np.mean(list(values.values())))
+        values = {t: v for t in seeds if self._reached(t, rung) and (v := self._at(t, rung)) is not None}
+        mean = float(np.mean(list(values.values()))) if values else None
         sign = 1.0 if self.mode == "max" else -1.0
         mine = self.stages.get(arm, {None})  # a stage's arms (the carried winner among them) compete
         others = [s for a, s in self.recorded.get(rung, {}).items()
                   if a != arm and self.stages.get(a, {None}) & mine]
-        cutoff = self.rule.cutoff(others)
-        self.recorded.setdefault(rung, {})[arm] = sign * mean
-        if cutoff is None or sign * mean >= cutoff:
-            return False
-        self._stop(arm, rung, values, mean, sign * cutoff, len(others))
-        return True
+        cutoff = self.rule.cutoff(others) if mean is not None else None
+        stop = cutoff is not None and mean is not None and sign * mean < cutoff
+        self._log(arm, rung, stop, values, mean, None if cutoff is None else sign * cutoff, len(others))
+        self.decided[arm].add(rung)
+        if mean is not None:
+            self.recorded.setdefault(rung, {})[arm] = sign * mean
+        return stop
 
-    def _stop(self, arm: str, rung: int, values: Mapping[str, float], mean: float, cutoff: float,
-              n_others: int) -> None:
-        """Log the stop (data first), then mark the arm stopped (the action)."""
-        side = "below" if self.mode == "max" else "above"
+    def _log(self, arm: str, rung: int, stop: bool, values: Mapping[str, float], mean: float | None,
+             cutoff: float | None, n_others: int) -> None:
+        """Write the verdict (data first); a stop also marks the arm stopped (the action)."""
         planned = self.plan.get(arm, [])
-        why = (f"arm stopped at epoch {rung} by {self.rule.name} over its seeds: mean {self.metric} {mean:.4g} "
-               f"over {len(values)} of {len(planned)} seed(s) {side} {self.rule.describe(n_others)} {cutoff:.4g}")
+        better, worse = ("at or above", "below") if self.mode == "max" else ("at or below", "above")
+        if mean is None:
+            how = f"no seed has a {self.metric} value at this rung"
+        elif cutoff is None:
+            how = f"mean {self.metric} {mean:.4g} over {len(values)} of {len(planned)} seed(s); no cutoff yet"
+        else:
+            how = (f"mean {self.metric} {mean:.4g} over {len(values)} of {len(planned)} seed(s) "
+                   f"{worse if stop else better} {self.rule.describe(n_others)} {cutoff:.4g}")
+        verb = "stopped" if stop else "continued"
+        why = f"arm {verb} at epoch {rung} by {self.rule.name} over its seeds: {how}"
         if self.log is not None:
             label, stage = self.names.get(arm, ("", None))
-            self.log.record(Decision(STOP, arm, arm, label, stage, len(planned), {
+            self.log.record(Decision(STOP if stop else CONTINUE, arm if stop else f"{arm}/{rung}", arm, label,
+                                     stage, len(planned), {
                 "rule": self.rule.name, "rung": rung, "metric": self.metric, "mode": self.mode,
                 "values": {str(self.seed_of[t]): v for t, v in values.items()},
-                "seeds": [self.seed_of[t] for t in planned], "cutoff": cutoff, "mean": mean, "reason": why}))
-        self.stopped[arm] = (rung, why)
+                "seeds": [self.seed_of[t] for t in planned], "cutoff": cutoff, "mean": mean, "others": n_others,
+                "reason": why}))
+        if stop:
+            self.stopped[arm] = (rung, why)
 
     def why_stopped(self, arm: str) -> tuple[int | None, str]:
         rung, why = self.stopped.get(arm, (None, "stopped by the scheduler"))
@@ -224,15 +250,25 @@ class ArmBoard:
 
     # ------------------------------------------------------------------ pausing and slots
     def should_pause(self, tid: str, epoch: int) -> bool:
-        """A seed at a rung its arm has not judged yet waits there (paused) when the arm has more seeds than
-        slots: its siblings need the slot to reach the rung. With enough slots it keeps training."""
+        """A seed at a rung its arm has not judged yet waits there (paused, its slot free for other work) until
+        its siblings reach the rung and the arm is judged, however many slots there are: seeds that ran on
+        would pass a rung their arm may yet be stopped at."""
         arm = self.arm_of.get(tid)
-        if arm is None or arm in self.stopped or epoch not in self.rule.rungs:
+        if arm is None or arm in self.stopped or epoch not in self.rungs_of(arm):
             return False
-        if not self.slots or len(self.plan[arm]) <= self.slots or epoch in self.decided.get(arm, set()):
+        if epoch in self.decided.get(arm, set()):
             return False
         self.paused[tid] = epoch
         return True
+
+    def waiting(self, tid: str) -> bool:
+        """A seed an earlier run left at (or past) a rung its arm has not judged yet: it may start only once its
+        arm is judged there (``TrialQueue`` holds it back), as it would have waited paused at that rung."""
+        arm = self.arm_of.get(tid)
+        if arm is None or arm in self.stopped:
+            return False
+        last, done = self.last.get(tid, 0), self.decided.get(arm, set())
+        return any(r <= last and r not in done for r in self.rungs_of(arm))
 
     def ready(self, tid: str) -> bool:
         """A paused seed may continue: its arm was judged at the rung it waits at (and not stopped)."""
@@ -259,16 +295,20 @@ class ArmBoard:
 def replay(board: ArmBoard, trials: Iterable[Any], store: Any, log: Any,
            histories: Mapping[str, list[dict[str, Any]]], rerun_stopped: bool = False) -> ArmBoard:
     """Rebuild the board of a (resumed) run: plan every seed of its arms (``trials``: ``spec.Trial``s, finished
-    ones included), keep every logged stop (``--rerun-stopped`` forgets them), and feed every seed's epochs:
-    stored ones for finished seeds, the checkpoint's for interrupted ones (``histories``), so a resumed seed
-    keeps its earlier rung values. An arm whose seeds all ended earlier was judged at every rung they passed;
-    any other arm is judged now where all its planned seeds reached a rung (a kill before the log was written)."""
+    ones included), feed every seed's epochs (stored ones for finished seeds, the checkpoint's for interrupted
+    ones: ``histories``), then apply the logged verdicts of each arm (continue and stop, with the scores they
+    were taken on), so a rung already judged is never judged again and a new seed of a judged arm follows its
+    verdicts (``--rerun-stopped`` forgets them). A directory written before continues were logged has its
+    rungs that a finished seed passed (or that lie below a stop) counted as passed, from the stored epochs.
+    Any other arm is judged now where all its planned seeds reached a rung."""
     known = set(board.plan)  # a later batch of the same run keeps what this run decided
     for t in trials:
-        board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage)
+        board.add_arm(t.arm_id, t.arm.label, [(t.trial_id, t.seed)], t.arm.stage, t.config.total_epochs())
     board.log = log
+    new = set(board.plan) - known
     if log is not None and rerun_stopped:
-        log.forget(STOP, set(board.plan) - known)
+        log.forget(STOP, new)
+        log.forget(CONTINUE, {d.key for d in log.of_kind(CONTINUE) if d.arm_id in new})
     finished = store.finished_ids(rerun_stopped) & set(board.arm_of)
     stored: dict[str, list[dict[str, Any]]] = {}
     for e in store.epochs:
@@ -281,19 +321,32 @@ def replay(board: ArmBoard, trials: Iterable[Any], store: Any, log: Any,
                 board.observe(tid, int(e["epoch"]), e.get(board.metric))
     board.ended |= finished
     rows = {r["trial_id"]: r for r in store.trials if r["trial_id"] in finished}
-    for arm, seeds in board.plan.items():
-        logged = log.get(STOP, arm) if log is not None else None
-        if logged is not None:
-            board.stopped[arm] = (int(logged.detail.get("rung") or 0), str(logged.detail.get("reason") or ""))
-        earlier = [t for t in seeds if t in finished or t in histories]
-        if arm in board.stopped or _stopped_before_the_log(board, arm, [rows[t] for t in seeds if t in rows]):
-            _settle(board, arm, earlier, board.stopped[arm][0])
-        elif earlier and all(t in board.ended for t in earlier):
-            _settle(board, arm, earlier)
+    continues: dict[str, list[Decision]] = {}
+    for d in log.of_kind(CONTINUE) if log is not None else []:
+        continues.setdefault(d.arm_id, []).append(d)
+    for arm in [a for a in board.plan if a in new]:
+        seeds = board.plan[arm]
+        _apply(board, arm, [*continues.get(arm, []), *([d] if log and (d := log.get(STOP, arm)) else [])])
+        if arm not in board.stopped:
+            _stopped_before_the_log(board, arm, [rows[t] for t in seeds if t in rows])
+        _settle(board, arm, [t for t in seeds if t in finished or t in histories], finished)
     for arm in board.plan:
         if arm not in board.stopped:
             board.decide(arm)
     return board
+
+
+def _apply(board: ArmBoard, arm: str, logged: list[Decision]) -> None:
+    """An arm's logged verdicts, as taken: each rung counts as judged, with the score the verdict recorded
+    there (the other arms' decisions compare against it); a stop stops the arm."""
+    sign = 1.0 if board.mode == "max" else -1.0
+    for d in logged:
+        rung, mean = int(d.detail.get("rung") or 0), d.detail.get("mean")
+        board.decided.setdefault(arm, set()).add(rung)
+        if mean is not None:
+            board.recorded.setdefault(rung, {})[arm] = sign * float(mean)
+        if d.kind == STOP:
+            board.stopped[arm] = (rung, str(d.detail.get("reason") or ""))
 
 
 def _stopped_before_the_log(board: ArmBoard, arm: str, rows: list[dict[str, Any]]) -> bool:
@@ -309,24 +362,42 @@ def _stopped_before_the_log(board: ArmBoard, arm: str, rows: list[dict[str, Any]
             "rule": board.rule.name, "rung": rung, "seeds": sorted(r["seed"] for r in rows), "reason": why,
             "from": "trials.parquet"}))
     board.stopped[arm] = (rung, why)
+    board.decided.setdefault(arm, set()).add(rung)
     return True
 
 
-def _settle(board: ArmBoard, arm: str, earlier: list[str], upto: int | None = None) -> None:
-    """An arm judged in an earlier run (at every rung its finished seeds passed, or up to the rung it was
-    stopped at): record its score at those rungs for the other arms' decisions, and never judge it there again
-    (a seed added later waits for no decision there)."""
+def _settle(board: ArmBoard, arm: str, earlier: list[str], finished: set[str]) -> None:
+    """Rungs an earlier run passed without a logged verdict (a directory written before continues were
+    logged): those below the rung the arm was stopped at, and those a finished seed of the arm trained past
+    (judging them now could stop an arm beside its completed seed). Each is logged as a continue, with the mean
+    of the earlier seeds that reached it, and never judged again. In a directory that logs every verdict there
+    is none: a seed waits at every rung until its arm's verdict there is logged."""
     sign = 1.0 if board.mode == "max" else -1.0
-    for rung in board.rule.rungs:
-        values = [v for t in earlier if board._reached(t, rung) and (v := board._at(t, rung)) is not None]
-        if values and (upto is None or rung <= upto):
-            board.decided.setdefault(arm, set()).add(rung)
-            board.recorded.setdefault(rung, {})[arm] = sign * float(np.mean(values))
+    done = board.decided.setdefault(arm, set())
+    upto = board.stopped[arm][0] if arm in board.stopped else None
+    label, stage = board.names.get(arm, ("", None))
+    for rung in board.rungs_of(arm):
+        passed = any(board.last.get(t, 0) > rung for t in earlier if t in finished)
+        values = {t: v for t in earlier if board._reached(t, rung) and (v := board._at(t, rung)) is not None}
+        mean = float(np.mean(list(values.values()))) if values else None
+        if rung == upto and arm not in board.recorded.get(rung, {}) and mean is not None:
+            board.recorded.setdefault(rung, {})[arm] = sign * mean  # a stop logged without its mean
+        if rung in done or not (passed or (upto is not None and rung < upto)):
+            continue
+        if board.log is not None:
+            board.log.record(Decision(CONTINUE, f"{arm}/{rung}", arm, label, stage, len(board.plan[arm]), {
+                "rule": board.rule.name, "rung": rung, "metric": board.metric, "mode": board.mode,
+                "values": {str(board.seed_of[t]): v for t, v in values.items()}, "mean": mean,
+                "reason": f"arm passed epoch {rung} in an earlier run (before continues were logged)",
+                "from": "trials.parquet"}))
+        done.add(rung)
+        if mean is not None:
+            board.recorded.setdefault(rung, {})[arm] = sign * mean
 
 
 class ArmScheduler(FIFOScheduler):
     """Tune scheduler side of the arm-level rule: feeds the board, pauses a seed that reached an undecided
-    rung first (arms with more seeds than slots), returns STOP for every seed of a stopped arm."""
+    rung before its siblings (on any number of slots), returns STOP for every seed of a stopped arm."""
 
     def __init__(self, board: ArmBoard, on_complete: Callable[[Any, Any], None] | None = None):
         super().__init__()
@@ -393,19 +464,23 @@ class ArmScheduler(FIFOScheduler):
 
 
 class TrialQueue(Searcher):
-    """Hands Tune rayclf's trials in order, an arm's seeds together once that many slots are free (all slots
-    for an arm with more seeds than slots); a seed whose arm is already stopped is recorded, never started.
+    """Hands Tune rayclf's trials in order, one per free slot (an arm's seeds go out together when the slots
+    allow; a slot never idles while a seed could start: seeds that get apart wait for each other paused at
+    rungs); a seed whose arm is already stopped is recorded, never started; a seed an earlier run left at a rung
+    its arm has not judged is held back (later ones go first) until the arm is judged there.
     ``feed`` (``Lockstep.pop``) brings the batches a sweep's strategy releases during the run: the queue ends
     when the feed says ``FINISHED``, not when its list runs out.
 
     Tune polls a searcher that returns None every second, ignoring Ctrl-C, when no trial is running, pending or
     paused: the queue returns None only while the board counts a trial holding a slot (or about to), or while
-    the strategy waits for trials it handed out."""
+    the strategy waits for trials it handed out. (A held seed waits for a sibling that is running or queued
+    before it: the sibling that is furthest behind is never held.)"""
 
     def __init__(self, descriptions: list[TrialSpec], board: ArmBoard | None,
                  skip: Callable[[TrialSpec, int | None, str], None], feed: Callable[[], Any] | None = None):
         super().__init__()
-        self.todo, self.board, self.skip, self.next, self.current = list(descriptions), board, skip, 0, ""
+        self.todo, self.board, self.skip, self.next = list(descriptions), board, skip, 0
+        self.taken: set[int] = set()  # positions in ``todo`` past ``next`` already handed out or skipped
         self.feed, self.fed_all = feed, feed is None
 
     def _pull(self) -> None:
@@ -430,29 +505,32 @@ class TrialQueue(Searcher):
         self.board.slots = max_concurrent
         return True
 
-    def _needs(self, arm: str) -> int:
-        """Free slots the next seed needs: one within the arm being handed out, else the whole arm's (its
-        seeds reach each rung together); one when the rule has no rung (a slot never idles waiting)."""
-        if arm == self.current or not self.board.rule.rungs:
-            return 1
-        left = sum(1 for d in self.todo[self.next:] if d.arm_id == arm)
-        return min(left, self.board.slots) if self.board.slots else 1
+    def _first(self) -> int | None:
+        """The position of the next seed to hand out or skip: the first one not taken that is not held."""
+        while self.next < len(self.todo) and self.next in self.taken:
+            self.taken.discard(self.next)
+            self.next += 1
+        for i in range(self.next, len(self.todo)):
+            if i not in self.taken and not self.board.waiting(self.todo[i].trial_id):
+                return i
+        return None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         assert self.board is not None, "the queue's board is set before Tune asks for trials"
         while True:
             self._pull()
-            if self.next >= len(self.todo):
-                return Searcher.FINISHED if self.fed_all else None  # the strategy waits for handed-out trials
-            d = self.todo[self.next]
+            i = self._first()
+            if i is None:
+                done = self.next >= len(self.todo) and self.fed_all
+                return Searcher.FINISHED if done else None  # the strategy (or a held seed) waits
+            d = self.todo[i]
             if d.arm_id in self.board.stopped:
-                self.next += 1
+                self.taken.add(i)
                 self._skip(d)
                 continue
-            if self.board.free() < self._needs(d.arm_id):
+            if self.board.free() < 1:
                 return None  # a handed-out trial holds the slots (safe: Tune does not block on None then)
-            self.next += 1
-            self.current = d.arm_id
+            self.taken.add(i)
             self.board.start(d.trial_id)
             return {"trial": replace(d, rungs=tuple(self.board.rule.rungs))}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from rayclf.aggregate import ArmRow, cost_text, counts_text, format_table, status_counts
 from rayclf.results import exists, join, read_text
-from rayclf.sweep.decisions import DECISIONS, Decision
+from rayclf.sweep.decisions import CONTINUE, DECISIONS, Decision
 from rayclf.sweep.live import duration
 from rayclf.sweep.lock import DRIVER_FILE
 from rayclf.sweepdir import PartReader, SweepData, read_sweep
@@ -206,8 +206,11 @@ def status_lines(st: Status) -> list[str]:
         lines += ["", format_table(st.arms, data.metric, effects=data.effects_against_baseline), "",
                   f"{'cost per arm':<44} {'params':>12} {'s/epoch':>8} {'trial-h':>8}"]
         lines += [f"{r.arm[:44]:<44} {p:>12} {s:>8} {h:>8}" for r in st.arms for p, s, h in [cost_text(r)]]
-    if st.decisions:
-        lines += ["", "decisions:"] + [f"  {decision_text(d)}" for d in st.decisions]
+    if st.decisions:  # an arm passing a rung is the common case: counted, not listed (``--json`` lists them)
+        passed = [d for d in st.decisions if d.kind == CONTINUE]
+        lines += ["", "decisions:"] + [f"  {decision_text(d)}" for d in st.decisions if d.kind != CONTINUE]
+        if passed:
+            lines.append(f"  {CONTINUE:<9} {len(passed)} (an arm passed a rung on all its seeds)")
     if data.trials:
         lines += ["", f"trials by status: {counts_text(status_counts(data.trials))}"]
     return lines

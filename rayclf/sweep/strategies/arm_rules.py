@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rayclf.config import UserError
-from rayclf.sweep.decisions import ELIMINATE, STOP, DecisionLog
+from rayclf.sweep.decisions import CONTINUE, ELIMINATE, STOP, DecisionLog
 from rayclf.sweep.spec import Arm, SchedulerSpec, Sweep, SweepFile, Trial, wilcoxon_pairs
 from rayclf.sweep.strategies.registry import ArmRule, deciders, register_arm_rule
 
@@ -44,7 +44,7 @@ class RungStopRule(OneRound):
     """Stops whole arms at rungs, on the mean over all of an arm's seeds (``schedulers.ArmBoard``)."""
 
     options = frozenset({"grace_period", "reduction_factor", "max_epochs"})
-    decisions = frozenset({STOP})
+    decisions = frozenset({STOP, CONTINUE})
     takes_subsets = False
 
     def describe(self, n_arms: int) -> str:
