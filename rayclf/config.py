@@ -50,9 +50,10 @@ class DataConfig(Strict):
     split_seed: int = Field(0, ge=0, description="seed of the validation split and train_subset")
     train_subset: int | None = Field(None, ge=10, description="use only this many training images (stratified)")
     image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize images to this size")
-    scale: Literal["standardize", "unit", "pixel_mean"] = Field(
-        "standardize", description="model inputs: per-channel standardised, [0, 1] (x/255, Keras studies), or "
-                                   "[0, 1] minus the per-pixel training mean (Keras's cifar10_resnet)")
+    scale: Literal["standardize", "unit", "pixel_mean", "imagenet"] = Field(
+        "standardize", description="model inputs: per-channel standardised, [0, 1] (x/255, Keras studies), "
+                                   "[0, 1] minus the per-pixel training mean (Keras's cifar10_resnet), or "
+                                   "standardised with ImageNet's mean/std (what ImageNet-pretrained weights expect)")
     validate_on: Literal["holdout", "test"] = Field(
         "holdout", description="holdout: a split of train (or the official one); test: train on all training "
                                "images and validate on the test set, as several reports did")

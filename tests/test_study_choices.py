@@ -119,3 +119,30 @@ def test_report_002_puts_dropout_on_each_convolutional_layer_where_it_uses_dropo
     assert rates("weight_decay:penalty=l2_1e-4,dropout=increasing") == increasing
     for label in ("none", "mixup", "all"):
         assert rates(f"combined:augmentation={label}") == increasing
+
+
+# ------------------------------------------------------------------------------------------ input scaling
+def test_imagenet_scale_standardises_with_imagenets_statistics():
+    from rayclf.config import DataConfig
+    from rayclf.data.sources import load_dataset
+
+    ds = load_dataset(DataConfig(**{**tiny()["data"], "scale": "imagenet"}))
+    assert ds.mean == (0.485, 0.456, 0.406) and ds.std == (0.229, 0.224, 0.225)
+    aug = A.Augmenter(AugmentConfig(), ds.mean, ds.std, torch.device("cpu"), seed=0)
+    white = aug.eval_batch(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(white[0, :, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(ds.mean, ds.std, strict=True)]))
+
+
+def test_report_001_vgg19_transfer_feeds_the_weights_the_statistics_they_were_trained_with():
+    """The header says so; the numbers are the pretrained weights' own (timm's pretrained config)."""
+    import numpy as np
+    import timm
+
+    from rayclf.data.sources import input_scaling
+
+    sweep = load_sweep(SWEEPS / "cinic10_vgg19_transfer.yaml")
+    cfg = sweep.config_for(sweep.arms()[0], 0)
+    assert cfg.model.loads_weights()
+    weights = timm.models.get_pretrained_cfg(cfg.model.name)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 3, 4, 4), dtype=np.uint8)
+    assert input_scaling(cfg.data.scale, pixels) == (tuple(weights.mean), tuple(weights.std))
