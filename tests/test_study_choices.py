@@ -146,3 +146,94 @@ def test_report_001_vgg19_transfer_feeds_the_weights_the_statistics_they_were_tr
     weights = timm.models.get_pretrained_cfg(cfg.model.name)
     pixels = np.random.default_rng(0).integers(0, 256, (8, 3, 4, 4), dtype=np.uint8)
     assert input_scaling(cfg.data.scale, pixels) == (tuple(weights.mean), tuple(weights.std))
+
+
+# ------------------------------------------------------------------------------- report 000: the ★ path
+STAR = {"model.widths": [64, 128, 128, 128], "model.dropout": 0.05, "model.head_dropout": 0.05,
+        "model.kernel_size": 3, "train.batch_size": 16, "model.pool": "avg", "model.activation": "leaky_relu",
+        "optim.lr": 0.001, "optim.name": "adam", "augment.cutmix.alpha": 0.25}
+
+
+def _value(cfg, key: str):
+    from rayclf.config import flatten
+
+    return flatten(cfg.to_dict())[key]
+
+
+def test_report_000_stages_walk_the_reports_star_path_by_default():
+    """Each stage hands on its ★ (carry:), so every later arm sits on the report's choices (batch 16 from the
+    batch stage on, though batch 64 scored best) and is known before the sweep runs."""
+    from rayclf.sweep.select import sweep_arms
+
+    sweep = load_sweep(SWEEPS / "cifar10_cnn_tuning.yaml")
+    known, pending = sweep_arms(sweep)
+    assert pending == []
+    order = [sweep.stage_label(i) for i in range(sweep.stage_count())]
+    star_of = {"width_depth": ["model.widths"], "dropout": ["model.dropout", "model.head_dropout"],
+               "kernel": ["model.kernel_size"], "batch": ["train.batch_size"], "pooling": ["model.pool"],
+               "activation": ["model.activation"], "learning_rate": ["optim.lr"],
+               "optimizer_cutmix": ["optim.name", "augment.cutmix.alpha"]}
+    assert list(star_of) == order
+    for arm in known:
+        if arm.label == "final":
+            continue
+        cfg = sweep.config_for(arm, 0)
+        earlier = [k for stage in order[:arm.stage] for k in star_of[stage]]
+        assert {k: _value(cfg, k) for k in earlier} == {k: STAR[k] for k in earlier}, arm.label
+    pooling = [a for a in known if a.label.startswith("pooling:")]
+    assert len(pooling) == 3 and {sweep.config_for(a, 0).train.batch_size for a in pooling} == {16}
+
+
+def test_report_000_greedy_path_is_one_set_away_and_final_is_the_reports_model_on_both():
+    from rayclf.sweep.select import select_arms, sweep_arms
+
+    path = SWEEPS / "cifar10_cnn_tuning.yaml"
+    star, greedy = load_sweep(path), load_sweep(path, ("search.greedy=true",))
+    _, pending = sweep_arms(greedy)
+    assert "pooling:pool=avg" in pending and "final" not in pending
+    # the batch stage's best arm by the report's numbers (64) reaches the pooling stage only on the greedy path
+    batch_winner = {**STAR, "train.batch_size": 64}
+    for sweep, batch in ((greedy, 64), (star, 16)):
+        known, _ = sweep_arms(sweep, {_stage(sweep, "batch"): batch_winner})
+        pooling = [a for a in known if a.label.startswith("pooling:")]
+        assert len(pooling) == 3 and {sweep.config_for(a, 0).train.batch_size for a in pooling} == {batch}
+    finals = [s.trials(select_arms(s, ["final"]).arms)[0] for s in (star, greedy)]
+    assert finals[0].trial_id == finals[1].trial_id
+    assert {k: _value(finals[0].config, k) for k in STAR} == STAR and finals[0].config.train.epochs == 200
+
+
+def _two_stages(greedy: bool) -> dict:
+    base = tiny(data={"synthetic": {"num_train": 60, "num_test": 30, "num_classes": 3, "image_size": 8}},
+                train={"epochs": 1, "batch_size": 30})
+    return {"name": "st", "base": base, "search": {"greedy": greedy, "stages": [
+        {"name": "bs", "vary": {"train.batch_size": [10, 20]}, "carry": {"train.batch_size": 15}},
+        {"name": "lr", "vary": {"optim.lr": [0.01, 0.1]}}]}}
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_search_greedy_hands_on_the_stage_winner_instead_of_its_carry(tmp_path, greedy):
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.select import stage_winners
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import fake_run
+
+    sweep = parse_sweep(_two_stages(greedy))
+    out = str(tmp_path / "run")
+    execute(fake_run(sweep, out))
+    winner = stage_winners(out)[0]["train.batch_size"]
+    later = {r["config.train.batch_size"] for r in fake_run(sweep, out).store.trials if r["stage"] == 1}
+    assert winner in (10, 20) and later == ({winner} if greedy else {15})
+
+
+def test_search_greedy_is_refused_where_it_would_change_nothing():
+    from rayclf.config import ConfigError
+    from rayclf.sweep.spec import parse_sweep
+
+    no_carry = _two_stages(True)
+    del no_carry["search"]["stages"][0]["carry"]
+    with pytest.raises(ConfigError, match="search.greedy: true has no effect"):
+        parse_sweep(no_carry)
+    grid = {**no_carry, "search": {"greedy": True, "grid": {"optim.lr": [0.01, 0.1]}}}
+    with pytest.raises(ConfigError, match="search.greedy only applies to stages"):
+        parse_sweep(grid)
