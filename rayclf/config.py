@@ -48,9 +48,10 @@ class DataConfig(Strict):
     split_seed: int = Field(0, ge=0, description="seed of the validation split and train_subset")
     train_subset: int | None = Field(None, ge=10, description="use only this many training images (stratified)")
     image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize images to this size")
-    scale: Literal["standardize", "unit", "pixel_mean"] = Field(
-        "standardize", description="model inputs: per-channel standardised, [0, 1] (x/255, Keras studies), or "
-                                   "[0, 1] minus the per-pixel training mean (Keras's cifar10_resnet)")
+    scale: Literal["standardize", "unit", "pixel_mean", "imagenet"] = Field(
+        "standardize", description="model inputs: per-channel standardised, [0, 1] (x/255, Keras studies), "
+                                   "[0, 1] minus the per-pixel training mean (Keras's cifar10_resnet), or "
+                                   "standardised with ImageNet's mean/std (what ImageNet-pretrained weights expect)")
     validate_on: Literal["holdout", "test"] = Field(
         "holdout", description="holdout: a split of train (or the official one); test: train on all training "
                                "images and validate on the test set, as several reports did")
@@ -193,11 +194,19 @@ class OptimConfig(Strict):
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    eps: float = Field(1e-8, gt=0.0, le=1.0, description=(
+        "every optimizer's but sgd's; adadelta keeps torch's 1e-6 while this stays at its default"))
+    rho: float | None = Field(None, gt=0.0, lt=1.0, description="adadelta's ρ; default torch's 0.9 (Keras: 0.95)")
+    initial_accumulator: float | None = Field(None, ge=0.0, le=10.0, description=(
+        "adagrad's initial accumulator value; default torch's 0 (Keras: 0.1)"))
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to biases and norm parameters too")
     norm_bias_lr_scale: float = Field(1.0, gt=0.0, le=1000.0, description=(
         "norm-layer biases train at lr × this and decay at weight_decay / this (airbench's bias scaler)"))
     fused: Literal["auto", "on", "off"] = Field("auto", description="fused CUDA kernel (sgd/adam/adamw); auto = on GPU")
+
+
+# options of one optimizer only: set for another, they are refused (and compat: keras fills them only for it)
+OPTIMIZER_ONLY = {"rho": "adadelta", "initial_accumulator": "adagrad"}
 
 
 ScheduleName = Literal["constant", "step", "multistep", "exponential", "linear", "cosine", "cosine_restarts",
@@ -448,7 +457,9 @@ KERAS: tuple[tuple[str, str, Any], ...] = (
     ("model", "bn_momentum", 0.01),               # BatchNormalization(momentum=0.99) in PyTorch's convention
     ("model", "bn_eps", 1e-3),
     ("model", "leaky_slope", 0.3),                # LeakyReLU(alpha=0.3)
-    ("optim", "eps", 1e-7),                       # Adam / RMSprop / Nadam / Adamax epsilon
+    ("optim", "eps", 1e-7),                       # every optimizer's epsilon (Adam ... Adagrad, Adadelta)
+    ("optim", "rho", 0.95),                       # Adadelta(rho=0.95); only where adadelta trains
+    ("optim", "initial_accumulator", 0.1),        # Adagrad(initial_accumulator_value=0.1); only where adagrad
     ("optim", "momentum", 0.0),                   # SGD(momentum=0.0), RMSprop(momentum=0.0)
     ("early_stopping", "restore_best", False),    # EarlyStopping(restore_best_weights=False)
     ("reg", "in_val_loss", True),                 # evaluate()'s loss includes the regularisation losses
@@ -462,14 +473,20 @@ def apply_keras_defaults(cfg: TrialConfig) -> None:
     study file overrides any of them by writing it out."""
     sections = {"model": cfg.model, "optim": cfg.optim, "early_stopping": cfg.train.early_stopping,
                 "reg": cfg.reg, "data": cfg.data, "sched": cfg.sched}
-    uses = {p.optim or cfg.optim.name for p in cfg.train.phases} | {cfg.optim.name}
+    uses = optimizers_used(cfg)
     for section, key, value in KERAS:
         target = sections[section]
         if key not in type(target).model_fields or key in target.model_fields_set:
             continue
-        if key == "eps" and "adadelta" in uses:
-            continue  # adadelta keeps torch's eps (optim.eps has no effect on it)
+        owner = OPTIMIZER_ONLY.get(key) if section == "optim" else None
+        if owner is not None and owner not in uses:
+            continue  # another optimizer's option: it would change the identity and nothing else
         setattr(target, key, value)
+
+
+def optimizers_used(cfg: TrialConfig) -> set[str]:
+    """The optimizers the trial trains with: each phase's, or ``optim.name``."""
+    return {p.optim or cfg.optim.name for p in cfg.train.phases} or {cfg.optim.name}
 
 
 OFFICIAL_VAL = ("cinic10", "imagefolder")  # datasets that may ship their own validation split
@@ -484,10 +501,11 @@ def ignored_options(cfg: TrialConfig, prefix: str = "") -> list[str]:
         out.append(f"'{prefix}data.image_size' = {d.image_size} only resizes imagefolder datasets, not "
                    f"'{d.name}'; remove it (models that need another size have model.resize).")
     phases = cfg.train.phases
-    optimizers = {p.optim or cfg.optim.name for p in phases} or {cfg.optim.name}
-    if "adadelta" in optimizers and cfg.optim.eps != OptimConfig.model_fields["eps"].default:
-        out.append(f"'{prefix}optim.eps' = {cfg.optim.eps} has no effect on adadelta (it keeps torch's 1e-6); "
-                   "remove it, or choose an optimizer that uses it (adam, adamw, rmsprop, ...).")
+    optimizers = optimizers_used(cfg)
+    for key, owner in OPTIMIZER_ONLY.items():
+        if getattr(cfg.optim, key) is not None and owner not in optimizers:
+            out.append(f"'{prefix}optim.{key}' = {getattr(cfg.optim, key)} only applies to optim.name = {owner}, "
+                       f"not {', '.join(sorted(optimizers))}; remove it or choose {owner}.")
     if sched.name == "onecycle" and sched.warmup_epochs > 0:
         out.append(f"'{prefix}sched.warmup_epochs' = {sched.warmup_epochs} has no effect with sched.name = "
                    "onecycle, which warms up by itself over sched.pct_start; remove it or choose another schedule.")

@@ -104,8 +104,10 @@ def test_unreadable_config_file_is_one_paragraph_and_exit_2(tmp_path, command):
 
 @pytest.mark.parametrize(("sections", "key"), [
     ({"data": {"image_size": 24}}, "data.image_size"),
-    ({"optim": {"name": "adadelta", "lr": 1.0, "eps": 1e-4}}, "optim.eps"),
-    ({"train": {"phases": [{"epochs": 1, "optim": "adadelta"}]}, "optim": {"eps": 1e-4}}, "optim.eps"),
+    ({"optim": {"name": "adam", "rho": 0.95}}, "optim.rho"),
+    ({"train": {"phases": [{"epochs": 1, "optim": "adam"}]}, "optim": {"name": "adadelta", "rho": 0.95}},
+     "optim.rho"),
+    ({"optim": {"name": "adadelta", "lr": 1.0, "initial_accumulator": 0.1}}, "optim.initial_accumulator"),
     ({"sched": {"name": "onecycle", "warmup_epochs": 1}}, "sched.warmup_epochs"),
     ({"data": {"val_fraction": 0.0}, "train": {"early_stopping": {"patience": 2, "metric": "val_loss"}}},
      "train.early_stopping.metric"),
@@ -122,6 +124,8 @@ def test_options_that_would_be_silently_ignored_are_rejected(sections, key):
 def test_the_same_options_where_they_do_take_effect_are_accepted():
     build_config(tiny(optim={"name": "adam", "eps": 1e-4}, sched={"name": "cosine", "warmup_epochs": 1,
                                                                   "min_lr": 0.001}))
+    build_config(tiny(optim={"name": "adadelta", "lr": 1.0, "eps": 1e-4, "rho": 0.95}))
+    build_config(tiny(train={"phases": [{"epochs": 1, "optim": "adagrad"}]}, optim={"initial_accumulator": 0.1}))
     build_config(tiny(data={"val_fraction": 0.0}, train={"early_stopping": {"patience": 2, "metric": "train_loss"}}))
     build_config(tiny(data={"name": "imagefolder", "root": "/nowhere", "image_size": 24}))
 

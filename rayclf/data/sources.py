@@ -324,10 +324,17 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 def input_scaling(scale: str, x: np.ndarray) -> tuple[Any, Any]:
     """(mean, std) in [0, 1] units for ``data.scale``: per-channel statistics (standardize), none (unit: the
-    model sees x/255, as Keras studies fed it), or the per-pixel training mean with std 1 (pixel_mean)."""
+    model sees x/255, as Keras studies fed it), the per-pixel training mean with std 1 (pixel_mean), or ImageNet's
+    RGB statistics (imagenet: the inputs ImageNet-pretrained weights were trained on)."""
     c = x.shape[1]
     if scale == "unit":
         return (0.0,) * c, (1.0,) * c
+    if scale == "imagenet":
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        if c != len(IMAGENET_DEFAULT_MEAN):
+            raise DataError(f"data.scale = imagenet needs RGB images, not {c} channels; use standardize.")
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
     if scale == "pixel_mean":
         total = np.zeros(x.shape[1:])
         for start in range(0, len(x), 8192):

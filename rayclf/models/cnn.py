@@ -40,7 +40,9 @@ class CNNOptions(ModelOptions):
     activation: Activation = "relu"
     leaky_slope: float = Field(0.1, ge=0.0, le=1.0)
     norm: NormPlace = "none"
-    dropout: float | list[float] = Field(0.0, description="after each block: one rate or one per block")
+    dropout: float | list[float] = Field(0.0, description="one rate or one per block, placed by dropout_at")
+    dropout_at: Literal["block", "conv"] = Field("block", description="block: after the block's pooling; conv: "
+                                                                      "after each conv's activation (and norm)")
     head: list[int] = Field(default_factory=list, description="hidden dense widths before the output layer")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     head_dropout_at: HeadDropout = Field("every", description=(
@@ -78,9 +80,11 @@ def build_cnn(opts: CNNOptions, num_classes: int, in_chans: int = 3, image_size:
             layers += conv_act(cin, width, kernel, opts.activation, opts.leaky_slope, opts.norm,
                                stride if j == 0 else 1, padding)
             cin = width
+            if rate > 0 and opts.dropout_at == "conv":
+                layers.append(nn.Dropout(rate))
         if opts.pool != "none" and (i + 1) % opts.pool_every == 0 and _side(layers, in_chans, image_size) >= 2:
             layers.append(make_pool(opts.pool))
-        if rate > 0:
+        if rate > 0 and opts.dropout_at == "block":
             layers.append(nn.Dropout(rate))
     if opts.global_pool:
         layers.append(nn.AdaptiveAvgPool2d(1))

@@ -23,7 +23,9 @@ class VGGOptions(ModelOptions):
     activation: Activation = "relu"
     leaky_slope: float = Field(0.01, ge=0.0, le=1.0)
     norm: NormPlace = "none"
-    dropout: float | list[float] = Field(0.0, description="after each block: one rate or one per block")
+    dropout: float | list[float] = Field(0.0, description="one rate or one per block, placed by dropout_at")
+    dropout_at: Literal["block", "conv"] = Field("block", description="block: after the block's pooling; conv: "
+                                                                      "after each conv's activation (and norm)")
     head: list[int] = Field(default_factory=list)
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     head_dropout_at: HeadDropout = Field("every", description=(
@@ -39,6 +41,6 @@ class VGGOptions(ModelOptions):
 def build_vgg(opts: VGGOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
     cnn = CNNOptions(widths=[opts.width * 2**i for i in range(opts.blocks)], convs_per_block=opts.convs_per_block,
                      kernel_size=opts.kernel_size, pool="max", activation=opts.activation,
-                     leaky_slope=opts.leaky_slope, norm=opts.norm, dropout=opts.dropout, head=opts.head,
-                     head_dropout=opts.head_dropout, head_dropout_at=opts.head_dropout_at)
+                     leaky_slope=opts.leaky_slope, norm=opts.norm, dropout=opts.dropout, dropout_at=opts.dropout_at,
+                     head=opts.head, head_dropout=opts.head_dropout, head_dropout_at=opts.head_dropout_at)
     return build_cnn(cnn, num_classes, in_chans, image_size)

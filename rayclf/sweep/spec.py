@@ -121,6 +121,8 @@ class SearchSpec(Strict):
     ablation: Ablation | None = None
     stages: list[Stage] | None = None
     final: dict[str, Any] | None = Field(None, description="stages: re-run the winner with these overrides")
+    greedy: bool = Field(False, description="stages: ignore every stage's carry: (each stage hands on its best "
+                                            "arm: the pure greedy path)")
 
     @model_validator(mode="after")
     def _one(self) -> SearchSpec:
@@ -361,7 +363,12 @@ class Sweep:
 
     def carried_after(self, stage: int, winner: Mapping[str, Any]) -> dict[str, Any]:
         """What stage ``stage`` hands on: its winner's overrides, with the stage's pinned ``carry`` values."""
-        return {**winner, **(self.file.search.stages[stage].carry or {})}  # type: ignore[index]
+        return {**winner, **self.stage_carry(stage)}
+
+    def stage_carry(self, stage: int) -> dict[str, Any]:
+        """A stage's pinned ``carry`` values; none under ``search.greedy`` (its best arm hands on everything)."""
+        search = self.file.search
+        return {} if search.greedy else dict(search.stages[stage].carry or {})  # type: ignore[index]
 
     def stage_count(self) -> int:
         return len(self.file.search.stages or [])

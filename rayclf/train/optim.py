@@ -64,10 +64,22 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, *, name: str | None = N
         opt = name
         if name in ("adam", "adamw", "adamax", "nadam", "radam"):
             kwargs["betas"] = tuple(cfg.betas)
-    if name not in ("sgd", "adadelta"):
-        kwargs["eps"] = cfg.eps
+    kwargs.update(_own_options(cfg, name))
     return create_optimizer_v2(param_groups(model, cfg, lr), opt=opt, lr=lr, weight_decay=cfg.weight_decay,
                                **kwargs)
+
+
+def _own_options(cfg: OptimConfig, name: str) -> dict[str, Any]:
+    """eps, and the options of one optimizer only (adadelta's ρ, adagrad's initial accumulator) where set:
+    unset, each is torch's own default. Adadelta's torch eps (1e-6) stays while ``optim.eps`` is at its default."""
+    out: dict[str, Any] = {}
+    if name != "sgd" and (name != "adadelta" or cfg.eps != OptimConfig.model_fields["eps"].default):
+        out["eps"] = cfg.eps
+    if name == "adadelta" and cfg.rho is not None:
+        out["rho"] = cfg.rho
+    if name == "adagrad" and cfg.initial_accumulator is not None:
+        out["initial_accumulator_value"] = cfg.initial_accumulator
+    return out
 
 
 def lr_factor(cfg: SchedConfig, t: float, total: float, base_lr: float) -> float:

@@ -69,6 +69,8 @@ class SearchStrategy:
         if search.final is not None and not cls.takes_final:
             takers = " and ".join(n for n, c in _SEARCHES.items() if c.takes_final)
             raise ValueError(f"search.final only applies to {takers}")
+        if search.greedy and not cls.staged:
+            raise ValueError("search.greedy only applies to stages (it ignores their carry:)")
 
     @classmethod
     def validate_file(cls, file: SweepFile) -> None:

@@ -39,6 +39,8 @@ class StagedStrategy(SearchStrategy):
             i = labels.index(twice[0], labels.index(twice[0]) + 1)
             raise ValueError(f"search.stages.{i}.name {twice[0]!r} names an earlier stage too; give each stage "
                              f"its own name (e.g. '{twice[0]}2')")
+        if search.greedy and not any(st.carry for st in search.stages or []):
+            raise ValueError("search.greedy: true has no effect: no stage has a carry: (stages are greedy already)")
 
     def arms(self, base_overrides: Mapping[str, Any] | None = None, stage: int | None = None) -> list[Arm]:
         assert stage is not None, "staged sweeps expand one stage at a time"
@@ -135,7 +137,7 @@ class StagedStrategy(SearchStrategy):
             else:
                 unknown |= self._stage_keys(i)
             carried = self.sweep.carried_after(i, carried)
-            unknown -= set(self.section[i].carry or {})
+            unknown -= set(self.sweep.stage_carry(i))
         return carried, unknown
 
     def execute(self, run: SweepRun) -> tuple[int, Arm | None]:
