@@ -27,15 +27,15 @@ def _frame(table: str, root: str) -> pd.DataFrame:
     types; an int column with missing values is pandas' nullable Int64), in sweep order."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from rayclf.results import filesystem
+    from rayclf.results import filesystem, list_parts, read_part
 
     fs, path = filesystem(join(root, table))
-    if not exists(join(root, table)):
+    parts = [t for t in (read_part(fs, f.path) for f in list_parts(fs, path)) if t is not None]  # skips unreadable
+    if not parts:
         return pd.DataFrame()
     types = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(), pa.string(): pd.StringDtype()}
-    df = pq.read_table(path, filesystem=fs).to_pandas(types_mapper=types.get)
+    df = pa.concat_tables(parts, promote_options="permissive").to_pandas(types_mapper=types.get)
     if "position" in df.columns:
         keys = ["position", "epoch"] if "epoch" in df.columns else ["position"]
         df = df.sort_values(keys, na_position="last", kind="stable")

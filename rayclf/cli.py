@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,21 @@ SET_HELP = "override a config key, e.g. --set train.epochs=5 (repeatable)"
 @click.version_option(package_name="rayclf")
 def main() -> None:
     """Declarative image-classifier ablation sweeps on Ray."""
+    if not getattr(warnings.showwarning, "rayclf", False):
+        warnings.showwarning = _user_warning(warnings.showwarning)
+
+
+def _user_warning(shown: Callable[..., Any]) -> Callable[..., Any]:
+    """Warnings meant for the user (``results.UnreadablePart``: a part skipped) print as one ``warning:`` line,
+    without Python's file and line; every other warning as Python shows it."""
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if category.__name__ == "UnreadablePart":
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    show.rayclf = True  # type: ignore[attr-defined]
+    return show
 
 
 ARM_HELP = "an arm of the sweep file: its whole label (quote it) or a unique prefix of its arm id"

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,7 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rayclf.config import SEMANTICS_VERSION
+from rayclf.config import SEMANTICS_VERSION, UserError
 from rayclf.identity import store_version
 from rayclf.storage import exists, filesystem, join, read_text, write_atomically, write_text
 
@@ -150,15 +152,98 @@ def part_kinds(table: pa.Table) -> dict[str, str] | None:
     return json.loads(raw) if raw else None
 
 
+class UnreadablePart(UserWarning):
+    """A table part that cannot be read (empty, truncated, not Parquet): readers skip it, naming it once;
+    ``rayclf sweep --resume`` moves it to ``quarantine/`` and re-runs the trial (or re-takes the decision)."""
+
+
+def warn_unreadable(path: str, exc: Exception) -> None:
+    """One warning per part and process, whichever reader met it (the warning's location is this line)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    cause = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)
+    warnings.warn(UnreadablePart(f"skipped the unreadable part {path} ({cause}); `rayclf sweep --resume` moves it "
+                                 f"to quarantine/ and runs again what it held"), stacklevel=1)
+
+
+def read_part(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    """One Parquet part, or None (with one warning naming it) when it cannot be read."""
+    try:
+        return pq.read_table(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:  # 0 bytes, truncated footer, garbage
+        warn_unreadable(path, exc)
+        return None
+
+
+def list_parts(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The parts of a part-folder table in name order (hidden temporary files left out), or the table itself
+    when it is one file (rayclf 0.1); [] when it does not exist."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        return [info]
+    listing = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted((f for f in listing if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+                   and not f.base_name.startswith(".")), key=lambda f: f.path)
+
+
+def unreadable_parts(uri: str) -> list[str]:
+    """The paths of the parts of ``uri`` that cannot be read (warns about none: the caller says what it does)."""
+    fs, path = filesystem(uri)
+    bad = []
+    for f in list_parts(fs, path):
+        try:
+            pq.read_metadata(f.path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError):
+            bad.append(f.path)
+    return bad
+
+
+QUARANTINE = "quarantine"  # where --resume moves unreadable parts (never deleted)
+
+
+def quarantine(root: str, tables: Iterable[str]) -> list[tuple[str, str]]:
+    """Move every unreadable part of ``tables`` (folders under ``root``) to ``root/quarantine/<table>/``, so
+    that what it held is run or decided again; an unreadable epochs part takes its trial's part with it (the
+    trial re-runs, not a trial without its epochs). Returns (moved part, where it went), nothing deleted."""
+    moved: list[tuple[str, str]] = []
+    tables = list(tables)
+    for table in tables:
+        for bad in unreadable_parts(join(root, table)):
+            name = bad.rsplit("/", 1)[-1]
+            moved.append((f"{table}/{name}", _move_aside(root, table, name)))
+            if table == EPOCHS and TRIALS in tables:
+                tfs, tfolder = filesystem(join(root, TRIALS))
+                if tfs.get_file_info(f"{tfolder}/{name}").type == pafs.FileType.File:
+                    moved.append((f"{TRIALS}/{name}", _move_aside(root, TRIALS, name)))
+    return moved
+
+
+def _move_aside(root: str, table: str, name: str) -> str:
+    fs, src = filesystem(join(join(root, table), name))
+    fs_q, folder = filesystem(join(join(root, QUARANTINE), table))
+    fs_q.create_dir(folder, recursive=True)
+    dest, n = f"{folder}/{name}", 0
+    while fs_q.get_file_info(dest).type != pafs.FileType.NotFound:  # an earlier quarantine of the same part
+        n += 1
+        dest = f"{folder}/{name}.{n}"
+    fs.move(src, dest)
+    return f"{QUARANTINE}/{table}/{dest.rsplit('/', 1)[-1]}"
+
+
 def _read_table(uri: str) -> list[dict[str, Any]]:
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    return pq.read_table(path, filesystem=fs).to_pylist()
+    rows: list[dict[str, Any]] = []
+    for f in list_parts(fs, path):
+        table = read_part(fs, f.path)
+        if table is not None:
+            rows += table.to_pylist()
+    return rows
 
 
 def read_rows(uri: str) -> list[dict[str, Any]]:
-    """All rows of a table (a folder of parts, or a single file written by rayclf 0.1), in sweep order."""
+    """All rows of a table (a folder of parts, or a single file written by rayclf 0.1), in sweep order. A part
+    that cannot be read is skipped with one warning naming it (``UnreadablePart``)."""
     rows = _read_table(uri)
     if rows and "position" in rows[0]:
         rows.sort(key=lambda r: (r.get("position") is None, r.get("position") or 0, r.get("epoch") or 0))
@@ -177,13 +262,25 @@ def write_table(rows: Iterable[Mapping[str, Any]], uri: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- the store
+def read_meta(root: str) -> dict[str, Any]:
+    """A sweep directory's ``_store.json`` ({} when there is none). It is only ever replaced whole (written,
+    fsync'd, renamed), so one that cannot be read was damaged outside rayclf: a message, not a traceback."""
+    uri = join(root, STORE_FILE)
+    if not exists(uri):
+        return {}
+    try:
+        meta = json.loads(read_text(uri))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{uri} cannot be read ({exc}): it holds the tables' schema and the directory's identity "
+                        "version; restore it from a copy of the directory, or start a new --out.") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{uri} is not a rayclf store description; restore it or start a new --out.")
+    return meta
+
+
 def stored_identity_version(root: str) -> int:
     """The identity version of the sweep directory ``root`` (``rayclf.identity``); this rayclf's for a new one."""
-    uri = join(root, STORE_FILE)
-    try:
-        return store_version(json.loads(read_text(uri)) if exists(uri) else {})
-    except ValueError:  # an unreadable _store.json: the store itself reports it when opened
-        return store_version({})
+    return store_version(read_meta(root))
 
 
 def part_name(trial_id: str) -> str:
@@ -198,8 +295,7 @@ class ResultsStore:
 
     def __init__(self, root: str, read_only: bool = False):
         self.root, self.read_only = root, read_only
-        meta_uri = join(root, STORE_FILE)
-        self.meta: dict[str, Any] = json.loads(read_text(meta_uri)) if exists(meta_uri) else {}
+        self.meta: dict[str, Any] = read_meta(root)
         # the rule its trial ids were computed by (rayclf.identity): kept for the directory's whole life
         self.identity_version = store_version(self.meta)
         # keyed by trial id, so recording a trial costs the same at any size of the sweep
@@ -278,10 +374,10 @@ class ResultsStore:
             return read_rows(join(self.root, TRIALS))
         schema, rows = self.schema, []
         fs, folder = filesystem(join(self.root, TRIALS))
-        for info in sorted(fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)), key=lambda i: i.path):
-            if info.base_name.startswith(".") or not info.base_name.endswith(".parquet"):
+        for info in list_parts(fs, folder):
+            table = read_part(fs, info.path)
+            if table is None:
                 continue
-            table = pq.read_table(info.path, filesystem=fs)
             kinds = part_kinds(table) or pending["from"]
             part = table.to_pylist()
             if part and kinds != schema:

@@ -59,18 +59,39 @@ def write_atomically(uri: str, write: Callable[[pafs.FileSystem, str], None]) ->
     """``write`` a hidden temporary file beside ``uri``, then rename it over ``uri``: readers never see half a
     file, and two writers never share a temporary name (results tables, checkpoints, the decoded-dataset
     cache). The name starts with a dot and does not end in ``.parquet``, so table readers (pyarrow, pandas,
-    DuckDB globs) skip it."""
+    DuckDB globs) skip it.
+
+    On a local disk the file is fsync'd before the rename and its folder after it, so a power loss leaves the
+    old file or the whole new one, never an empty or partial file under the final name. Object storage puts
+    an object whole (its own atomic step) and has no fsync."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
+    local = isinstance(fs, pafs.LocalFileSystem)
+    created = local and not os.path.isdir(parent)
     fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
     try:
         write(fs, tmp)
+        if local:
+            _fsync(tmp)
         fs.move(tmp, path)
     except BaseException:
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_file(tmp)
         raise
+    if local:
+        _fsync(parent)  # the rename itself
+        if created:
+            _fsync(os.path.dirname(parent))  # the new folder's entry in its parent
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file's (or folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def exists(uri: str) -> bool:

@@ -12,13 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import yaml
 
 from rayclf.aggregate import ArmRow, add_costs, arm_table, value_key
 from rayclf.metrics import metric_mode
-from rayclf.results import EPOCHS, TRIALS, exists, filesystem, join, read_text
+from rayclf.results import EPOCHS, TRIALS, exists, filesystem, join, list_parts, read_part, read_text
 from rayclf.storage import read_plan
 
 SWEEP_FILE = "sweep.yaml"
@@ -35,15 +33,7 @@ class PartReader:
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of ``table`` now, sorted as ``results.read_rows`` sorts them (sweep order, then epoch)."""
         fs, path = filesystem(join(self.root, table))
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            return []
-        if info.type == pafs.FileType.File:  # a single-file table (rayclf 0.1)
-            listing = [info]
-        else:
-            listing = [f for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                       if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
-                       and not f.base_name.startswith(".")]
+        listing = list_parts(fs, path)
         out: list[dict[str, Any]] = []
         seen = set()
         for f in sorted(listing, key=lambda f: f.path):
@@ -51,7 +41,8 @@ class PartReader:
             seen.add(f.path)
             cached = self.parts.get(f.path)
             if cached is None or cached[0] != stamp:
-                cached = (stamp, pq.read_table(f.path, filesystem=fs).to_pylist())
+                part = read_part(fs, f.path)  # an unreadable part: skipped with one warning, kept as no rows
+                cached = (stamp, part.to_pylist() if part is not None else [])
                 self.parts[f.path] = cached
                 self.reads += 1
             out += cached[1]
@@ -136,9 +127,6 @@ def read_sweep(root: str, reader: PartReader | None = None, epochs: bool = True)
 
 
 def _migration_pending(root: str) -> bool:
-    import json
+    from rayclf.results import MIGRATION, read_meta
 
-    from rayclf.results import MIGRATION, STORE_FILE
-
-    uri = join(root, STORE_FILE)
-    return exists(uri) and bool(json.loads(read_text(uri)).get(MIGRATION))
+    return bool(read_meta(root).get(MIGRATION))

@@ -17,11 +17,11 @@ from typing import Any
 
 from rayclf.config import UserError
 from rayclf.identity import LEGACY_VERSION
-from rayclf.results import TRIALS, ResultsStore
+from rayclf.results import EPOCHS, TRIALS, ResultsStore, quarantine
 from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
 from rayclf.sweep import warm
 from rayclf.sweep.connect import connect
-from rayclf.sweep.decisions import DecisionLog
+from rayclf.sweep.decisions import DECISIONS, DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
 from rayclf.sweep.kernel import SweepOutcome, SweepRun, execute, resume_conflict
 from rayclf.sweep.lock import DriverLock
@@ -105,6 +105,14 @@ def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore, rerun_stopped:
     return resume_conflict(old, sweep.file, DecisionLog(out), rerun_stopped, redecide)
 
 
+def _quarantine(out: str, echo: Callable[[str], None]) -> None:
+    """Unreadable parts (a crash or power loss mid-write on a disk that lost them) move to quarantine/: their
+    trials run again and their decisions are taken again; nothing is deleted."""
+    for part, where in quarantine(out, (TRIALS, EPOCHS, DECISIONS)):
+        again = "its decision is taken again" if part.startswith(DECISIONS) else "its trial runs again"
+        echo(f"warning: {part} cannot be read: moved to {where}; {again}")
+
+
 def default_out(sweep: Sweep) -> str:
     return str(Path("runs") / sweep.name)
 
@@ -122,6 +130,7 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
                             "trials are skipped, new arms or seeds run) or choose another --out.")
         lock = DriverLock.acquire(out, echo)
         try:
+            _quarantine(out, echo)
             store = ResultsStore(out)
             sweep.identity_version = store.identity_version  # ids as this directory computes them
             problem = store.check_semantics() or _resume_conflict(sweep, out, store, rerun_stopped, redecide)
