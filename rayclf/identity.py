@@ -8,8 +8,9 @@ the identity) or ``DATA`` (where the data lives: the dataset is identified by wh
 0.9) are one identity; a value the run ignores (momentum under Adam) is dropped. The world size (data-parallel
 workers per trial) is part of it, since ``train.batch_size`` is per rank.
 
-An identity is the hash of the identity values that differ from the model family's defaults (so a release
-that adds an option with a default changes no id), with ``IDENTITY_VERSION`` and the semantics version.
+An identity is the hash of the model family's name, the compat, and the identity values that differ from that
+family's defaults under that compat (so a release that adds an option with a default changes no id), with
+``IDENTITY_VERSION`` and the semantics version.
 ``IDENTITY_VERSION`` is recorded in each sweep directory; a directory written under another (older) version
 keeps computing its ids the way it was written (``trial_id(..., version=1)``), so nothing in it is re-keyed.
 
@@ -87,6 +88,8 @@ RULES: dict[str, tuple[Decision, str]] = {
     # optimizer, schedule, regularization
     **_each("optim", "name lr momentum nesterov weight_decay betas eps decay_norm_and_bias norm_bias_lr_scale",
             IN, "the optimizer and its hyper-parameters (resolved: an unset momentum is its optimizer's default)"),
+    **_each("optim", "rho initial_accumulator", IN, "Adadelta's decay and Adagrad's starting accumulator (Keras "
+            "defaults under compat: keras): they change every update"),
     "optim.fused": (OUT, "a single-kernel implementation of the same update"),
     **_each("sched", "name warmup_epochs warmup_start step_size milestones gamma t0 t_mult min_lr pct_start "
             "div_factor final_div_factor milestone_factors factor patience plateau_metric plateau_min_delta "
@@ -182,6 +185,9 @@ def identity_values(cfg: TrialConfig, world_size: int = 1, version: int = IDENTI
     base = _defaults(cfg.model.name, cfg.compat)
     values = {k: v for k, v in _resolved(cfg).items()
               if _decision(k) == IN and (k not in base or base[k] != v)}
+    # the defaults compared against are the family's under its compat: those two keys always enter, or a cnn
+    # and an mlp (or a torch and a keras run) that keep their defaults would hash alike
+    values.update({"model.name": cfg.model.name, "compat": cfg.compat})
     values.update(data_identity(cfg))
     if world_size != 1:
         values["world_size"] = world_size

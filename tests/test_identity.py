@@ -94,8 +94,17 @@ def test_golden_ids_of_this_identity_version():
     assert identity_values(cfg) == {
         "seed": 3, "data.synthetic.num_train": 400, "data.synthetic.num_test": 200, "data.synthetic.num_classes": 4,
         "data.synthetic.image_size": 16, "data.synthetic.difficulty": 0.0, "model.widths": [8, 16],
-        "train.epochs": 2, "train.batch_size": 32, "sched.name": "constant"}
-    assert trial_id(cfg) == "85b43c16aa41f708"
+        "train.epochs": 2, "train.batch_size": 32, "sched.name": "constant", "model.name": "cnn",
+        "compat": "torch"}
+    assert trial_id(cfg) == "6ef223a238e3a436"
+
+
+def test_the_model_family_and_compat_are_identity_even_at_their_defaults():
+    """Values are compared with the defaults of the config's own family under its own compat: the family and
+    the compat must enter themselves, or two families (or frameworks) that keep their defaults hash alike."""
+    ids = {trial_id(build_config({"model": {"name": name}, "compat": compat}))
+           for name in ("cnn", "mlp", "vgg_baseline") for compat in ("torch", "keras")}
+    assert len(ids) == 6
 
 
 def _folder(root, sizes):
