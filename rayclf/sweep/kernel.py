@@ -16,7 +16,7 @@ from typing import Any
 from rayclf.aggregate import arm_table, counts_text, format_table, status_counts, value_key
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import join, read_plan, write_plan
-from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, DecisionLog
+from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, SURVIVE, WINNER, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
 from rayclf.sweep.strategies.registry import create_arm_rule, create_search, rule_decisions, search_class
@@ -62,6 +62,17 @@ class SweepRun:
         skipped = self.execute_trials(self, trials, order or trials)
         self.stop.check(self.out)
         return skipped
+
+    def run_arms(self, arms: list[Arm], all_arms: list[Arm] | None = None) -> int:
+        """``runport.StrategyRun.run_arms``: every seed of ``arms`` under the sweep's arm rule."""
+        return run_arms(self, arms, all_arms)
+
+    def record_unstarted(self, trials: list[Trial], order: list[Trial], status: str, reason: str) -> None:
+        """``runport.StrategyRun.record_unstarted``: rows for trials that will never train."""
+        record_unstarted(self, trials, order, status, reason)
+
+    def __post_init__(self) -> None:
+        self.log.stop = self.stop  # stops are total: once a stop was asked for, nothing is decided
 
     def extend_plan(self) -> None:
         """Add the trials released so far to the stored plan before they run, so readers never list a new arm's
@@ -178,7 +189,7 @@ def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stop
         return None
     kinds = sorted({d.kind for d in decided})
     what = f"{len(decided)} logged decisions ({', '.join(kinds)})"
-    if old.rank_by != new.rank_by and any(d.kind in (WINNER, ELIMINATE, STOP) for d in decided):
+    if old.rank_by != new.rank_by and any(d.kind in (WINNER, ELIMINATE, SURVIVE, STOP) for d in decided):
         return (f"{what} were taken ranking by {old.rank_by}; the file now says rank_by: {new.rank_by}. Keep "
                 f"--set rank_by={old.rank_by}, or re-open them (--rerun-stopped, --redecide STAGE) first.")
     if old.search.kind != new.search.kind:

@@ -18,7 +18,7 @@ from rayclf.sweep.spec import Arm, Sweep, factor_levels, grid_arms
 from rayclf.sweep.strategies.registry import Planned, SearchStrategy, register_search
 
 if TYPE_CHECKING:
-    from rayclf.sweep.kernel import SweepRun
+    from rayclf.sweep.runport import StrategyRun
     from rayclf.sweep.spec import SearchSpec
 
 
@@ -138,7 +138,7 @@ class StagedStrategy(SearchStrategy):
             unknown -= set(self.section[i].carry or {})
         return carried, unknown
 
-    def execute(self, run: SweepRun) -> tuple[int, Arm | None]:
+    def execute(self, run: StrategyRun) -> tuple[int, Arm | None]:
         return run_staged(run)
 
 
@@ -155,7 +155,7 @@ def stage_index(sweep: Sweep, name: str) -> int:
                     f"(or 1–{len(labels)})." + (f" Did you mean '{hint}'?" if hint else ""))
 
 
-def reopen_stages(run: SweepRun) -> None:
+def reopen_stages(run: StrategyRun) -> None:
     """``--redecide STAGE``: forget that stage's winner and everything decided after it (later stages were
     built on it), so they are decided again from the stored results."""
     if not run.redecide:
@@ -168,7 +168,7 @@ def reopen_stages(run: SweepRun) -> None:
     run.echo(f"--redecide: {n} logged decisions from stage {first + 1} on are taken again")
 
 
-def _check_logged_stage(run: SweepRun, i: int, arms: list[Arm]) -> Decision | None:
+def _check_logged_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Decision | None:
     """The logged winner of stage ``i``, after checking the stage still has the arms it was decided on."""
     logged = run.log.get(WINNER, str(i))
     if logged is None:
@@ -184,7 +184,7 @@ def _check_logged_stage(run: SweepRun, i: int, arms: list[Arm]) -> Decision | No
     return logged
 
 
-def _decided(run: SweepRun, i: int, logged: Decision, on: str, again: str) -> UserError:
+def _decided(run: StrategyRun, i: int, logged: Decision, on: str, again: str) -> UserError:
     """Stage ``i`` was decided on other inputs than the file now gives: the way out is --redecide."""
     label = run.sweep.stage_label(i)
     return UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on {on}. Its "
@@ -192,7 +192,7 @@ def _decided(run: SweepRun, i: int, logged: Decision, on: str, again: str) -> Us
                      f"{again}, or undo the edit.")
 
 
-def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
+def _decide_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Arm:
     """Stage ``i``'s winner (best under the ranking rule over its arms, grouped by arm id), logged before use."""
     sweep = run.sweep
     trials = sweep.trials(arms)
@@ -212,7 +212,7 @@ def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
     return winner
 
 
-def _refuse_more_proposals(run: SweepRun, i: int) -> None:
+def _refuse_more_proposals(run: StrategyRun, i: int) -> None:
     """A decided bayes stage whose file now asks for more proposals: refused before any of them trains (the
     winner check after the proposals would refuse too, but only once they had cost their training)."""
     logged = run.log.get(WINNER, str(i))
@@ -223,26 +223,23 @@ def _refuse_more_proposals(run: SweepRun, i: int) -> None:
                        "with the new proposals")
 
 
-def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
+def _bayes_stage(run: StrategyRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
     """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
     from rayclf.sweep.bayes import run_bayes
-    from rayclf.sweep.kernel import run_arms
 
     sweep = run.sweep
     view = sweep.bayes_stage(i, carried)
     _refuse_more_proposals(run, i)
 
     def run_batch(batch: list[Arm], seen: list[Arm]) -> int:
-        return run_arms(run, sweep.place(batch, i, carried), sweep.place(seen, i, carried))
+        return run.run_arms(sweep.place(batch, i, carried), sweep.place(seen, i, carried))
 
     skipped, proposed = run_bayes(view, run_batch, lambda: run.store.trials, run.echo, run.log, stage=i)
     return skipped, sweep.place(proposed, i, carried)
 
 
-def run_staged(run: SweepRun) -> tuple[int, Arm]:
+def run_staged(run: StrategyRun) -> tuple[int, Arm]:
     """Every stage in turn, then the final run; trials skipped as already done and the last stage's winner."""
-    from rayclf.sweep.kernel import run_arms
-
     sweep = run.sweep
     reopen_stages(run)
     carried: dict[str, Any] = {}
@@ -255,7 +252,7 @@ def run_staged(run: SweepRun) -> tuple[int, Arm]:
         else:
             arms = sweep.arms(carried, stage=i)
             logged = _check_logged_stage(run, i, arms)
-            ran = run_arms(run, arms)
+            ran = run.run_arms(arms)
         skipped += ran
         run.stop.check(run.out)  # never decide a stage on a partial round
         if logged is not None:
