@@ -1,0 +1,114 @@
+"""Issue 28 (part B): racing verdicts logged and replayed exactly, replay that compares identities, --redecide
+that re-opens only what it names, total stops, and the store's write order — all without Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rayclf.sweep.decisions import ELIMINATE, SURVIVE, Decision, DecisionLog
+from rayclf.sweep.interrupt import SweepInterrupted
+from rayclf.sweep.racing import run_racing
+
+from .test_racing_bayes import FakeRunner, Value, racing_sweep, seeds_of
+
+
+def verdicts(root: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The log's racing verdicts by value (kind, key, what they saw), in the order taken."""
+    return [(d.kind, d.key, d.detail) for d in DecisionLog(root).decisions]
+
+
+# lr=0.1 is the best; lr=0.01 a little worse (p = 0.10, 0.059, 0.018 after rounds 1, 2, 3); lr=0.001 is bad
+TABLE = {0.1: [0.90, 0.80, 0.85, 0.88, 0.86, 0.84], 0.01: [0.87, 0.785, 0.79, 0.82, 0.80, 0.78],
+         0.001: [0.40, 0.32, 0.35, 0.37, 0.30, 0.33]}
+VALUE: Value = lambda o, s: (TABLE[o["optim.lr"]][s],) * 2  # noqa: E731
+LRS, SEEDS = [0.1, 0.01, 0.001], [0, 1, 2, 3, 4, 5]
+
+
+def straight(tmp_path, name: str = "straight") -> tuple[str, FakeRunner]:
+    root = str(tmp_path / name)
+    runner = FakeRunner(racing_sweep(LRS, SEEDS), VALUE)
+    runner.race(DecisionLog(root))
+    return root, runner
+
+
+def test_racing_logs_a_survival_per_arm_and_round_and_a_verdict_reads_only_its_rounds_seeds(tmp_path):
+    root, runner = straight(tmp_path)
+    log = DecisionLog(root)
+    sweep = runner.sweep
+    ids = {a.label: sweep.arm_id(a) for a in sweep.arms()}
+    kept1 = {d.label for d in log.of_kind(SURVIVE) if d.detail["round"] == 1}
+    assert kept1 == {"lr=0.1", "lr=0.01"}  # both survive round 1 (seeds 0, 1): lr=0.01 is close there
+    assert {d.label: d.detail["round"] for d in log.of_kind(ELIMINATE)} == {"lr=0.001": 1, "lr=0.01": 3}
+    for d in log.of_kind(SURVIVE) + log.of_kind(ELIMINATE):  # each verdict saw its round's seeds, no later ones
+        assert d.detail["seeds"] == SEEDS[:d.detail["round"] + 1] or d.detail["seeds"] == []
+        assert d.detail["seeds_run"] == SEEDS[:d.detail["round"] + 1]
+    assert log.get(SURVIVE, f"{ids['lr=0.1']}/1").detail["reason"].endswith("the best arm")
+    assert seeds_of(runner.ran, "lr=0.01") == [0, 1, 2, 3]
+
+    # --rerun-stopped forgets every verdict and decides again on the same stored rows: round 1 reads seeds 0, 1
+    # only (the stored seeds 2-5 of lr=0.1 and seed 2 of lr=0.01 are later rounds'), so the verdicts are equal
+    before = verdicts(root)
+    again = FakeRunner(sweep, VALUE, runner.rows)
+    again.race(DecisionLog(root), rerun_stopped=True)
+    assert verdicts(root) == before and again.ran == []
+
+
+def test_a_decided_round_is_replayed_not_judged_again_on_resume(tmp_path):
+    """Round 1 decided (lr=0.01 kept), then Ctrl-C in round 2; a re-run seed of lr=0.01 now scores far below
+    (a failed trial trained again) so that a judge of round 1 would eliminate it: round 1 stays decided, and
+    lr=0.01 is eliminated at round 2, on seeds 0-2."""
+    root = str(tmp_path)
+    sweep = racing_sweep(LRS, SEEDS)
+    first = FakeRunner(sweep, VALUE, interrupt_after=7)  # 6 trials of round 1, then 1 of round 2
+    with pytest.raises(SweepInterrupted):
+        first.race(DecisionLog(root))
+    round1 = verdicts(root)
+    assert {(k, d["round"]) for k, _, d in round1} == {(SURVIVE, 1), (ELIMINATE, 1)}
+    for r in first.rows.values():
+        if r["arm"] == "lr=0.01" and r["seed"] == 1:
+            r["metric_best"] = r["metric_final"] = 0.768  # 0.032 below the best, as seed 0 is 0.03 below
+    resumed = FakeRunner(sweep, VALUE, first.rows)
+    resumed.race(DecisionLog(root))
+    log = DecisionLog(root)
+    assert verdicts(root)[:len(round1)] == round1  # the log starts with round 1's verdicts, unchanged
+    assert log.get(ELIMINATE, sweep.arm_id(sweep.arms()[1])).detail["round"] == 2
+    assert log.get(SURVIVE, f"{sweep.arm_id(sweep.arms()[1])}/1") is not None
+
+
+@pytest.mark.parametrize("crash_at", range(1, 6))
+def test_a_crash_while_a_round_is_logged_resumes_to_the_uninterrupted_decisions(tmp_path, crash_at):
+    """kill -9 after the ``crash_at``-th verdict is written: the resumed race ends with the verdicts of the
+    uninterrupted one, by value."""
+    straight_root, _ = straight(tmp_path)
+    root = str(tmp_path / "cut")
+    log = DecisionLog(root)
+    record, written = log.record, []
+
+    def crashing(d: Decision) -> Decision:
+        if len(written) == crash_at:
+            raise KeyboardInterrupt  # the process dies here: nothing after this is written
+        written.append(d)
+        return record(d)
+
+    log.record = crashing  # type: ignore[method-assign]
+    runner = FakeRunner(racing_sweep(LRS, SEEDS), VALUE)
+    with pytest.raises(KeyboardInterrupt):
+        runner.race(log)
+    FakeRunner(racing_sweep(LRS, SEEDS), VALUE, runner.rows).race(DecisionLog(root))
+    assert sorted(verdicts(root), key=str) == sorted(verdicts(straight_root), key=str)
+
+
+@pytest.mark.parametrize(("level", "eliminated"), [(0.01, False), (0.05, True), (0.2, True)])
+def test_racing_decides_at_the_files_level(tmp_path, level, eliminated):
+    """p = 0.028 for the worse arm after round 1 (3 seeds): kept at level 0.01, eliminated at 0.05 and 0.2; a
+    racing that read the default level (0.05) would eliminate it at 0.01 too."""
+    best, worse = [0.90, 0.80, 0.85, 0.88], [0.85, 0.78, 0.80, 0.87]
+    sweep = racing_sweep([0.1, 0.2], [0, 1, 2, 3], first_round=3, level=level)
+    runner = FakeRunner(sweep, lambda o, s: ((best if o["optim.lr"] == 0.1 else worse)[s],) * 2)
+    run_racing(sweep, sweep.arms(), runner.run, runner.record, runner.stored, runner.messages.append,
+               DecisionLog(str(tmp_path)))
+    (d,) = [d for d in DecisionLog(str(tmp_path)).decisions if d.label == "lr=0.2"]
+    assert d.detail["p"] == pytest.approx(0.028, abs=0.002) and d.detail["level"] == level
+    assert (d.kind == ELIMINATE) == eliminated and (seeds_of(runner.recorded, "lr=0.2") == [3]) == eliminated
