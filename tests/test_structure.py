@@ -97,17 +97,6 @@ def test_data_and_engine_build_on_storage_not_on_the_results_store():
     assert "rayclf.storage" in all_imports(ROOT / "results.py")
 
 
-def all_imports(path: Path) -> set[str]:
-    """rayclf modules this file imports anywhere (function-level and TYPE_CHECKING imports included)."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rayclf"):
-            out.add(node.module)
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("rayclf")}
-    return out
-
-
 def test_strategies_and_the_kernel_meet_only_in_the_run_interface():
     """Issue 28: what a strategy may ask of a run lives in ``runport``; no strategy (nor racing, nor bayes)
     imports the kernel, even lazily, and racing and bayes import no strategy (no racing ↔ arm-rules circle)."""

@@ -68,6 +68,13 @@ def read_decisions(root: str) -> list[Decision]:
     return sorted((Decision.from_row(r) for r in rows), key=lambda d: d.seq)
 
 
+def changed_settings(then: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What differs between two logged arm identities (``Sweep.arm_identity``): ``train.epochs 3 → 5``."""
+    unset = "(default)"
+    keys = sorted(k for k in set(then) | set(now) if then.get(k, unset) != now.get(k, unset))
+    return ", ".join(f"{k} {then.get(k, unset)!r} → {now.get(k, unset)!r}" for k in keys)
+
+
 def _part(kind: str, key: str) -> str:
     return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
 

@@ -16,7 +16,7 @@ from typing import Any
 from rayclf.aggregate import arm_table, counts_text, format_table, status_counts, value_key
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import join, read_plan, write_plan
-from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, SURVIVE, WINNER, DecisionLog
+from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, SURVIVE, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
 from rayclf.sweep.strategies.registry import create_arm_rule, create_search, rule_decisions, search_class
@@ -174,17 +174,24 @@ def execute(run: SweepRun) -> SweepOutcome:
 
 # ------------------------------------------------------------------------------------------ resume
 def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stopped: bool = False,
-                    redecide: bool = False) -> str | None:
+                    redecide_from: int | None = None) -> str | None:
     """Why a sweep directory written with ``old`` cannot be continued with ``new``, or None. The metric and mode
     give every stored value its meaning; rank_by, the search kind and the scheduler only matter where logged
-    decisions were taken under them, and not for decisions this run re-opens (``--rerun-stopped``: stops and
-    eliminations; ``--redecide``: stage winners and proposals)."""
+    decisions were taken under them, and not for decisions this run re-opens (``--rerun-stopped``: the arm
+    rules' stops and verdicts; ``--redecide STAGE``: the winners and proposals of that stage and later ones —
+    the earlier stages' stay guarded)."""
     if (old.metric, old.mode) != (new.metric, new.mode):
         return (f"this sweep directory was recorded with metric {old.metric} ({old.mode}); the file now says "
                 f"{new.metric} ({new.mode}). Stored values would be mixed with new ones: keep "
                 f"--set metric={old.metric} --set mode={old.mode}, or start a new --out.")
-    reopened = (set(rule_decisions()) if rerun_stopped else set()) | ({WINNER, PROPOSAL} if redecide else set())
-    decided = [d for d in log.decisions if d.kind not in reopened]
+
+    def reopened(d: Decision) -> bool:
+        if rerun_stopped and d.kind in rule_decisions():
+            return True
+        return (redecide_from is not None and d.kind in (WINNER, PROPOSAL) and d.stage is not None
+                and d.stage >= redecide_from)
+
+    decided = [d for d in log.decisions if not reopened(d)]
     if not decided:
         return None
     kinds = sorted({d.kind for d in decided})

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayclf.aggregate import arm_table, best_arm, value_key
 from rayclf.config import UserError, closest
-from rayclf.sweep.decisions import PROPOSAL, WINNER, Decision
+from rayclf.sweep.decisions import PROPOSAL, WINNER, Decision, changed_settings
 from rayclf.sweep.spec import Arm, Sweep, factor_levels, grid_arms
 from rayclf.sweep.strategies.registry import Planned, SearchStrategy, register_search
 
@@ -175,13 +175,40 @@ def _check_logged_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Decision |
         return None
     now = {run.sweep.arm_id(a): a.label for a in arms}
     then = dict(zip(logged.detail.get("arms", []), logged.detail.get("labels", []), strict=False))
-    if set(now) != set(then):
-        added = [now[a] for a in now if a not in then]
-        removed = [then.get(a) or a for a in then if a not in now]
-        change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
-                                       f"removed {', '.join(removed)}" if removed else "") if p)
-        raise _decided(run, i, logged, f"other arms than the file now lists ({change})", "from the stored results")
-    return logged
+    if set(now) == set(then):
+        return logged
+    twin = next((a for a in arms if a.label == logged.label), None)
+    if twin is not None and run.sweep.arm_id(twin) != logged.arm_id and isinstance(logged.detail.get("config"), dict):
+        change = changed_settings(logged.detail["config"], run.sweep.arm_identity(twin))
+        raise _decided(run, i, logged, f"arm {logged.arm_id}, which the file now resolves to another arm "
+                       f"(changed: {change})", "from the stored results")
+    added = [now[a] for a in now if a not in then]
+    removed = [then.get(a) or a for a in then if a not in now]
+    change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
+                                   f"removed {', '.join(removed)}" if removed else "") if p)
+    raise _decided(run, i, logged, f"other arms than the file now lists ({change})", "from the stored results")
+
+
+def check_decided_stages(run: StrategyRun) -> None:
+    """Before anything trains: every stage whose winner is logged still has the arms (a bayes stage: the
+    proposals, each the arm it was) it was decided on, walking the logged winners from the first stage. A stage
+    with no logged winner (never decided, or re-opened by --redecide) ends the walk: what follows is decided
+    again."""
+    from rayclf.sweep.bayes import check_proposals, logged_proposals
+
+    sweep, carried = run.sweep, {}
+    for i in range(sweep.stage_count()):
+        if sweep.file.search.stages[i].bayes is not None:  # type: ignore[index]
+            view = sweep.bayes_stage(i, carried)
+            check_proposals(view, run.log, i, sweep.stage_label(i))
+            _refuse_more_proposals(run, i)
+            arms = sweep.unique(sweep.place(logged_proposals(view, run.log, i), i, carried))
+        else:
+            arms = sweep.arms(carried, stage=i)
+        logged = _check_logged_stage(run, i, arms)
+        if logged is None:
+            return
+        carried = sweep.carried_after(i, logged.detail["overrides"])
 
 
 def _decided(run: StrategyRun, i: int, logged: Decision, on: str, again: str) -> UserError:
@@ -208,7 +235,8 @@ def _decide_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Arm:
     ids = [sweep.arm_id(a) for a in arms]
     run.log.record(Decision(WINNER, str(i), sweep.arm_id(winner), winner.label, stage=i, n_seeds=best.n,
                             detail={"overrides": winner.overrides, "value": best.mean, "metric": sweep.file.metric,
-                                    "rank_by": sweep.file.rank_by, "arms": ids, "labels": [a.label for a in arms]}))
+                                    "rank_by": sweep.file.rank_by, "arms": ids, "labels": [a.label for a in arms],
+                                    "config": sweep.arm_identity(winner)}))
     return winner
 
 
@@ -242,6 +270,7 @@ def run_staged(run: StrategyRun) -> tuple[int, Arm]:
     """Every stage in turn, then the final run; trials skipped as already done and the last stage's winner."""
     sweep = run.sweep
     reopen_stages(run)
+    check_decided_stages(run)
     carried: dict[str, Any] = {}
     skipped = 0
     winner = Arm("baseline", {})
