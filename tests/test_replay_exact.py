@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rayclf.sweep.decisions import ELIMINATE, SURVIVE, Decision, DecisionLog
+from rayclf.sweep.decisions import ELIMINATE, SURVIVE, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import SweepInterrupted
 from rayclf.sweep.racing import run_racing
 
@@ -112,3 +112,103 @@ def test_racing_decides_at_the_files_level(tmp_path, level, eliminated):
     (d,) = [d for d in DecisionLog(str(tmp_path)).decisions if d.label == "lr=0.2"]
     assert d.detail["p"] == pytest.approx(0.028, abs=0.002) and d.detail["level"] == level
     assert (d.kind == ELIMINATE) == eliminated and (seeds_of(runner.recorded, "lr=0.2") == [3]) == eliminated
+
+
+# ----------------------------------------------------------------------------------------------- identities
+def _base(epochs: int = 3) -> dict[str, Any]:
+    return {"data": {"name": "synthetic", "synthetic": {"num_train": 64, "num_test": 32, "num_classes": 4,
+                                                        "image_size": 8}},
+            "model": {"name": "cnn", "widths": [4], "dropout": 0.1}, "train": {"epochs": epochs, "batch_size": 32},
+            "optim": {"name": "sgd", "lr": 0.05}}
+
+
+BAYES = {"num_samples": 4, "batch": 2, "startup": 2, "params": {"model.dropout": {"uniform": [0.0, 0.3]}}}
+
+
+def flat_bayes(epochs: int = 3) -> dict[str, Any]:
+    return {"name": "bo", "base": _base(epochs), "seeds": [0, 1], "search": {"bayes": dict(BAYES)}}
+
+
+def staged_bayes(seeds: tuple[int, ...] = (0,), widths: tuple[int, ...] = (4,)) -> dict[str, Any]:
+    return {"name": "sb", "base": _base(), "seeds": list(seeds),
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.02, 0.05]},
+                                   "carry": {"model.widths": list(widths)}},
+                                  {"name": "reg", "bayes": dict(BAYES)},
+                                  {"name": "drop", "vary": {"optim.weight_decay": [0.0, 0.001]}}]}}
+
+
+def test_a_logged_bayes_proposal_the_edited_base_resolves_to_another_arm_is_refused_before_training(tmp_path):
+    from rayclf.config import UserError
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import FakeTrials, fake_run
+
+    out = str(tmp_path)
+    execute(fake_run(parse_sweep(flat_bayes()), out))
+    runner = FakeTrials()
+    with pytest.raises(UserError, match=r"bayes proposal 0 \(bayes-0\) was made and trained as arm [0-9a-f]+; the "
+                                        r"file now resolves it to another arm \(changed: train.epochs 3 → 5\)\. "
+                                        r"Nothing was trained"):
+        execute(fake_run(parse_sweep(flat_bayes(epochs=5)), out, runner))
+    assert runner.calls == []
+
+
+def test_a_decided_bayes_stage_whose_proposals_changed_is_refused_before_any_stage_trains(tmp_path):
+    """Stage 1's carry now sets other widths: the bayes stage's logged proposals resolve to other arms. With a
+    seed added, stage 0 would have trials to train first: the refusal comes before any of them."""
+    from rayclf.config import UserError
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import FakeTrials, fake_run
+
+    out = str(tmp_path)
+    execute(fake_run(parse_sweep(staged_bayes()), out))
+    runner = FakeTrials()
+    message = (r"stage reg's bayes proposal 0 \(bayes-0\) .* \(changed: model.widths \[4\] → \[8\]\)\. "
+               r"Nothing was trained\. Undo the edit, or pass --redecide reg")
+    with pytest.raises(UserError, match=message):
+        execute(fake_run(parse_sweep(staged_bayes(seeds=(0, 1), widths=(8,))), out, runner))
+    assert runner.calls == []
+
+
+def test_redecide_of_the_last_stage_keeps_the_earlier_stages_guarded(tmp_path):
+    """rank_by changed under three decided stages: --redecide of the last one still refuses (stages lr and reg
+    were ranked by best), --redecide of the first goes through."""
+    from rayclf.config import UserError
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.runner import prepare_out
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import fake_run
+
+    out = str(tmp_path / "s")
+    _, _, lock = prepare_out(parse_sweep(staged_bayes()), out, False)
+    lock.release()
+    execute(fake_run(parse_sweep(staged_bayes()), out))
+    changed = parse_sweep({**staged_bayes(), "rank_by": "final"})
+    for last in ("drop", "reg"):
+        with pytest.raises(UserError, match="were taken ranking by best"):
+            prepare_out(changed, out, True, redecide=(last,))
+    _, _, lock = prepare_out(changed, out, True, redecide=("lr",))
+    lock.release()
+
+
+@pytest.mark.parametrize(("stage", "kept"), [("lr", set()), ("reg", {(WINNER, "0")}),
+                                             ("drop", {(WINNER, "0"), (WINNER, "1")})])
+def test_redecide_forgets_that_stages_and_the_later_ones_decisions_and_proposals_only(tmp_path, stage, kept):
+    from rayclf.sweep.decisions import PROPOSAL
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.spec import parse_sweep
+    from rayclf.sweep.strategies.staged import reopen_stages
+
+    from .fake_runner import fake_run
+
+    out = str(tmp_path)
+    execute(fake_run(parse_sweep(staged_bayes()), out))
+    assert {d.key.split("/")[0] for d in DecisionLog(out).of_kind(PROPOSAL)} == {"1"}
+    reopen_stages(fake_run(parse_sweep(staged_bayes()), out, redecide=(stage,)))
+    left = {(d.kind, d.key.split("/")[0]) for d in DecisionLog(out).decisions}
+    proposals = {(PROPOSAL, "1")} if stage == "drop" else set()
+    assert left == kept | proposals
