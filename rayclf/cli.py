@@ -179,7 +179,7 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                             echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
                             redecide=redecide, selection=selection)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
-        code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
+        code = getattr(exc, "exit_code", 130)  # 130 (SIGINT), 143 (SIGTERM), a second signal too
         kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir}
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
                           *(["--rerun-stopped"] if rerun_stopped else []),  # its decisions are already re-opened

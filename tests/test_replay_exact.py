@@ -212,3 +212,88 @@ def test_redecide_forgets_that_stages_and_the_later_ones_decisions_and_proposals
     left = {(d.kind, d.key.split("/")[0]) for d in DecisionLog(out).decisions}
     proposals = {(PROPOSAL, "1")} if stage == "drop" else set()
     assert left == kept | proposals
+
+
+# ----------------------------------------------------------------------------------------------- stops
+def test_after_a_stop_the_decision_log_writes_nothing(tmp_path):
+    from rayclf.sweep.decisions import read_decisions
+    from rayclf.sweep.interrupt import StopFlag
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import fake_run
+
+    run = fake_run(parse_sweep(staged_bayes()), str(tmp_path))
+    run.stop.set(15)
+    with pytest.raises(SweepInterrupted) as info:
+        run.log.record(Decision(WINNER, "0", "a", "lr:lr=0.02", 0))
+    assert info.value.exit_code == 143 and read_decisions(str(tmp_path)) == [] and run.log.decisions == []
+    assert isinstance(run.log.stop, StopFlag)
+
+
+def _fake_fit(session: Any) -> None:
+    """Tune's loop without Ray: each queued trial trains at once (a completed row, as the recorder writes it)
+    and is reported done; once the stop flag is set nothing more is recorded and ``pop`` ends the run."""
+    from rayclf.sweep.lockstep import FINISHED
+    from rayclf.sweep.rows import trial_row
+
+    run = session.run
+    while (d := session.steps.pop()) not in (FINISHED, None):
+        epochs = [{"epoch": 1, "val_accuracy": 0.5 + d.config["optim"]["lr"], "val_loss": 1.0}]
+        row = trial_row(d, "completed", "", {"status": "completed"}, epochs, run.sweep.file.metric, run.mode)
+        run.store.add(row, epochs)
+        session.steps.done(d.trial_id)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+@pytest.mark.parametrize("signum", [2, 15])
+def test_the_cli_exits_130_or_143_and_no_thread_writes_a_decision_after_the_stop(tmp_path, monkeypatch, signum,
+                                                                                  signals):
+    """A staged sweep from the CLI on a Ray-free session: the signal(s) arrive while the strategy thread takes
+    stage 1's winner decision. The first signal makes that decision refuse to be written; a second one stops
+    the driver at once, and the strategy thread is joined before the CLI exits, 128 + the signal's number."""
+    import os
+    import signal as signals_module
+    import threading
+    import time
+
+    import ray
+    import yaml
+    from click.testing import CliRunner
+
+    from rayclf.cli import main
+    from rayclf.sweep import runner as runner_module
+    from rayclf.sweep.decisions import read_decisions
+    from rayclf.sweep.session import TuneSession
+
+    monkeypatch.setattr(runner_module, "_start_ray", lambda *a, **k: False)
+    monkeypatch.setattr(runner_module, "unmet_resources", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(TuneSession, "_check", lambda self, todo: None)
+    monkeypatch.setattr(TuneSession, "_fit", _fake_fit)
+    record = DecisionLog.record
+    flags = []
+
+    def signalled_record(self: DecisionLog, d: Decision) -> Decision:  # in the strategy thread
+        if d.kind == WINNER and not flags:
+            flags.append(self.stop)
+            for _ in range(signals):
+                before = self.stop.is_set()
+                os.kill(os.getpid(), signum)
+                while before == self.stop.is_set() and not before:  # the main thread's handler ran
+                    time.sleep(0.01)
+            time.sleep(0.5)  # the driver goes on meanwhile: only a join makes it wait for this thread
+        return record(self, d)
+
+    monkeypatch.setattr(DecisionLog, "record", signalled_record)
+    spec = {"name": "stg", "base": _base(), "seeds": [0],
+            "search": {"stages": [{"name": "lr", "vary": {"optim.lr": [0.02, 0.05]}},
+                                  {"name": "wd", "vary": {"optim.weight_decay": [0.0, 0.001]}}]}}
+    file = tmp_path / "s.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["sweep", str(file), "--out", str(out), "--quiet", "--wandb", "disabled"])
+    assert result.exit_code == 128 + signum, result.output
+    assert "Continue with: rayclf sweep" in result.output and flags and flags[0].signum == signum
+    assert read_decisions(str(out)) == []  # stage lr's winner was never written
+    assert not [t for t in threading.enumerate() if t.name == "rayclf-strategy" and t.is_alive()]
+    assert signals_module.getsignal(signum) is not None

@@ -208,7 +208,8 @@ def _changed_arm(sweep: Sweep, d: Decision, arm: Arm, stage_label: str | None) -
               else "a setting of the base config")
     way = (f"pass --redecide {stage_label} to propose again from the stored results" if stage_label
            else "run the search in a new --out")
-    return (f"--resume: bayes proposal {d.detail['index']} ({d.label}) was made and trained as arm {d.arm_id}; "
+    where = f"stage {stage_label}'s " if stage_label else ""
+    return (f"--resume: {where}bayes proposal {d.detail['index']} ({d.label}) was made and trained as arm {d.arm_id}; "
             f"the file now resolves it to another arm (changed: {change}). Nothing was trained. Undo the edit, "
             f"or {way}.")
 

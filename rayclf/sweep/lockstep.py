@@ -80,6 +80,15 @@ class Lockstep:
             self._aborted = True
             self._cv.notify_all()
 
+    def close(self, timeout: float = 30.0) -> bool:
+        """Tune's run is over, however it ended (a second stop signal included): wake the strategy and wait for
+        its thread to end, so no thread is left writing once the driver goes on. With the stop flag set, the
+        strategy raises at its next stop check or decision. False if it is still running after ``timeout``."""
+        self.abort()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
     def outcome(self, timeout: float = 60.0) -> Any:
         """The strategy's return value once its thread ended; its exception is raised here."""
         if self._thread is not None:

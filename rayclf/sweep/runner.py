@@ -165,8 +165,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             if address:  # a remote cluster: its worker nodes are not this machine
                 run.preflight = Preflight(sweep, storage_path(out))
             outcome = session.execute(lambda: execute(run))
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first round started
-        raise SweepInterrupted(signal.SIGINT, out) from None
+    except KeyboardInterrupt as exc:  # a second signal (StopNow), or a Ctrl-C before the handlers were set
+        raise SweepInterrupted(getattr(exc, "signum", signal.SIGINT), out) from None
     finally:
         lock.release()
         if started:
