@@ -297,3 +297,89 @@ def test_the_cli_exits_130_or_143_and_no_thread_writes_a_decision_after_the_stop
     assert read_decisions(str(out)) == []  # stage lr's winner was never written
     assert not [t for t in threading.enumerate() if t.name == "rayclf-strategy" and t.is_alive()]
     assert signals_module.getsignal(signum) is not None
+
+
+# ----------------------------------------------------------------------------------------------- the record
+def test_a_trial_interrupted_by_the_stop_is_not_recorded_and_one_the_scheduler_stopped_is(tmp_path):
+    """The recorder's two skips: once the stop flag is set, a trial that ended without its summary (stopped at
+    its checkpoint) or that errored (its process went down with the stop) gets no row: it continues from its
+    checkpoint on --resume. Without a stop, the same calls record it (stopped early, failed)."""
+    from types import SimpleNamespace
+
+    from rayclf.results import ResultsStore
+    from rayclf.sweep.callbacks import Recorder
+    from rayclf.sweep.interrupt import StopFlag
+    from rayclf.sweep.spec import parse_sweep
+    from rayclf.sweep.trialspec import TrialSpec
+
+    sweep = parse_sweep(flat_bayes())
+    ends = {"ended": lambda rec, t: rec.ended(t), "error": lambda rec, t: rec.on_trial_error(0, [], t)}
+    for stopped in (True, False):
+        for how, end in ends.items():
+            out = str(tmp_path / f"{how}-{stopped}")
+            store, flag = ResultsStore(out), StopFlag()
+            rec = Recorder(store, "val_accuracy", "max", storage=out, stop=flag)
+            spec = TrialSpec.of(sweep, sweep.trial(_arm(), 0), 0)
+            trial = SimpleNamespace(config={"trial": spec}, checkpoint=None, error_file=None)
+            rec.on_trial_result(0, [], trial, {"epoch": 1, "val_accuracy": 0.4, "val_loss": 1.2})
+            if stopped:
+                flag.set()
+            end(rec, trial)
+            rows = ResultsStore(out).trials
+            if stopped:
+                assert rows == [] and rec.rows == {}, how
+            else:
+                assert [r["status"] for r in rows] == ["stopped_early" if how == "ended" else "failed"], how
+
+
+def _arm() -> Any:
+    from rayclf.sweep.spec import Arm
+
+    return Arm("bayes-0", {"model.dropout": 0.1})
+
+
+def test_a_crash_between_a_trials_epochs_and_its_row_reruns_that_trial_on_resume(tmp_path, monkeypatch):
+    """kill -9 after the second trial's epochs part is written but before its trial part: on resume the trial
+    is not finished, so it trains again, and every row and epoch equals an uninterrupted run's."""
+    from rayclf.results import ResultsStore
+    from rayclf.sweep.kernel import execute
+    from rayclf.sweep.spec import parse_sweep
+
+    from .fake_runner import FakeTrials, fake_run
+
+    spec = {"name": "g", "base": _base(), "seeds": [0, 1], "search": {"grid": {"optim.lr": [0.02, 0.05]}}}
+    out, twin = str(tmp_path / "cut"), str(tmp_path / "twin")
+    real_add, adds = ResultsStore.add, []
+
+    def crashing_add(self: ResultsStore, row: dict[str, Any], epochs: Any) -> None:
+        adds.append(row["trial_id"])
+        if len(adds) == 2:
+            real_part, parts = self._write_part, []
+
+            def part(table: str, tid: str, data: Any) -> None:
+                parts.append(table)
+                if len(parts) == 2:
+                    raise KeyboardInterrupt  # the process dies between the two parts
+                real_part(table, tid, data)
+
+            self._write_part = part  # type: ignore[method-assign]
+        real_add(self, row, epochs)
+
+    monkeypatch.setattr(ResultsStore, "add", crashing_add)
+    with pytest.raises(KeyboardInterrupt):
+        execute(fake_run(parse_sweep(spec), out))
+    monkeypatch.undo()
+    cut = adds[1]
+    assert cut not in ResultsStore(out).finished_ids() and len(ResultsStore(out).trials) == 1
+    runner = FakeTrials()
+    done = execute(fake_run(parse_sweep(spec), out, runner))
+    assert cut in runner.calls[0] and len(runner.calls[0]) == 3
+    execute(fake_run(parse_sweep(spec), twin))
+
+    def by_value(root: str) -> tuple[Any, Any]:
+        store = ResultsStore(root)
+        keep = ("trial_id", "status", "metric_best", "metric_final", "epochs")
+        return ({r["trial_id"]: {k: r[k] for k in keep} for r in store.trials},
+                sorted((e["trial_id"], e["epoch"], e["val_accuracy"]) for e in store.epochs))
+
+    assert by_value(out) == by_value(twin) and len(done.rows) == 4
