@@ -8,7 +8,9 @@ when the recorder reports the batch's last trial (``done``), Tune's thread sleep
 the strategy has decided and released its next batch, or finished. So the next stage's trials are in the
 queue before Tune looks for work again (its trial processes stay busy and warm), no lock guards the store,
 the decision log or the live view (only one thread touches them at a time), and a decision never sees half a
-batch. This module knows nothing of Ray, so it is tested alone.
+batch. However Tune's run ends (a second stop signal included), ``close`` wakes the strategy and joins its
+thread, so none is left writing once the driver goes on. This module knows nothing of Ray, so it is tested
+alone.
 """
 
 from __future__ import annotations

@@ -110,13 +110,6 @@ def judge(sweep: Sweep, field: Mapping[str, Arm], candidates: Sequence[str], tri
     return out
 
 
-def eliminate(sweep: Sweep, field: Mapping[str, Arm], candidates: Sequence[str],
-              trials: Sequence[Mapping[str, Any]], round_no: int, seeds_run: list[int],
-              echo: Callable[[str], None]) -> list[Decision]:
-    """The eliminations among :func:`judge`'s verdicts."""
-    return [d for d in judge(sweep, field, candidates, trials, round_no, seeds_run, echo) if d.kind == ELIMINATE]
-
-
 def unique_arms(sweep: Sweep, arms: Sequence[Arm]) -> dict[str, Arm]:
     """Arms by arm id, first label kept: two labels of one config race as one arm."""
     out: dict[str, Arm] = {}
