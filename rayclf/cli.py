@@ -207,7 +207,7 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                             redecide=redecide, selection=selection, cache=cache, no_cache=no_cache,
                             refresh=refresh)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
-        code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
+        code = getattr(exc, "exit_code", 130)  # 130 (SIGINT), 143 (SIGTERM), a second signal too
         kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir,
                 "--cache": cache}
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
+from rayclf.sweep.interrupt import StopFlag, StopNow, SweepInterrupted, stop_on_signals
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -24,8 +24,9 @@ def test_a_stop_signal_sets_the_flag_and_a_second_one_stops_at_once(signum, code
         with pytest.raises(SweepInterrupted) as info:
             flag.check("out")
         assert info.value.exit_code == code and info.value.out == "out"
-        with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit):
+        with pytest.raises(StopNow) as now:
             os.kill(os.getpid(), signum)
+        assert now.value.exit_code == code
     assert signal.getsignal(signum) is before
 
 

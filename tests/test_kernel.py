@@ -281,7 +281,7 @@ def test_a_refusal_names_a_way_through_that_works(tmp_path):
     changed = parse_sweep({**staged(), "rank_by": "final"})
     with pytest.raises(UserError, match="--redecide"):
         prepare_out(changed, out, resume=True)
-    _, _, lock = _prepare_out(changed, out, True, redecide=True)
+    _, _, lock = _prepare_out(changed, out, True, redecide=("lr",))
     lock.release()
 
 

@@ -186,6 +186,7 @@ def test_racing_with_the_smallest_workable_wilcoxon_first_round_eliminates_after
 def test_a_resume_that_would_have_decided_a_logged_elimination_otherwise_is_refused(tmp_path):
     from rayclf.config import UserError
     from rayclf.sweep.racing import check_eliminations
+    from rayclf.sweep.strategies.arm_rules import refuse_eliminations
 
     value: Value = lambda o, s: ((GOOD if o["optim.lr"] == 0.1 else BAD)[s],) * 2  # noqa: E731
     done = FakeRunner(racing_sweep([0.1, 0.001], [0, 1, 2, 3]), value)
@@ -199,7 +200,7 @@ def test_a_resume_that_would_have_decided_a_logged_elimination_otherwise_is_refu
         assert again.ran == again.recorded == []
     fifo = parse_sweep({"name": "r", "base": tiny(), "seeds": [0, 1, 2, 3], "search": {"grid": {"optim.lr": [0.1]}}})
     with pytest.raises(UserError, match="now says scheduler: fifo. Restore scheduler: racing"):
-        check_eliminations(fifo, DecisionLog(str(tmp_path)))
+        refuse_eliminations(fifo, DecisionLog(str(tmp_path)))
     check_eliminations(racing_sweep([0.1, 0.001], [0, 1, 2, 3]), DecisionLog(str(tmp_path)))  # unchanged: fine
 
 

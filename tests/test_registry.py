@@ -205,7 +205,7 @@ def test_the_rungs_come_from_the_rule():
 
 
 def test_builtin_strategies_state_the_facts_other_modules_ask():
-    from rayclf.sweep.decisions import CONTINUE, ELIMINATE, STOP
+    from rayclf.sweep.decisions import CONTINUE, ELIMINATE, STOP, SURVIVE
     from rayclf.sweep.strategies import arm_rule_class, search_class
 
     assert search_names() == ["grid", "random", "bayes", "ablation", "stages"]
@@ -215,7 +215,7 @@ def test_builtin_strategies_state_the_facts_other_modules_ask():
     assert [n for n in search_names() if not search_class(n).fixed_arms] == ["bayes", "stages"]
     assert [n for n in arm_rule_names() if arm_rule_class(n).takes_subsets] == ["fifo"]
     assert {n: set(arm_rule_class(n).decisions) for n in arm_rule_names()} == {
-        "fifo": set(), "asha": {STOP, CONTINUE}, "median": {STOP, CONTINUE}, "racing": {ELIMINATE}}
+        "fifo": set(), "asha": {STOP, CONTINUE}, "median": {STOP, CONTINUE}, "racing": {ELIMINATE, SURVIVE}}
 
 
 # ----------------------------------------------------------------------------- structure

@@ -317,7 +317,9 @@ def test_racing_and_bayes_on_ray_record_every_trial_and_report(ray_local, tmp_pa
     assert rows[("lr=0.1", 2)]["status"] == "completed"
     assert _tune_runs(out) == 1  # both rounds in one Tune run
     assert "eliminated after round 1" in (build_report(out).out / "results.md").read_text()
-    (d,) = read_decisions(out)  # the elimination was logged in the sweep directory, with what it saw
+    (d,) = [x for x in read_decisions(out) if x.kind == "eliminate"]  # logged in the sweep directory, with
+    # what it saw; the best arm's survival of round 1 is logged too
+    assert [(x.kind, x.label) for x in read_decisions(out) if x.kind != "eliminate"] == [("survive", "lr=0.1")]
     assert (d.kind, d.label, d.detail["seeds"], d.detail["reason"]) == \
         ("eliminate", "lr=1e-06", [0, 1], rows[("lr=1e-06", 2)]["reason"])
     again = run_sweep(parse_sweep(racing), out=out, resume=True, live=False, wandb_mode="disabled")

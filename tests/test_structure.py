@@ -95,3 +95,13 @@ def test_data_and_engine_build_on_storage_not_on_the_results_store():
             assert "rayclf.results" not in all_imports(path), f"{folder}/{path.name}"
     assert all_imports(ROOT / "storage.py") <= {"rayclf.config"}
     assert "rayclf.storage" in all_imports(ROOT / "results.py")
+
+
+def test_strategies_and_the_kernel_meet_only_in_the_run_interface():
+    """Issue 28: what a strategy may ask of a run lives in ``runport``; no strategy (nor racing, nor bayes)
+    imports the kernel, even lazily, and racing and bayes import no strategy (no racing ↔ arm-rules circle)."""
+    sweep = ROOT / "sweep"
+    users = [*sorted((sweep / "strategies").glob("*.py")), sweep / "racing.py", sweep / "bayes.py"]
+    assert {p.name: "rayclf.sweep.kernel" in all_imports(p) for p in users} == {p.name: False for p in users}
+    for p in (sweep / "racing.py", sweep / "bayes.py"):
+        assert not {m for m in all_imports(p) if m.startswith("rayclf.sweep.strategies")}, p.name

@@ -27,7 +27,7 @@ import numpy as np
 
 from rayclf.aggregate import ArmRow, arm_table, value_key
 from rayclf.config import UserError
-from rayclf.sweep.decisions import PROPOSAL, Decision, DecisionLog
+from rayclf.sweep.decisions import PROPOSAL, Decision, DecisionLog, changed_settings
 from rayclf.sweep.spec import Arm, Sweep
 
 PREFIX = "bayes-"
@@ -172,9 +172,12 @@ def _in_space(value: Any, dist: Mapping[str, Any]) -> bool:
     return arg[0] <= value < arg[1] if kind == "randint" else arg[0] <= value <= arg[1]
 
 
-def check_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> None:
-    """Refuse a resume under which a logged proposal could not have been made: a parameter added or removed, a
-    value now outside its range, or (for proposals TPE chose from results) another ``rank_by``."""
+def check_proposals(sweep: Sweep, log: DecisionLog, stage: int | None, stage_label: str | None = None) -> None:
+    """Refuse a resume under which a logged proposal could not have been made, or would not be the arm it was:
+    a parameter added or removed, a value now outside its range, (for proposals TPE chose from results) another
+    ``rank_by``, or a config that resolves to another arm id (an edit of the base or of a carried value).
+    Called before anything of the search trains (a staged sweep's, before any stage trains: ``stage_label``
+    names the stage ``--redecide`` re-opens)."""
     spec = sweep.file.search.bayes
     assert spec is not None
     where = "search.bayes" if stage is None else f"search.stages.{stage}.bayes"
@@ -190,16 +193,32 @@ def check_proposals(sweep: Sweep, log: DecisionLog, stage: int | None) -> None:
             problem = f"with {bad} = {o[bad]!r}, outside {where}.params.{bad} = {spec.params[bad]} now"
         elif index >= spec.startup and d.detail.get("value", key) != key:
             problem = f"from results ranked by {d.detail['value']}; rank_by now ranks by {key}"
+        elif d.arm_id and sweep.arm_id(arm := Arm(d.label, dict(o))) != d.arm_id:
+            raise UserError(_changed_arm(sweep, d, arm, stage_label))
         else:
             continue
         raise UserError(f"--resume: bayes proposal {index} ({d.label}) was made {problem}. Restore the file's "
                         "setting, or run the search in a new --out.")
 
 
+def _changed_arm(sweep: Sweep, d: Decision, arm: Arm, stage_label: str | None) -> str:
+    """A logged proposal whose config the file now resolves to another arm: name the setting and the way out."""
+    then = d.detail.get("config")
+    change = (changed_settings(then, sweep.arm_identity(arm)) if isinstance(then, dict)
+              else "a setting of the base config")
+    way = (f"pass --redecide {stage_label} to propose again from the stored results" if stage_label
+           else "run the search in a new --out")
+    where = f"stage {stage_label}'s " if stage_label else ""
+    return (f"--resume: {where}bayes proposal {d.detail['index']} ({d.label}) was made and trained as arm {d.arm_id}; "
+            f"the file now resolves it to another arm (changed: {change}). Nothing was trained. Undo the edit, "
+            f"or {way}.")
+
+
 def _log_batch(sweep: Sweep, log: DecisionLog, stage: int | None, start: int, batch: list[Arm]) -> None:
     """Log each new proposal (index, config) before it runs: on resume it is the same config, same label."""
     for k, arm in enumerate(batch):
-        detail = {"index": start + k, "overrides": arm.overrides, "value": value_key(sweep.file.rank_by)}
+        detail = {"index": start + k, "overrides": arm.overrides, "value": value_key(sweep.file.rank_by),
+                  "config": sweep.arm_identity(arm)}
         log.record(Decision(PROPOSAL, proposal_key(stage, start + k), sweep.arm_id(arm), arm.label, stage,
                             len(sweep.file.seeds), detail))
 

@@ -1,10 +1,12 @@
 """The decision log of a sweep directory: every decision that shapes which trials run, written before it acts.
 
-An arm continued or stopped at a rung, an arm eliminated by racing, a stage's winner, a bayes proposal: each is
-one row of ``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by pandas or DuckDB like
-the results tables), keyed by ``(kind, key)``. ``--resume`` reads the log first and replays it: a decision that is
-logged stays made, so a resumed sweep takes exactly the path the interrupted one took. Re-deciding (``--rerun-stopped``,
-``--redecide STAGE``) replaces a decision's row in one step, under the same part name.
+An arm continued or stopped at a rung, an arm eliminated by racing or surviving a round, a stage's winner, a
+bayes proposal: each is one row of ``decisions.parquet/`` (a folder of one-row Parquet parts, readable mid-sweep by
+pandas or DuckDB like the results tables), keyed by ``(kind, key)``. Once the sweep's stop flag is set nothing more
+is written (a stop is total: no decision is taken on what it cut short). ``--resume`` reads the log first and
+replays it: a decision that is logged stays made, so a resumed sweep takes exactly the path the interrupted one
+took. Re-deciding (``--rerun-stopped``, ``--redecide STAGE``) replaces a decision's row in one step, under the
+same part name.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from rayclf.results import arrow_table, canonical_json, filesystem, join, read_rows, write_atomically
+from rayclf.sweep.interrupt import StopFlag
 
 DECISIONS = "decisions.parquet"
 STOP, ELIMINATE, WINNER, PROPOSAL = "stop", "eliminate", "winner", "proposal"
 CONTINUE = "continue"  # an arm passed a rung (asha / median): keyed ``arm/rung``, so a resume never re-judges it
-KINDS = (STOP, ELIMINATE, WINNER, PROPOSAL, CONTINUE)
+SURVIVE = "survive"  # racing: an arm kept after a round (key ``arm id/round``)
+KINDS = (STOP, ELIMINATE, WINNER, PROPOSAL, CONTINUE, SURVIVE)
 COLUMNS: dict[str, str] = {
     "seq": "int", "kind": "string", "key": "string", "arm_id": "string", "label": "string", "stage": "int",
     "n_seeds": "int", "detail": "json", "time": "float",
@@ -65,6 +69,13 @@ def read_decisions(root: str) -> list[Decision]:
     return sorted((Decision.from_row(r) for r in rows), key=lambda d: d.seq)
 
 
+def changed_settings(then: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What differs between two logged arm identities (``Sweep.arm_identity``): ``train.epochs 3 → 5``."""
+    unset = "(default)"
+    keys = sorted(k for k in set(then) | set(now) if then.get(k, unset) != now.get(k, unset))
+    return ", ".join(f"{k} {then.get(k, unset)!r} → {now.get(k, unset)!r}" for k in keys)
+
+
 def _part(kind: str, key: str) -> str:
     return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
 
@@ -76,6 +87,7 @@ class DecisionLog:
         self.root = root
         self._by_key: dict[tuple[str, str], Decision] = {(d.kind, d.key): d for d in read_decisions(root)}
         self._forgotten = 0  # the highest seq forgotten: numbers are never reused within a run
+        self.stop: StopFlag | None = None  # the sweep's stop flag (``SweepRun`` sets it)
 
     def get(self, kind: str, key: str) -> Decision | None:
         return self._by_key.get((kind, key))
@@ -88,7 +100,10 @@ class DecisionLog:
         return sorted(self._by_key.values(), key=lambda d: d.seq)
 
     def record(self, decision: Decision) -> Decision:
-        """Write ``decision`` (replacing one of the same kind and key) before the caller acts on it."""
+        """Write ``decision`` (replacing one of the same kind and key) before the caller acts on it. Once the
+        sweep was told to stop, raise ``SweepInterrupted`` instead: the caller neither logs nor acts."""
+        if self.stop is not None:
+            self.stop.check(self.root)
         if decision.kind not in KINDS:
             raise ValueError(f"unknown decision kind {decision.kind!r}; kinds: {', '.join(KINDS)}")
         seq = max((d.seq for d in self._by_key.values()), default=0) + 1

@@ -1,5 +1,7 @@
 """Ctrl-C and SIGTERM stop a sweep cleanly: the first signal ends the round at its trials' last checkpoints
-(nothing is recorded as finished, no decision is taken on a partial round), a second one stops at once.
+(nothing is recorded as finished, no decision is taken on a partial round), a second one stops at once
+(:class:`StopNow`, raised in the driver's thread; the session then stops and joins the strategy thread, which
+can write no decision once the flag is set).
 
 Tune's own SIGINT handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``): it makes ``Tuner.fit`` return as if the
 round had finished. Instead the driver sets a :class:`StopFlag` that a Tune ``Stopper`` reads (its ``stop_all`` ends
@@ -22,6 +24,19 @@ class SweepInterrupted(Exception):
     def __init__(self, signum: int = signal.SIGINT, out: str = ""):
         self.signum, self.out = signum, out
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class StopNow(KeyboardInterrupt):
+    """The second stop signal: the driver stops at once. A ``KeyboardInterrupt`` (whatever the signal), so no
+    ``except Exception`` on the way swallows it; ``signum`` keeps the exit code: 130 (SIGINT), 143 (SIGTERM)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = signum
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
 
     @property
     def exit_code(self) -> int:
@@ -65,7 +80,7 @@ def stop_on_signals(flag: StopFlag, echo: Callable[[str], None]) -> Iterator[Sto
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if flag.is_set():  # the second signal: stop now
-            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+            raise StopNow(signum)
         flag.set(signum)
         echo(f"\n{signal.Signals(signum).name} received: stopping the running trials at their last checkpoints "
              "(press Ctrl-C again to stop at once)")

@@ -17,7 +17,7 @@ from rayclf.aggregate import arm_table, counts_text, format_table, status_counts
 from rayclf.cache import reuse_note
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import join, read_plan, write_plan
-from rayclf.sweep.decisions import ELIMINATE, PROPOSAL, STOP, WINNER, DecisionLog
+from rayclf.sweep.decisions import CONTINUE, ELIMINATE, PROPOSAL, STOP, SURVIVE, WINNER, Decision, DecisionLog
 from rayclf.sweep.interrupt import StopFlag
 from rayclf.sweep.spec import Arm, Sweep, SweepFile, Trial, alias_note
 from rayclf.sweep.strategies.registry import create_arm_rule, create_search, rule_decisions, search_class
@@ -70,6 +70,17 @@ class SweepRun:
             self.cache.give(self, trials)
         self.stop.check(self.out)
         return skipped - len(self.last_reused)
+
+    def run_arms(self, arms: list[Arm], all_arms: list[Arm] | None = None) -> int:
+        """``runport.StrategyRun.run_arms``: every seed of ``arms`` under the sweep's arm rule."""
+        return run_arms(self, arms, all_arms)
+
+    def record_unstarted(self, trials: list[Trial], order: list[Trial], status: str, reason: str) -> None:
+        """``runport.StrategyRun.record_unstarted``: rows for trials that will never train."""
+        record_unstarted(self, trials, order, status, reason)
+
+    def __post_init__(self) -> None:
+        self.log.stop = self.stop  # stops are total: once a stop was asked for, nothing is decided
 
     def extend_plan(self) -> None:
         """Add the trials released so far to the stored plan before they run, so readers never list a new arm's
@@ -174,22 +185,29 @@ def execute(run: SweepRun) -> SweepOutcome:
 
 # ------------------------------------------------------------------------------------------ resume
 def resume_conflict(old: SweepFile, new: SweepFile, log: DecisionLog, rerun_stopped: bool = False,
-                    redecide: bool = False) -> str | None:
+                    redecide_from: int | None = None) -> str | None:
     """Why a sweep directory written with ``old`` cannot be continued with ``new``, or None. The metric and mode
     give every stored value its meaning; rank_by, the search kind and the scheduler only matter where logged
-    decisions were taken under them, and not for decisions this run re-opens (``--rerun-stopped``: stops and
-    eliminations; ``--redecide``: stage winners and proposals)."""
+    decisions were taken under them, and not for decisions this run re-opens (``--rerun-stopped``: the arm
+    rules' stops and verdicts; ``--redecide STAGE``: the winners and proposals of that stage and later ones —
+    the earlier stages' stay guarded)."""
     if (old.metric, old.mode) != (new.metric, new.mode):
         return (f"this sweep directory was recorded with metric {old.metric} ({old.mode}); the file now says "
                 f"{new.metric} ({new.mode}). Stored values would be mixed with new ones: keep "
                 f"--set metric={old.metric} --set mode={old.mode}, or start a new --out.")
-    reopened = (set(rule_decisions()) if rerun_stopped else set()) | ({WINNER, PROPOSAL} if redecide else set())
-    decided = [d for d in log.decisions if d.kind not in reopened]
+
+    def reopened(d: Decision) -> bool:
+        if rerun_stopped and d.kind in rule_decisions():
+            return True
+        return (redecide_from is not None and d.kind in (WINNER, PROPOSAL) and d.stage is not None
+                and d.stage >= redecide_from)
+
+    decided = [d for d in log.decisions if not reopened(d)]
     if not decided:
         return None
     kinds = sorted({d.kind for d in decided})
     what = f"{len(decided)} logged decisions ({', '.join(kinds)})"
-    if old.rank_by != new.rank_by and any(d.kind in (WINNER, ELIMINATE, STOP) for d in decided):
+    if old.rank_by != new.rank_by and any(d.kind in (WINNER, ELIMINATE, SURVIVE, STOP, CONTINUE) for d in decided):
         return (f"{what} were taken ranking by {old.rank_by}; the file now says rank_by: {new.rank_by}. Keep "
                 f"--set rank_by={old.rank_by}, or re-open them (--rerun-stopped, --redecide STAGE) first.")
     if old.search.kind != new.search.kind:

@@ -8,7 +8,9 @@ when the recorder reports the batch's last trial (``done``), Tune's thread sleep
 the strategy has decided and released its next batch, or finished. So the next stage's trials are in the
 queue before Tune looks for work again (its trial processes stay busy and warm), no lock guards the store,
 the decision log or the live view (only one thread touches them at a time), and a decision never sees half a
-batch. This module knows nothing of Ray, so it is tested alone.
+batch. However Tune's run ends (a second stop signal included), ``close`` wakes the strategy and joins its
+thread, so none is left writing once the driver goes on. This module knows nothing of Ray, so it is tested
+alone.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ class Lockstep:
         with self._cv:
             self._aborted = True
             self._cv.notify_all()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Tune's run is over, however it ended (a second stop signal included): wake the strategy and wait for
+        its thread to end, so no thread is left writing once the driver goes on. With the stop flag set, the
+        strategy raises at its next stop check or decision. False if it is still running after ``timeout``."""
+        self.abort()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     def outcome(self, timeout: float = 60.0) -> Any:
         """The strategy's return value once its thread ended; its exception is raised here."""

@@ -28,6 +28,7 @@ from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.plan import DRIVER_RESOURCE, unmet_resources
 from rayclf.sweep.session import TuneSession, storage_path
 from rayclf.sweep.spec import Sweep, dump_sweep
+from rayclf.sweep.strategies.staged import stage_index
 from rayclf.tracking import resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
@@ -78,7 +79,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
 
 
 def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore, rerun_stopped: bool = False,
-                     redecide: bool = False) -> str | None:
+                     redecide_from: int | None = None) -> str | None:
     """What the file changed that this sweep directory cannot take (compared with the sweep.yaml it holds, and
     with the metric its rows were recorded under)."""
     import yaml
@@ -102,7 +103,7 @@ def _resume_conflict(sweep: Sweep, out: str, store: ResultsStore, rerun_stopped:
     recorded = sorted({r.get("metric") for r in store.trials} - {None})
     if recorded and recorded != [sweep.file.metric]:
         old = old.model_copy(update={"metric": recorded[0]})
-    return resume_conflict(old, sweep.file, DecisionLog(out), rerun_stopped, redecide)
+    return resume_conflict(old, sweep.file, DecisionLog(out), rerun_stopped, redecide_from)
 
 
 def _quarantine(out: str, echo: Callable[[str], None]) -> None:
@@ -118,11 +119,12 @@ def default_out(sweep: Sweep) -> str:
 
 
 def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str], None] = print,
-                rerun_stopped: bool = False, redecide: bool = False) -> tuple[str, ResultsStore, DriverLock]:
+                rerun_stopped: bool = False, redecide: tuple[str, ...] = ()) -> tuple[str, ResultsStore, DriverLock]:
     """The sweep directory, its store and its driver lock: never silently overwrite or mix finished results.
     Storage that cannot be used, a live driver, or an edit the directory cannot take stops the sweep here,
     before anything is written."""
     out = out or default_out(sweep)
+    redecide_from = min(stage_index(sweep, name) for name in redecide) if redecide else None
     check_bucket(out)
     with storage_errors(out):
         if exists(join(out, TRIALS)) and not resume:
@@ -133,7 +135,7 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
             _quarantine(out, echo)
             store = ResultsStore(out)
             sweep.identity_version = store.identity_version  # ids as this directory computes them
-            problem = store.check_semantics() or _resume_conflict(sweep, out, store, rerun_stopped, redecide)
+            problem = store.check_semantics() or _resume_conflict(sweep, out, store, rerun_stopped, redecide_from)
             if problem:
                 raise UserError(problem)
             write_text(join(out, SWEEP_FILE), dump_sweep(sweep))
@@ -165,7 +167,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     _refuse_ray_client(address)
     # a bad --refresh or an unusable cache stops here, before the sweep directory is touched
     reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo)
-    out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, bool(redecide))
+    out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, redecide)
     if reuse is not None:  # entries keyed as this directory computes its trial ids (rayclf.identity)
         reuse.cache = TrialCache(reuse.cache.uri, echo, sweep.identity_version)
     started = False
@@ -188,8 +190,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             if address:  # a remote cluster: its worker nodes are not this machine
                 run.preflight = Preflight(sweep, storage_path(out))
             outcome = session.execute(lambda: execute(run))
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first round started
-        raise SweepInterrupted(signal.SIGINT, out) from None
+    except KeyboardInterrupt as exc:  # a second signal (StopNow), or a Ctrl-C before the handlers were set
+        raise SweepInterrupted(getattr(exc, "signum", signal.SIGINT), out) from None
     finally:
         lock.release()
         if started:

@@ -258,8 +258,9 @@ class TuneSession:
         try:
             if not self.steps.idle:
                 self._fit()
-        finally:
-            self.steps.abort()
+        finally:  # a second stop signal too: the strategy thread ends before the driver goes on
+            if not self.steps.close():
+                self.run.echo("warning: the sweep's strategy thread did not end within 30 s of Tune's run")
             if self.view is not None:
                 self.view.close()
         return self.steps.outcome()

@@ -354,6 +354,12 @@ class Sweep:
         """The arm's identity: the content address of its config with the seed at its default."""
         return self.config_arm_id(self.config_for(arm, TrialConfig.model_fields["seed"].default))
 
+    def arm_identity(self, arm: Arm) -> dict[str, Any]:
+        """What the arm id hashes (its config's non-default values, seed left out): logged beside a decision,
+        so a replay that resolves the arm to another id can name the setting that changed."""
+        ident = self.config_for(arm, TrialConfig.model_fields["seed"].default).identity()
+        return {k: v for k, v in ident.items() if k != "seed"}
+
     def config_for(self, arm: Arm, seed: int) -> TrialConfig:
         raw = apply_overrides(self.base, {**arm.overrides, "seed": seed})
         try:

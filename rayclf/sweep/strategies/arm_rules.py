@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rayclf.config import UserError
-from rayclf.sweep.decisions import CONTINUE, ELIMINATE, STOP, DecisionLog
+from rayclf.sweep.decisions import CONTINUE, ELIMINATE, STOP, SURVIVE, DecisionLog
+from rayclf.sweep.racing import TESTS, run_racing
 from rayclf.sweep.spec import Arm, SchedulerSpec, Sweep, SweepFile, Trial, wilcoxon_pairs
 from rayclf.sweep.strategies.registry import ArmRule, deciders, register_arm_rule
 
 if TYPE_CHECKING:
-    from rayclf.sweep.kernel import SweepRun
+    from rayclf.sweep.runport import StrategyRun
 
 
 def refuse_eliminations(sweep: Sweep, log: DecisionLog) -> None:
@@ -27,7 +28,7 @@ def refuse_eliminations(sweep: Sweep, log: DecisionLog) -> None:
 class OneRound(ArmRule):
     """Every seed of every arm in one ``run.run`` (a Tune run may still stop arms inside it: ``board``)."""
 
-    def run_arms(self, run: SweepRun, arms: list[Arm], order: list[Trial]) -> int:
+    def run_arms(self, run: StrategyRun, arms: list[Arm], order: list[Trial]) -> int:
         refuse_eliminations(self.sweep, run.log)
         return run.run(self.sweep.trials(arms), order)
 
@@ -81,7 +82,7 @@ class RacingRule(ArmRule):
     """Seeds in rounds; an arm a one-sided paired test shows worse than the current best gets no more."""
 
     options = frozenset({"level", "test", "seeds_per_round", "first_round"})
-    decisions = frozenset({ELIMINATE})
+    decisions = frozenset({ELIMINATE, SURVIVE})
     every_seed = False
     takes_subsets = False
 
@@ -105,8 +106,6 @@ class RacingRule(ArmRule):
                              f"or scheduler name: fifo")
 
     def describe(self, n_arms: int) -> str:
-        from rayclf.sweep.racing import TESTS
-
         s, seeds = self.spec, self.sweep.file.seeds
         first = min(s.first_round, len(seeds))
         return (f"scheduler: racing over seeds — every arm gets seeds {seeds[:first]} first, then "
@@ -114,12 +113,9 @@ class RacingRule(ArmRule):
                 f"{TESTS[s.test]} over matched seeds shows worse than the current best (p < {s.level:g}) gets no "
                 f"more seeds: between {n_arms * first} and {n_arms * len(seeds)} trials")
 
-    def run_arms(self, run: SweepRun, arms: list[Arm], order: list[Trial]) -> int:
-        from rayclf.sweep.kernel import record_unstarted
-        from rayclf.sweep.racing import run_racing
-
+    def run_arms(self, run: StrategyRun, arms: list[Arm], order: list[Trial]) -> int:
         def record(trials: list[Trial], reason: str) -> None:
-            record_unstarted(run, trials, order, "eliminated", reason)
+            run.record_unstarted(trials, order, "eliminated", reason)
 
         return run_racing(self.sweep, arms, lambda trials: run.run(trials, order), record,
                           lambda: run.store.trials, run.echo, run.log, run.rerun_stopped)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from rayclf.schema import ConfigError, closest
 
 if TYPE_CHECKING:
-    from rayclf.sweep.kernel import SweepRun
+    from rayclf.sweep.runport import StrategyRun
     from rayclf.sweep.spec import Arm, SchedulerSpec, SearchSpec, Sweep, SweepFile, Trial
 
 _SEARCHES: dict[str, type[SearchStrategy]] = {}
@@ -116,12 +116,10 @@ class SearchStrategy:
         """Arms ``--arm`` can pick now, and labels that need earlier stage winners (``select.sweep_arms``)."""
         return self.sweep.arms(), []
 
-    def execute(self, run: SweepRun) -> tuple[int, Arm | None]:
+    def execute(self, run: StrategyRun) -> tuple[int, Arm | None]:
         """Run the whole search in the kernel: trials skipped as already done, and the winner it declares (or
-        None). It runs arms through ``kernel.run_arms`` (the sweep's arm rule) or ``run.run``, which block."""
-        from rayclf.sweep.kernel import run_arms
-
-        return run_arms(run, self.sweep.arms()), None
+        None). It runs arms through ``run.run_arms`` (the sweep's arm rule) or ``run.run``, which block."""
+        return run.run_arms(self.sweep.arms()), None
 
 
 def register_search(name: str) -> Callable[[S], S]:
@@ -212,7 +210,7 @@ class ArmRule:
         """What the rule will do, in one line (``--dry-run``)."""
         return f"scheduler: {self.name}"
 
-    def run_arms(self, run: SweepRun, arms: list[Arm], order: list[Trial]) -> int:
+    def run_arms(self, run: StrategyRun, arms: list[Arm], order: list[Trial]) -> int:
         """Run every seed of ``arms`` (``order``: every trial whose table position counts); return the trials
         skipped as already done."""
         return run.run(self.sweep.trials(arms), order)

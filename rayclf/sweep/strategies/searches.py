@@ -12,7 +12,7 @@ from rayclf.sweep.spec import Arm, ablation_arms, grid_arms, random_arms
 from rayclf.sweep.strategies.registry import Planned, SearchStrategy, register_search
 
 if TYPE_CHECKING:
-    from rayclf.sweep.kernel import SweepRun
+    from rayclf.sweep.runport import StrategyRun
 
 
 @register_search("grid")
@@ -75,11 +75,10 @@ class BayesStrategy(SearchStrategy):
         raise ConfigError(f"sweep '{self.sweep.name}' is a bayes search: its arms are proposed as results come in, "
                           "so none can be picked by --arm.")
 
-    def execute(self, run: SweepRun) -> tuple[int, Arm | None]:
+    def execute(self, run: StrategyRun) -> tuple[int, Arm | None]:
         from rayclf.sweep.bayes import run_bayes
-        from rayclf.sweep.kernel import run_arms
 
-        skipped, _ = run_bayes(self.sweep, lambda arms, seen: run_arms(run, arms, seen), lambda: run.store.trials,
+        skipped, _ = run_bayes(self.sweep, run.run_arms, lambda: run.store.trials,
                                run.echo, run.log)
         return skipped, None
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from rayclf.aggregate import arm_table, best_arm, value_key
 from rayclf.config import UserError, closest
-from rayclf.sweep.decisions import PROPOSAL, WINNER, Decision
+from rayclf.sweep.decisions import PROPOSAL, WINNER, Decision, changed_settings
 from rayclf.sweep.spec import Arm, Sweep, factor_levels, grid_arms
 from rayclf.sweep.strategies.registry import Planned, SearchStrategy, register_search
 
 if TYPE_CHECKING:
-    from rayclf.sweep.kernel import SweepRun
+    from rayclf.sweep.runport import StrategyRun
     from rayclf.sweep.spec import SearchSpec
 
 
@@ -140,7 +140,7 @@ class StagedStrategy(SearchStrategy):
             unknown -= set(self.sweep.stage_carry(i))
         return carried, unknown
 
-    def execute(self, run: SweepRun) -> tuple[int, Arm | None]:
+    def execute(self, run: StrategyRun) -> tuple[int, Arm | None]:
         return run_staged(run)
 
 
@@ -157,7 +157,7 @@ def stage_index(sweep: Sweep, name: str) -> int:
                     f"(or 1–{len(labels)})." + (f" Did you mean '{hint}'?" if hint else ""))
 
 
-def reopen_stages(run: SweepRun) -> None:
+def reopen_stages(run: StrategyRun) -> None:
     """``--redecide STAGE``: forget that stage's winner and everything decided after it (later stages were
     built on it), so they are decided again from the stored results."""
     if not run.redecide:
@@ -170,23 +170,50 @@ def reopen_stages(run: SweepRun) -> None:
     run.echo(f"--redecide: {n} logged decisions from stage {first + 1} on are taken again")
 
 
-def _check_logged_stage(run: SweepRun, i: int, arms: list[Arm]) -> Decision | None:
+def _check_logged_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Decision | None:
     """The logged winner of stage ``i``, after checking the stage still has the arms it was decided on."""
     logged = run.log.get(WINNER, str(i))
     if logged is None:
         return None
     now = {run.sweep.arm_id(a): a.label for a in arms}
     then = dict(zip(logged.detail.get("arms", []), logged.detail.get("labels", []), strict=False))
-    if set(now) != set(then):
-        added = [now[a] for a in now if a not in then]
-        removed = [then.get(a) or a for a in then if a not in now]
-        change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
-                                       f"removed {', '.join(removed)}" if removed else "") if p)
-        raise _decided(run, i, logged, f"other arms than the file now lists ({change})", "from the stored results")
-    return logged
+    if set(now) == set(then):
+        return logged
+    twin = next((a for a in arms if a.label == logged.label), None)
+    if twin is not None and run.sweep.arm_id(twin) != logged.arm_id and isinstance(logged.detail.get("config"), dict):
+        change = changed_settings(logged.detail["config"], run.sweep.arm_identity(twin))
+        raise _decided(run, i, logged, f"arm {logged.arm_id}, which the file now resolves to another arm "
+                       f"(changed: {change})", "from the stored results")
+    added = [now[a] for a in now if a not in then]
+    removed = [then.get(a) or a for a in then if a not in now]
+    change = "; ".join(p for p in (f"added {', '.join(added)}" if added else "",
+                                   f"removed {', '.join(removed)}" if removed else "") if p)
+    raise _decided(run, i, logged, f"other arms than the file now lists ({change})", "from the stored results")
 
 
-def _decided(run: SweepRun, i: int, logged: Decision, on: str, again: str) -> UserError:
+def check_decided_stages(run: StrategyRun) -> None:
+    """Before anything trains: every stage whose winner is logged still has the arms (a bayes stage: the
+    proposals, each the arm it was) it was decided on, walking the logged winners from the first stage. A stage
+    with no logged winner (never decided, or re-opened by --redecide) ends the walk: what follows is decided
+    again."""
+    from rayclf.sweep.bayes import check_proposals, logged_proposals
+
+    sweep, carried = run.sweep, {}
+    for i in range(sweep.stage_count()):
+        if sweep.file.search.stages[i].bayes is not None:  # type: ignore[index]
+            view = sweep.bayes_stage(i, carried)
+            check_proposals(view, run.log, i, sweep.stage_label(i))
+            _refuse_more_proposals(run, i)
+            arms = sweep.unique(sweep.place(logged_proposals(view, run.log, i), i, carried))
+        else:
+            arms = sweep.arms(carried, stage=i)
+        logged = _check_logged_stage(run, i, arms)
+        if logged is None:
+            return
+        carried = sweep.carried_after(i, logged.detail["overrides"])
+
+
+def _decided(run: StrategyRun, i: int, logged: Decision, on: str, again: str) -> UserError:
     """Stage ``i`` was decided on other inputs than the file now gives: the way out is --redecide."""
     label = run.sweep.stage_label(i)
     return UserError(f"stage {label} of sweep '{run.sweep.name}' was decided (winner {logged.label}) on {on}. Its "
@@ -194,7 +221,7 @@ def _decided(run: SweepRun, i: int, logged: Decision, on: str, again: str) -> Us
                      f"{again}, or undo the edit.")
 
 
-def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
+def _decide_stage(run: StrategyRun, i: int, arms: list[Arm]) -> Arm:
     """Stage ``i``'s winner (best under the ranking rule over its arms, grouped by arm id), logged before use."""
     sweep = run.sweep
     trials = sweep.trials(arms)
@@ -210,11 +237,12 @@ def _decide_stage(run: SweepRun, i: int, arms: list[Arm]) -> Arm:
     ids = [sweep.arm_id(a) for a in arms]
     run.log.record(Decision(WINNER, str(i), sweep.arm_id(winner), winner.label, stage=i, n_seeds=best.n,
                             detail={"overrides": winner.overrides, "value": best.mean, "metric": sweep.file.metric,
-                                    "rank_by": sweep.file.rank_by, "arms": ids, "labels": [a.label for a in arms]}))
+                                    "rank_by": sweep.file.rank_by, "arms": ids, "labels": [a.label for a in arms],
+                                    "config": sweep.arm_identity(winner)}))
     return winner
 
 
-def _refuse_more_proposals(run: SweepRun, i: int) -> None:
+def _refuse_more_proposals(run: StrategyRun, i: int) -> None:
     """A decided bayes stage whose file now asks for more proposals: refused before any of them trains (the
     winner check after the proposals would refuse too, but only once they had cost their training)."""
     logged = run.log.get(WINNER, str(i))
@@ -225,28 +253,26 @@ def _refuse_more_proposals(run: SweepRun, i: int) -> None:
                        "with the new proposals")
 
 
-def _bayes_stage(run: SweepRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
+def _bayes_stage(run: StrategyRun, i: int, carried: dict[str, Any]) -> tuple[int, list[Arm]]:
     """A stage that searches with bayes around the carried winner; its proposals become the stage's arms."""
     from rayclf.sweep.bayes import run_bayes
-    from rayclf.sweep.kernel import run_arms
 
     sweep = run.sweep
     view = sweep.bayes_stage(i, carried)
     _refuse_more_proposals(run, i)
 
     def run_batch(batch: list[Arm], seen: list[Arm]) -> int:
-        return run_arms(run, sweep.place(batch, i, carried), sweep.place(seen, i, carried))
+        return run.run_arms(sweep.place(batch, i, carried), sweep.place(seen, i, carried))
 
     skipped, proposed = run_bayes(view, run_batch, lambda: run.store.trials, run.echo, run.log, stage=i)
     return skipped, sweep.place(proposed, i, carried)
 
 
-def run_staged(run: SweepRun) -> tuple[int, Arm]:
+def run_staged(run: StrategyRun) -> tuple[int, Arm]:
     """Every stage in turn, then the final run; trials skipped as already done and the last stage's winner."""
-    from rayclf.sweep.kernel import run_arms
-
     sweep = run.sweep
     reopen_stages(run)
+    check_decided_stages(run)
     carried: dict[str, Any] = {}
     skipped = 0
     winner = Arm("baseline", {})
@@ -257,7 +283,7 @@ def run_staged(run: SweepRun) -> tuple[int, Arm]:
         else:
             arms = sweep.arms(carried, stage=i)
             logged = _check_logged_stage(run, i, arms)
-            ran = run_arms(run, arms)
+            ran = run.run_arms(arms)
         skipped += ran
         run.stop.check(run.out)  # never decide a stage on a partial round
         if logged is not None:
