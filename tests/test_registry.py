@@ -151,7 +151,7 @@ def test_the_cli_validates_and_dry_runs_a_file_naming_a_kind_registered_here(reg
 def test_without_registering_the_kind_is_an_unknown_key():
     assert "first-arm" not in search_names() and "screen" not in arm_rule_names()
     with pytest.raises(ConfigError, match=r"unknown key 'search.first-arm'. Allowed keys here: ablation, bayes, "
-                                          r"final, grid, random, stages\."):
+                                          r"final, greedy, grid, random, stages\."):
         parse_sweep(first_arm_file())
 
 

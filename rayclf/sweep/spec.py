@@ -355,9 +355,10 @@ class Sweep:
         return self.config_arm_id(self.config_for(arm, TrialConfig.model_fields["seed"].default))
 
     def arm_identity(self, arm: Arm) -> dict[str, Any]:
-        """What the arm id hashes (its config's non-default values, seed left out): logged beside a decision,
+        """What the arm id hashes (``rayclf.identity.identity_values``, seed left out): logged beside a decision,
         so a replay that resolves the arm to another id can name the setting that changed."""
-        ident = self.config_for(arm, TrialConfig.model_fields["seed"].default).identity()
+        cfg = self.config_for(arm, TrialConfig.model_fields["seed"].default)
+        ident = identity.identity_values(cfg, self.file.resources.num_workers, self.identity_version)
         return {k: v for k, v in ident.items() if k != "seed"}
 
     def config_for(self, arm: Arm, seed: int) -> TrialConfig:
