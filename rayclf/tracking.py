@@ -163,6 +163,16 @@ def _open_run(settings: TrackingSettings, rid: str, mode: str, **identity: Any):
                       resume="allow", reinit="create_new", settings=bounds, **identity)
 
 
+def _release() -> None:
+    """A failed ``wandb.init`` leaves its run id taken in wandb's service process (the offline run of the same
+    id then fails with "run ID ... is in use", and telling the service the run finished hangs it): stop that
+    service; the next run starts a fresh one (about a second). rayclf has one run open per process at a time."""
+    import wandb
+
+    with contextlib.suppress(Exception):
+        wandb.teardown()
+
+
 Value = Any  # a plain value, or a zero-argument callable that builds a fresh wandb object (Table, Image)
 
 
@@ -230,6 +240,7 @@ class TrackedRun:
         if old is not None and not self.finished:
             with contextlib.suppress(Exception):  # it failed already; the offline run takes over
                 old.finish(exit_code=1)
+        _release()
         log.warning("%s; this run continues offline, `%s` uploads it later.", self.fallback,
                     sync_command(self.settings.dir))
         if self.on_fallback is not None:
