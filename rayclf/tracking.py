@@ -32,7 +32,6 @@ from rayclf.sweep.trialspec import TrialSpec
 
 log = logging.getLogger("rayclf.tracking")
 
-DEFAULT_BASE_URL = "https://api.wandb.ai"
 CHECK_TIMEOUT_S = 3.0  # the driver's (and a worker node's) one request to the server before training
 START_TIMEOUT_S = 5.0  # a run's online start (wandb's init_timeout); slower means offline for that run
 FINISH_TIMEOUT_S = 10.0  # a run's upload at its end (wandb's finish_timeout); slower means offline for that run
@@ -55,7 +54,12 @@ class TrackingSettings:
 
 
 def base_url() -> str:
-    return (os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    """The server wandb would talk to: ``WANDB_BASE_URL``, else the installed wandb's default."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"].rstrip("/")
+    from wandb.sdk.lib.urls import DEFAULT_BASE_URL  # api.wandb.ai before wandb 0.26, CoreWeave's host since
+
+    return DEFAULT_BASE_URL.rstrip("/")
 
 
 def api_key() -> str | None:

@@ -67,3 +67,134 @@ def test_offline_run_records_config_history_and_summary(tmp_path, monkeypatch):
     assert run["summary"]["status"] == "completed" and run["summary"]["test_accuracy"] == 0.75
     assert {"confusion_matrix", "per_class_accuracy", "misclassified"} <= set(run["summary"])
     assert files_containing([tmp_path], FAKE_WANDB_KEY) == []
+
+
+# ----------------------------------------------------------------------------- W&B faults (fake server, 127.0.0.1)
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from rayclf.config import UserError  # noqa: E402
+from rayclf.tracking import FINISH_TIMEOUT_S, START_TIMEOUT_S, check_online  # noqa: E402
+
+from .fake_wandb import FakeWandb  # noqa: E402
+
+FAULTS = ["closed", "hang", "error"]
+
+
+@pytest.fixture
+def no_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+@pytest.fixture(params=FAULTS)
+def fault(request, monkeypatch):
+    """A fake W&B server with one fault, the API key set, WANDB_BASE_URL pointing at it."""
+    import wandb
+
+    server = FakeWandb(request.param)
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    wandb.teardown()  # wandb reads WANDB_BASE_URL once per process (its singleton): as a fresh trial process would
+    yield server
+    server.close()
+    wandb.teardown()
+
+
+def test_explicit_online_without_a_key_refuses_with_the_fix(no_key, tmp_path):
+    online = TrackingSettings("online", dir=str(tmp_path))
+    with pytest.raises(UserError) as err:
+        check_online(online, "--wandb online", strict=False)
+    assert all(s in str(err.value) for s in ("`wandb login`", "WANDB_API_KEY", "--wandb offline", "Nothing was"))
+    assert check_online(online, None, strict=False)[0].mode == "offline"  # auto: offline, as before
+
+
+def test_an_unreachable_server_turns_the_sweep_offline_or_refuses_when_strict(fault, tmp_path):
+    online = TrackingSettings("online", dir=str(tmp_path))
+    started = time.perf_counter()
+    settings, warning = check_online(online, "--wandb online", strict=False, timeout=1.0)
+    print(f"{fault.mode}: the check took {time.perf_counter() - started:.2f} s")
+    assert settings.mode == "offline" and fault.url in settings.fallback
+    assert warning is not None and warning.count("warning:") == 1 and "`wandb sync`" in warning
+    if fault.mode == "hang":
+        assert "did not answer within 1 s" in settings.fallback  # the check's own bound, not wandb's minute
+    with pytest.raises(UserError, match="stops before any trial trains"):
+        check_online(online, "--wandb online", strict=True, timeout=1.0)
+    fault.mode = "recovered" if fault.mode == "error" else fault.mode  # the same server, working again
+    if fault.mode == "recovered":
+        assert check_online(online, "--wandb online", strict=True, timeout=1.0) == (online, None)
+
+
+def test_a_trials_online_start_is_bounded_and_falls_back_offline_with_its_whole_run(fault, tmp_path, monkeypatch):
+    import wandb
+
+    seen: list[dict] = []
+    real_init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw) or real_init(**kw))
+    notes: list[str] = []
+    trial = TrialSpec("abc", "demo", "lr=0.1", None, 2, None, 0, {"optim.lr": 0.1}, {"optim": {"lr": 0.1}}, 3)
+    started = time.perf_counter()
+    rep = WandbReporter(TrackingSettings("online", dir=str(tmp_path)), trial, on_fallback=notes.append)
+    for e in (1, 2, 3):
+        rep.epoch({"epoch": e, "val_accuracy": 0.2 * e})
+    rep.end({"status": "completed", "test_accuracy": 0.75, "confusion_matrix": [[1, 0], [0, 1]],
+             "per_class_accuracy": [1.0, 1.0], "classes": ["a", "b"]})
+    print(f"{fault.mode}: the trial's tracking took {time.perf_counter() - started:.2f} s in all")
+    # the online start was bounded (wandb's own timeouts, and no who-am-I requests before it), then offline
+    assert [kw["mode"] for kw in seen] == ["online", "offline"] and {kw["id"] for kw in seen} == {"demo-abc"}
+    assert all(kw["settings"].init_timeout == START_TIMEOUT_S and kw["settings"].silent
+               and kw["settings"].finish_timeout == FINISH_TIMEOUT_S for kw in seen)
+    assert fault.requests > 0 or fault.mode == "closed"  # it did try the server
+    assert len(notes) == 1 and "W&B init failed" in notes[0]
+    assert rep.tracked.mode == "offline" and not rep.broken
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run = inspect_wandb_run(run_dir)
+    assert run["id"] == "demo-abc" and [h["epoch"] for h in run["history"]] == [1, 2, 3]
+    assert run["summary"]["status"] == "completed" and "confusion_matrix" in run["summary"]
+
+
+class _DyingRun:
+    """Stands in for an online run whose W&B fails in the middle (``log``) or at the upload (``finish``)."""
+
+    def __init__(self, fail_at: str, logged: list[dict]):
+        self.fail_at, self.logged, self.summary, self.dir = fail_at, logged, {}, "online-run"
+
+    def define_metric(self, *a, **k):
+        pass
+
+    def log(self, row):
+        if self.fail_at == "log" and len(self.logged) == 1:
+            raise RuntimeError("wandb-core went away")
+        self.logged.append(row)
+
+    def finish(self, exit_code=0):
+        if self.fail_at == "finish":
+            raise TimeoutError("Timed out finishing run.")
+
+
+@pytest.mark.parametrize("fail_at", ["log", "finish"])
+def test_a_failure_mid_run_switches_the_run_offline_without_dropping_its_history(fail_at, tmp_path, monkeypatch,
+                                                                                caplog):
+    import rayclf.tracking as tracking
+
+    real_open, online_logged = tracking._open_run, []
+
+    def open_run(settings, rid, mode, **identity):
+        return _DyingRun(fail_at, online_logged) if mode == "online" else real_open(settings, rid, mode, **identity)
+
+    monkeypatch.setattr(tracking, "_open_run", open_run)
+    notes: list[str] = []
+    trial = TrialSpec("abc", "demo", "base", None, 0, None, 0, {}, {"seed": 0}, 3)
+    with caplog.at_level(logging.WARNING, logger="rayclf.tracking"):
+        rep = WandbReporter(TrackingSettings("online", dir=str(tmp_path)), trial, on_fallback=notes.append)
+        for e in (1, 2, 3):
+            rep.epoch({"epoch": e, "train_loss": 1.0 / e})
+        rep.end({"status": "completed", "test_accuracy": 0.5})
+    assert len(notes) == 1 and f"W&B {fail_at} failed" in notes[0]
+    assert f"wandb sync {tmp_path}/wandb/offline-run-*" in caplog.text
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run = inspect_wandb_run(run_dir)
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3]  # epoch 1 went online first: written again
+    assert run["summary"]["status"] == "completed" and run["summary"]["test_accuracy"] == 0.5
