@@ -203,6 +203,8 @@ class TrackedRun:
         self.finished, self._exit_code = False, 0
         if self.mode == "online" and api_key() is None:
             self._fall_back("start", "no W&B API key in this process's environment (WANDB_API_KEY or ~/.netrc)")
+        elif self.mode == "online" and (problem := server_problem()):  # refused or 5xx: no 5-s wait in wandb
+            self._fall_back("start", problem)
         elif self.mode != "disabled":
             self._do("init", self._start)
 

@@ -3,7 +3,9 @@
 - ``closed``: a port nothing listens on (connection refused);
 - ``hang``: accepts every connection and never answers;
 - ``error``: answers every request with HTTP 500;
-- ``recovered``: the same server once it works again: GraphQL answers ``{"data": {"viewer": ...}}``.
+- ``recovered``: the same server once it works again: GraphQL answers ``{"data": {"viewer": ...}}``;
+- ``flaky``: answers rayclf's ``viewer`` query as ``recovered`` (the checks pass) and everything else wandb asks
+  with HTTP 500 (every run's online start fails inside ``wandb.init``).
 
 ``requests`` counts the HTTP requests (and, for ``hang``, the connections) the server saw.
 """
@@ -60,9 +62,9 @@ class FakeWandb:
         class Handler(http.server.BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 server.requests += 1
-                self.rfile.read(int(self.headers.get("content-length") or 0))
+                asked = self.rfile.read(int(self.headers.get("content-length") or 0))
                 body = b""
-                if server.mode == "recovered":
+                if server.mode == "recovered" or (server.mode == "flaky" and b"viewer { id }" in asked):
                     self.send_response(200)
                     body = json.dumps({"data": {"viewer": {"id": "u1", "entity": "me"}}}).encode()
                 else:
