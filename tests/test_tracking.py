@@ -239,3 +239,16 @@ def test_the_cli_refuses_a_strict_online_sweep_when_the_server_does_not_answer(f
     res = CliRunner().invoke(main, ["sweep", str(f), "--out", str(out)])
     assert res.exit_code == 2 and fault.url in res.output and "--wandb-strict" in res.output, res.output
     assert not out.exists()
+
+
+def test_the_live_view_says_once_that_tracking_fell_back():
+    import io
+
+    from rayclf.sweep.live import LiveView
+
+    stream = io.StringIO()
+    view = LiveView(total=3, metric="val_accuracy", stream=stream, terminal=False)
+    for tid in ("t1", "t2", "t1"):
+        view.tracking_fell_back(tid, "W&B init failed (CommError: HTTP 500)\nmore detail")
+    assert stream.getvalue().count("W&B: tracking fell back to offline") == 1
+    assert "[t1] (W&B init failed (CommError: HTTP 500))" in stream.getvalue() and "wandb sync" in stream.getvalue()
