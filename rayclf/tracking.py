@@ -161,6 +161,11 @@ def _open_run(settings: TrackingSettings, rid: str, mode: str, **identity: Any):
     import wandb
 
     os.makedirs(settings.dir or ".", exist_ok=True)  # wandb would silently fall back to a temp folder
+    if mode != "online":  # wandb's own usage analytics post to the server at exit, offline runs too (10-s waits)
+        with contextlib.suppress(Exception):
+            from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+            opentelemetry_proxy.disable()
     bounds = wandb.Settings(init_timeout=START_TIMEOUT_S, finish_timeout=FINISH_TIMEOUT_S, finish_timeout_raises=True,
                             silent=True, console="off", x_disable_stats=True)
     return wandb.init(project=settings.project, entity=settings.entity, dir=settings.dir, mode=mode, id=rid,

@@ -252,3 +252,23 @@ def test_the_live_view_says_once_that_tracking_fell_back():
         view.tracking_fell_back(tid, "W&B init failed (CommError: HTTP 500)\nmore detail")
     assert stream.getvalue().count("W&B: tracking fell back to offline") == 1
     assert "[t1] (W&B init failed (CommError: HTTP 500))" in stream.getvalue() and "wandb sync" in stream.getvalue()
+
+
+def test_an_offline_run_never_contacts_the_server_not_even_at_exit(tmp_path):
+    """wandb's own usage analytics post to WANDB_BASE_URL when the process exits, offline runs too: against a
+    server that never answers that held every sweep's exit for 10 s. An offline rayclf run turns them off."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = FakeWandb("hang")
+    code = ("from rayclf.tracking import TrackingSettings, log_sweep_summary\n"
+            f"assert log_sweep_summary(TrackingSettings('offline', dir={str(tmp_path)!r}), 'sw', [{{'arm': 'a'}}])\n")
+    env = {**os.environ, "WANDB_BASE_URL": server.url, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert server.requests == 0  # no connection at all, so nothing can wait on it
