@@ -272,3 +272,16 @@ def test_an_offline_run_never_contacts_the_server_not_even_at_exit(tmp_path):
         server.close()
     assert res.returncode == 0, res.stderr[-2000:]
     assert server.requests == 0  # no connection at all, so nothing can wait on it
+
+
+def test_the_cluster_preflight_names_what_a_worker_nodes_trials_would_meet(fault, monkeypatch, tmp_path):
+    from rayclf.sweep.preflight import _tracking_problem
+
+    where = "worker node 10.0.0.7 (node abcd1234)"
+    assert fault.url in _tracking_problem(where) and where in _tracking_problem(where)
+    fault.mode = "recovered"
+    if fault._httpd is not None:  # the HTTP server (not the closed port or the silent socket) works again
+        assert _tracking_problem(where) is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert "no W&B API key" in _tracking_problem(where) and "Ray does not forward" in _tracking_problem(where)
