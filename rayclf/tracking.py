@@ -195,8 +195,9 @@ class TrackedRun:
     run turns tracking off for this run (warned once); nothing here ever raises."""
 
     def __init__(self, settings: TrackingSettings, rid: str, identity: dict[str, Any], step_metric: str | None = None,
-                 on_fallback: Callable[[str], None] | None = None):
+                 on_fallback: Callable[[str], None] | None = None, label: str = ""):
         self.settings, self.rid, self.identity, self.step_metric = settings, rid, identity, step_metric
+        self.label = label  # names the run in warnings ("sweep summary"); a trial's run needs no name
         self.on_fallback = on_fallback
         self.rows: list[dict[str, Value]] = []
         self.summary: dict[str, Value] = {}
@@ -241,13 +242,16 @@ class TrackedRun:
             self._fall_back(what, why)
             return
         self.broken, self.run = True, None
-        log.warning("W&B %s failed (%s); training continues, local results are kept, W&B logging is off for this "
-                    "run.", what, why)
+        log.warning("%s; training continues, local results are kept, W&B logging is off for this run.",
+                    self._failure(what, why))
+
+    def _failure(self, what: str, why: str) -> str:
+        return f"W&B {self.label} failed ({what}: {why})" if self.label else f"W&B {what} failed ({why})"
 
     def _fall_back(self, what: str, why: str) -> None:
         """Online failed: close what is left of the online run (bounded), re-open it offline, write it again."""
         old, self.run, self.mode = self.run, None, "offline"
-        self.fallback = f"W&B {what} failed ({why})"
+        self.fallback = self._failure(what, why)
         if old is not None and not self.finished:
             with contextlib.suppress(Exception):  # it failed already; the offline run takes over
                 old.finish(exit_code=1)
@@ -352,7 +356,7 @@ def log_sweep_summary(settings: TrackingSettings, sweep: str, table_rows: Sequen
     import wandb
 
     identity = dict(group=sweep, job_type="sweep-summary", name=f"{sweep} (summary)", tags=[*settings.tags, sweep])
-    tracked = TrackedRun(settings, run_id(sweep, "summary"), identity)
+    tracked = TrackedRun(settings, run_id(sweep, "summary"), identity, label="sweep summary")
     cols = list(table_rows[0]) if table_rows else ["arm"]
     data = [[r.get(c) for c in cols] for r in table_rows]
     tracked.log({"arms": lambda: wandb.Table(columns=cols, data=data)})
