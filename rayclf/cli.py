@@ -162,6 +162,9 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option("--verbose", is_flag=True, help="show Ray's own log output (kept in Ray's log files otherwise)")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["auto", "online", "offline", "disabled"]),
               help="W&B mode (default: the sweep file's wandb.mode, auto = online when logged in, else offline)")
+@click.option("--wandb-strict", is_flag=True,
+              help="with W&B online: stop before training when the W&B server does not answer (default: warn and "
+                   "log offline, then print the `wandb sync` command)")
 @click.option("--redecide", multiple=True, metavar="STAGE",
               help="with --resume: decide this stage's winner (and every later stage) again from stored results")
 @click.option("--cache", metavar="DIR|s3://...",
@@ -174,7 +177,8 @@ def validate(files: tuple[Path, ...]) -> None:
 def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_stopped: bool, dry_run: bool,
           calibrate: bool, price_per_hour: float | None, arms: tuple[str, ...], from_dir: str | None,
           overrides: tuple[str, ...], num_cpus: int | None, quiet: bool, verbose: bool, wandb_mode: str | None,
-          redecide: tuple[str, ...], cache: str | None, no_cache: bool, refresh: tuple[str, ...]) -> None:
+          wandb_strict: bool, redecide: tuple[str, ...], cache: str | None, no_cache: bool,
+          refresh: tuple[str, ...]) -> None:
     """Run a sweep file on Ray (local or --address) and write trials.parquet / epochs.parquet."""
     from rayclf.sweep.select import pick
     from rayclf.sweep.spec import load_sweep
@@ -204,14 +208,15 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     try:
         outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
                             echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                            redecide=redecide, selection=selection, cache=cache, no_cache=no_cache,
-                            refresh=refresh)
+                            redecide=redecide, selection=selection, wandb_strict=wandb_strict, cache=cache,
+                            no_cache=no_cache, refresh=refresh)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = getattr(exc, "exit_code", 130)  # 130 (SIGINT), 143 (SIGTERM), a second signal too
         kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir,
                 "--cache": cache}
         again = " ".join(["rayclf sweep", shlex.quote(str(file)), "--out", shlex.quote(out), "--resume",
                           *(["--rerun-stopped"] if rerun_stopped else []),  # its decisions are already re-opened
+                          *(["--wandb-strict"] if wandb_strict else []),
                           *(f"--set {shlex.quote(o)}" for o in overrides), *(f"--arm {shlex.quote(a)}" for a in arms),
                           *(["--no-cache"] if no_cache else []),
                           *(f"{k} {shlex.quote(str(v))}" for k, v in kept.items() if v is not None)])

@@ -16,7 +16,7 @@ import yaml
 
 from rayclf.report import Report, build_report
 from rayclf.results import exists, join, read_text
-from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings
+from rayclf.tracking import TrackingSettings, log_sweep_summary, resolve_settings, sync_command
 
 
 def arm_rows(rep: Report) -> list[dict[str, Any]]:
@@ -64,8 +64,20 @@ def track_sweep(out: str, tracking: TrackingSettings | None, echo: Callable[[str
     except Exception as exc:  # a report that cannot be drawn must not cost the finished sweep
         echo(f"warning: the report for W&B could not be rendered ({type(exc).__name__}: {exc}); "
              f"run `rayclf report {out} --wandb {tracking.mode}` later.")
+    else:
+        publish(out, rep, settings=tracking)
+    sync_hint(tracking, echo)
+
+
+def sync_hint(tracking: TrackingSettings, echo: Callable[[str], None] = print) -> None:
+    """The closing lines: where offline runs are and the exact command that uploads them (an offline sweep, a
+    sweep the driver's check turned offline, or trials whose runs fell back offline on their own)."""
+    fell_back = tracking.dir is not None and any((Path(tracking.dir) / "wandb").glob("offline-run-*"))
+    if tracking.mode != "offline" and not fell_back:
         return
-    publish(out, rep, settings=tracking)
-    if tracking.mode == "offline":
-        echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
-             f"wandb sync {tracking.dir}/wandb/offline-run-*")
+    if tracking.fallback:
+        echo(f"W&B was not reachable before training ({tracking.fallback}), so this sweep logged offline.")
+    elif tracking.mode != "offline":
+        echo("Some W&B runs fell back to offline during the sweep (W&B failed for them).")
+    echo(f"W&B runs were written offline under {tracking.dir}/wandb; upload them with: "
+         f"{sync_command(tracking.dir)}")

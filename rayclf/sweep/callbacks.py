@@ -11,7 +11,7 @@ from ray.tune import Callback, Stopper
 
 from rayclf.results import ResultsStore
 from rayclf.storage import to_uri
-from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.keys import DATA_KEY, EPOCH_KEYS, PG_KEY, RESUMED_KEY, SUMMARY_KEY, TRACKING_KEY
 from rayclf.sweep.lock import DriverLock
 from rayclf.sweep.rows import trial_row
 from rayclf.sweep.trialspec import TrialSpec
@@ -279,6 +279,8 @@ class LiveCallback(Callback):
         if tid in self.running:
             self.running[tid]["epoch"] = int(result["epoch"])
             self._beat()
+        if self.view is not None and result.get(TRACKING_KEY):
+            self.view.tracking_fell_back(tid, str(result[TRACKING_KEY]))
         if self.view is not None:
             self.view.result(tid, int(result["epoch"]), result.get(self.recorder.metric),
                              result.get("epoch_seconds"), self.node(result.get("node")))

@@ -86,6 +86,7 @@ class LiveView:
         self.epoch_seconds: list[float] = []
         self.epochs_seen: list[int] = []
         self.done = 0
+        self.tracking_noted = False  # a trial's W&B run went offline: said once
         self._lock = threading.RLock()
         self._live: Live | None = None
         self._progress: Progress | None = None
@@ -155,6 +156,16 @@ class LiveView:
                 self.arm_values.setdefault(t.arm, []).append(value)
             line = self._finish_line(trial_id, t, status, value, reason)
         self._say(line, error=status in ("failed", "diverged"))
+
+    def tracking_fell_back(self, trial_id: str, reason: str) -> None:
+        """A trial's W&B run went offline: said once per sweep (every later one would say the same)."""
+        with self._lock:
+            if self.tracking_noted:
+                return
+            self.tracking_noted = True
+        self._say(f"W&B: tracking fell back to offline for [{trial_id}] ({reason.splitlines()[0][:160]}); its run "
+                  "is kept on disk (other trials may follow, not repeated here); the last lines give the `wandb "
+                  "sync` command", error=True)
 
     def close(self) -> None:
         if self._live is not None:

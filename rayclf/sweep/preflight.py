@@ -10,7 +10,10 @@ There it checks, in order:
    storage";
 2. **GPUs**: when trials ask for GPUs and train on them (``train.device`` auto/cuda), the node's torch build
    sees a CUDA device;
-3. **one training step** of each distinct trial shape (model, batch size, precision, data, augmentation), the
+3. **W&B** (when the sweep logs online): the trial processes there hold a W&B API key (the node's own
+   environment: Ray does not forward the driver's ``WANDB_API_KEY``) and reach the W&B server, in seconds;
+   when not, its trials would log offline on that node: a warning, or a refusal with ``--wandb-strict``;
+4. **one training step** of each distinct trial shape (model, batch size, precision, data, augmentation), the
    engine's own step, on the trial's device; for packed trials (``0 < resources.gpus < 1``) that step is the
    GPU-memory calibration (``packing.calibrate``), measured on this GPU node — the driver's machine and the
    head often have no GPU at all.
@@ -25,6 +28,7 @@ import math
 import os
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +48,7 @@ class NodeReport:
     node: str = ""
     ip: str = ""
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     calibrations: dict[str, tuple[int, int]] = field(default_factory=dict)  # shape key → (peak, total) bytes
     steps: list[str] = field(default_factory=list)  # arm labels whose step ran
 
@@ -64,7 +69,19 @@ def _one_step(config: dict[str, Any], device: str | None) -> None:
     probe(cfg, load_dataset(cfg.data), steps=1)
 
 
-def check_node(marker: str, token: str, shapes: list[tuple[str, str, dict[str, Any]]], gpus: float) -> NodeReport:
+def _tracking_problem(where: str) -> str | None:
+    """What a trial process on this node would meet when it opens its W&B run online."""
+    from rayclf.tracking import api_key, server_problem
+
+    if api_key() is None:
+        return (f"trial processes on {where} have no W&B API key (Ray does not forward the driver's "
+                "WANDB_API_KEY): set it in the nodes' environment (the cluster config's env, or `wandb login` there)")
+    problem = server_problem()
+    return f"from {where}, {problem}" if problem else None
+
+
+def check_node(marker: str, token: str, shapes: list[tuple[str, str, dict[str, Any]]], gpus: float,
+               tracking: dict[str, Any] | None = None, strict: bool = False) -> NodeReport:
     """Runs on the worker node (as a Ray task holding one trial's resources): every check, every problem."""
     import ray
     import torch
@@ -90,6 +107,9 @@ def check_node(marker: str, token: str, shapes: list[tuple[str, str, dict[str, A
             "'Unable to set up cluster storage'. On a multi-node cluster pass --out s3://BUCKET/PATH or "
             "gs://BUCKET/PATH (credentials from each node's role or environment), or a shared filesystem "
             "mounted at the same path on every node.")
+    if tracking and tracking.get("mode") == "online" and (problem := _tracking_problem(where)):
+        (report.problems if strict else report.warnings).append(
+            problem + ("" if strict else f"; its trials log offline on that node under {tracking.get('dir')}/wandb"))
     cfgs = [(label, key, build_config(config)) for label, key, config in shapes]
     wants_cuda = any(_uses_gpu(cfg, gpus) for _, _, cfg in cfgs)
     if wants_cuda and not torch.cuda.is_available():
@@ -134,8 +154,10 @@ def task_resources(sweep: Sweep) -> dict[str, float]:
 class Preflight:
     """Checks each distinct trial shape once per sweep run (later stages or bayes batches add shapes)."""
 
-    def __init__(self, sweep: Sweep, storage: str, timeout_s: float | None = None):
+    def __init__(self, sweep: Sweep, storage: str, timeout_s: float | None = None, tracking: Any = None,
+                 strict: bool = False, echo: Callable[[str], None] = print):
         self.sweep, self.storage = sweep, storage
+        self.tracking, self.strict, self.echo = tracking, strict, echo  # tracking: the run's TrackingSettings
         self.timeout_s = timeout_s if timeout_s is not None else float(os.environ.get(TIMEOUT_ENV,
                                                                                     DEFAULT_TIMEOUT_S))
         self.checked: set[str] = set()
@@ -154,7 +176,8 @@ class Preflight:
         write_text(marker, token)
         try:
             remote = ray.remote(check_node).options(**task_resources(self.sweep), max_retries=0)
-            ref = remote.remote(marker, token, shapes, res.gpus)
+            tracking = self.tracking.to_dict() if self.tracking is not None and not self.checked else None  # once
+            ref = remote.remote(marker, token, shapes, res.gpus, tracking, self.strict)
             ready, _ = ray.wait([ref], timeout=self.timeout_s)
             if not ready:
                 ray.cancel(ref, force=True)
@@ -172,6 +195,8 @@ class Preflight:
             _delete(marker)
         if report.problems:
             raise UserError("pre-flight check failed, no trial started:\n- " + "\n- ".join(report.problems))
+        for w in report.warnings:
+            self.echo(f"warning: pre-flight: {w} (`wandb sync` uploads them from there; --wandb-strict stops instead)")
         for label, key, _ in shapes:
             if key in report.calibrations:
                 peak, total = report.calibrations[key]

@@ -29,7 +29,7 @@ from rayclf.sweep.plan import DRIVER_RESOURCE, unmet_resources
 from rayclf.sweep.session import TuneSession, storage_path
 from rayclf.sweep.spec import Sweep, dump_sweep
 from rayclf.sweep.strategies.staged import stage_index
-from rayclf.tracking import resolve_settings
+from rayclf.tracking import TrackingSettings, check_online, resolve_settings
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -148,8 +148,8 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
               wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
-              redecide: tuple[str, ...] = (), selection: Any = None, cache: str | None = None,
-              no_cache: bool = False, refresh: tuple[str, ...] = ()) -> SweepOutcome:
+              redecide: tuple[str, ...] = (), selection: Any = None, wandb_strict: bool = False,
+              cache: str | None = None, no_cache: bool = False, refresh: tuple[str, ...] = ()) -> SweepOutcome:
     """Run every trial of a sweep (or of the ``selection``'s arms, ``--arm``) that is not already finished in
     ``out``; return the recorded rows.
 
@@ -167,13 +167,12 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     _refuse_ray_client(address)
     # a bad --refresh or an unusable cache stops here, before the sweep directory is touched
     reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo)
+    tracking = _tracking(sweep, out or default_out(sweep), wandb_mode, wandb_strict, echo)  # before any write
     out, store, lock = prepare_out(sweep, out, resume, echo, rerun_stopped, redecide)
     if reuse is not None:  # entries keyed as this directory computes its trial ids (rayclf.identity)
         reuse.cache = TrialCache(reuse.cache.uri, echo, sweep.identity_version)
     started = False
     try:
-        w = sweep.file.wandb
-        tracking = resolve_settings(wandb_mode or w.mode, w.project, w.entity, w.tags, sweep.name, out)
         started = _start_ray(address, num_cpus, verbose)
         lock.set_session(_session_dir() if started else None)
         run = SweepRun(sweep, out, store, DecisionLog(out), _no_session, StopFlag(), echo, rerun_stopped,
@@ -188,7 +187,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             if unmet:
                 echo(f"warning: {unmet} Trials wait until an autoscaler adds such nodes.")
             if address:  # a remote cluster: its worker nodes are not this machine
-                run.preflight = Preflight(sweep, storage_path(out))
+                run.preflight = Preflight(sweep, storage_path(out), tracking=tracking,
+                                          strict=wandb_strict or sweep.file.wandb.strict, echo=echo)
             outcome = session.execute(lambda: execute(run))
     except KeyboardInterrupt as exc:  # a second signal (StopNow), or a Ctrl-C before the handlers were set
         raise SweepInterrupted(getattr(exc, "signum", signal.SIGINT), out) from None
@@ -198,6 +198,21 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             ray.shutdown()
     outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
     return outcome
+
+
+def _tracking(sweep: Sweep, out: str, wandb_mode: str | None, strict: bool,
+              echo: Callable[[str], None]) -> TrackingSettings:
+    """The run's W&B settings after the one check before training (``check_online``): a missing key for an
+    explicit online sweep or, with ``strict``, a server that does not answer stops the sweep here (exit 2)."""
+    w = sweep.file.wandb
+    requested = wandb_mode or w.mode
+    tracking = resolve_settings(requested, w.project, w.entity, w.tags, sweep.name, out)
+    how = ("--wandb online" if wandb_mode == "online" else "wandb.mode: online in the sweep file"
+           if requested == "online" else "WANDB_MODE=online" if os.environ.get("WANDB_MODE") == "online" else None)
+    tracking, warning = check_online(tracking, how, strict or w.strict)
+    if warning:
+        echo(warning)
+    return tracking
 
 
 def _refuse_ray_client(address: str | None) -> None:

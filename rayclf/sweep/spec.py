@@ -230,6 +230,8 @@ class WandbSpec(Strict):
     project: str | None = None
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    strict: bool = Field(False, description="online and the W&B server does not answer before training: stop "
+                                            "(exit 2) instead of logging offline")
 
 
 ReportedMetric = Literal["test_accuracy", "metric_best", "metric_final", "best_val_accuracy", "final_val_accuracy"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rayclf.config import build_config
-from rayclf.sweep.keys import CHECKPOINT_META, DATA_KEY, PG_KEY, RESUMED_KEY, SUMMARY_KEY
+from rayclf.sweep.keys import CHECKPOINT_META, DATA_KEY, PG_KEY, RESUMED_KEY, SUMMARY_KEY, TRACKING_KEY
 from rayclf.sweep.trialspec import TrialSpec
 from rayclf.train.checkpoint import CHECKPOINT_FILE
 
@@ -111,12 +111,13 @@ def run_trial(trial: TrialSpec, send: Send, checkpoint: Any, rank: int, device: 
     data = _dataset(cfg)  # on a node that has nothing yet: download, verify, extract, decode (once per node)
     extra = {**extra, DATA_KEY: time.perf_counter() - started}
     settings = TrackingSettings(**trial.tracking)
-    wandb_reporter = None
-    if settings.mode != "disabled" and rank == 0:  # one W&B run per trial
-        wandb_reporter = WandbReporter(settings, trial, data.test.x, data.classes)
     resume, history = _local_copy(checkpoint)
     resumed = int(history[-1]["epoch"]) if history else 0
     reporter = SweepReporter(send, trial.trial_id, {**extra, RESUMED_KEY: resumed}, history)
+    wandb_reporter = None
+    if settings.mode != "disabled" and rank == 0:  # one W&B run per trial; a fallback rides on every later result
+        wandb_reporter = WandbReporter(settings, trial, data.test.x, data.classes,
+                                       on_fallback=lambda why: reporter.extra.__setitem__(TRACKING_KEY, why))
     try:
         fit(cfg, MultiReporter(reporter, wandb_reporter), data=data, resume=resume,
             checkpoint_at=trial.rungs)  # a seed may pause at a rung and continue from there
