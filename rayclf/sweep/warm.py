@@ -31,7 +31,8 @@ from typing import Any
 
 # what a single-worker trial imports before its first step (not timm: only timm models need it, and they
 # import it themselves); a module that fails to import is skipped by Ray and imported again by the trial
-PRELOAD = ("torch", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine", "rayclf.data.sources", "rayclf.models")
+PRELOAD = ("torch", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine", "rayclf.data.sources",
+           "rayclf.models.families")
 
 _TUNE_ENV: tuple[dict[str, str], set[str]] | None = None  # class_cache's own values, before any change
 
