@@ -174,10 +174,18 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     if redecide and not resume:
         raise UserError("--redecide re-opens decisions of an existing sweep directory: pass --resume with it.")
     out = out or default_out(spec)
+
+    def closing(outcome: Any) -> None:
+        """The closing table, then the sweep-level W&B run: while Ray is still up (its shutdown comes after)."""
+        from rayclf.report.publish import track_sweep
+
+        click.echo(outcome.summary_text())
+        track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
+
     try:
-        outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                            echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                            redecide=redecide, selection=selection)
+        run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet, echo=click.echo,
+                  wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose, redecide=redecide,
+                  selection=selection, on_done=closing)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, SweepInterrupted) else 130
         kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir}
@@ -189,10 +197,6 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
                    err=True)
         sys.exit(code)
-    from rayclf.report.publish import track_sweep
-
-    track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
-    click.echo(outcome.summary_text())
 
 
 @main.command()

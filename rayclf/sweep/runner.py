@@ -18,7 +18,7 @@ from typing import Any
 from rayclf.config import UserError
 from rayclf.results import TRIALS, ResultsStore
 from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
-from rayclf.sweep import warm
+from rayclf.sweep import localray, warm
 from rayclf.sweep.connect import connect
 from rayclf.sweep.decisions import DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
@@ -71,8 +71,10 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     if address:
         connect(address, verbose)
         return False
-    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=verbose,
-             logging_level=level, **warm.init_options())
+    # no autoscaler (a local instance never grows); the log monitor only for --verbose (rayclf.sweep.localray)
+    with localray.lean(monitor=not localray.enabled(), log_monitor=verbose or not localray.enabled()):
+        ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
+                 log_to_driver=verbose, logging_level=level, **warm.init_options())
     return True
 
 
@@ -129,14 +131,17 @@ def prepare_out(sweep: Sweep, out: str | None, resume: bool, echo: Callable[[str
 def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
               wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
-              redecide: tuple[str, ...] = (), selection: Any = None) -> SweepOutcome:
+              redecide: tuple[str, ...] = (), selection: Any = None,
+              on_done: Callable[[SweepOutcome], None] | None = None) -> SweepOutcome:
     """Run every trial of a sweep (or of the ``selection``'s arms, ``--arm``) that is not already finished in
     ``out``; return the recorded rows.
 
     Ctrl-C or SIGTERM stops the running trials at their last checkpoints and raises ``SweepInterrupted`` (no
     decision is taken on the partial round); ``--resume`` continues them. The sweep layer never imports the
     report: the caller publishes a finished sweep's W&B summary (``rayclf.report.publish.track_sweep``) with
-    ``outcome.tracking``, which an interrupted sweep never returns."""
+    ``outcome.tracking``, which an interrupted sweep never returns. ``on_done`` gets a finished sweep's outcome
+    before Ray shuts down: the closing table is shown as soon as the last row is written, not after the
+    shutdown."""
     import ray
 
     from rayclf.sweep.preflight import Preflight
@@ -163,13 +168,15 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
             if address:  # a remote cluster: its worker nodes are not this machine
                 run.preflight = Preflight(sweep, storage_path(out))
             outcome = session.execute(lambda: execute(run))
+        outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
+        if on_done is not None:
+            on_done(outcome)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first round started
         raise SweepInterrupted(signal.SIGINT, out) from None
     finally:
         lock.release()
         if started:
             ray.shutdown()
-    outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
     return outcome
 
 
