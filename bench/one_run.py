@@ -53,7 +53,8 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))  # another checkout's rayclf (e.g. main, for "before")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "PYTHONUNBUFFERED": "1"}  # each line timestamped when it is printed (the closing table's time)
     cmd = [sys.executable, "-m", "rayclf.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", str(SLOTS)]
     start = time.time()

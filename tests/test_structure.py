@@ -108,13 +108,17 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "
 models = sorted(m for m in sys.modules if m.startswith("rayclf.models") and m != "rayclf.models.options")
 print("LOADED", loaded[:5], models)
 assert not loaded and models in ([], ["rayclf.models"]), (loaded[:5], models)
+# the sweep driver's own modules, the trainable it hands Tune included (Tune pickles it by reference)
+from rayclf.sweep import callbacks, runner, schedulers, session, worker
+assert not [m for m in sys.modules if m.split(".")[0] == "torch"], "the driver imported torch"
 """
 
 
 def test_validating_sweep_files_imports_no_torch_and_no_model_code(tmp_path):
     """A sweep's driver validates its file before Ray starts: with the families' options torch-free, that costs
-    no torch import (2.7 s of a 2-core machine) and loads no builder. Every family of ours, each options class's
-    own checks run (a bad value is still refused: the second file)."""
+    no torch import (2.7 s of a 2-core machine) and loads no builder; nor does the rest of the driver (only the
+    trial processes import torch, which the warm start preloads while Tune sets up). Every family of ours, each
+    options class's own checks run (a bad value is still refused: the second file)."""
     import subprocess
     import sys
 
