@@ -80,17 +80,12 @@ def write_png_tree(folder: Path, classes: list[str], per_class: int, size: int =
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (2 CPUs) shared by the sweep tests: started as ``rayclf sweep`` starts its own (no
-    autoscaler, no log monitor: ``rayclf.sweep.localray``), and without pre-started idle workers, which the
-    tests' trial actors would not take (Tune gives them a runtime env of their own on an instance it joins)."""
+    """One local Ray instance (2 CPUs) shared by the sweep tests."""
     import ray
 
-    from rayclf.sweep import localray
     from rayclf.sweep.plan import DRIVER_RESOURCE
 
-    with localray.lean():
-        ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False,
-                 _system_config={"enable_worker_prestart": False})
+    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

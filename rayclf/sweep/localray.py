@@ -4,9 +4,11 @@
 process importing Ray: about a second of a 2-core machine's CPU while the driver is starting Tune). A local
 instance never scales, and rayclf's driver does not print its workers' output unless ``--verbose``, so neither
 is needed there; ``ray.init`` has no argument for them (``ray start`` has: ``--no-monitor``,
-``--include-log-monitor``), so ``lean`` sets them on the parameters ``ray.init`` builds. Set
-``RAYCLF_LEAN_RAY=0`` to start every process Ray's default starts; start Ray yourself with ``ray start --head``
-and pass ``--address`` for a dashboard, an autoscaler or ``ray job submit``.
+``--include-log-monitor``), so ``lean`` sets them on the parameters ``ray.init`` builds.
+
+Opt-in (``RAYCLF_LEAN_RAY=1``): ``bench.ray_start`` measured 2.1 s less for ``ray.init`` + a first task +
+``ray.shutdown`` on 2 cores, but on the 8-trial yardstick two of three lean runs started their first trial 6–7 s
+later than the default (BENCHMARKS.md, issue 33), not yet explained; until it is, a sweep starts Ray's default.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 
 
 def enabled() -> bool:
-    return os.environ.get("RAYCLF_LEAN_RAY", "1") != "0"
+    return os.environ.get("RAYCLF_LEAN_RAY", "0") == "1"
 
 
 @contextmanager
