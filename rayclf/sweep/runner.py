@@ -71,7 +71,7 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     if address:
         connect(address, verbose)
         return False
-    # no autoscaler (a local instance never grows); the log monitor only for --verbose (rayclf.sweep.localray)
+    # RAYCLF_LEAN_RAY=1: no autoscaler (a local instance never grows), the log monitor only for --verbose
     with localray.lean(monitor=not localray.enabled(), log_monitor=verbose or not localray.enabled()):
         ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
                  log_to_driver=verbose, logging_level=level, **warm.init_options())
