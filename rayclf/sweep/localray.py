@@ -7,8 +7,9 @@ is needed there; ``ray.init`` has no argument for them (``ray start`` has: ``--n
 ``--include-log-monitor``), so ``lean`` sets them on the parameters ``ray.init`` builds.
 
 Opt-in (``RAYCLF_LEAN_RAY=1``): ``bench.ray_start`` measured 2.1 s less for ``ray.init`` + a first task +
-``ray.shutdown`` on 2 cores, but on the 8-trial yardstick two of three lean runs started their first trial 6–7 s
-later than the default (BENCHMARKS.md, issue 33), not yet explained; until it is, a sweep starts Ray's default.
+``ray.shutdown`` on 2 cores, but on the 8-trial yardstick three of four lean runs started their first trial 6–8 s
+late (main's default instance did too, in 3 of 6 runs: BENCHMARKS.md, issue 33); until that is understood, a
+sweep starts Ray's default processes.
 """
 
 from __future__ import annotations
