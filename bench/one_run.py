@@ -10,6 +10,8 @@ Pick the measurement with ``--part``:
 * ``overhead``: fixed overhead = wall − Σ trial ``seconds`` ÷ slots, on the 8-trial yardstick of
   ``bench.sweep_overhead --part efficiency`` (small CNN, 3 epochs, 2,000 synthetic images) and on
   ``sweeps/quickstart.yaml`` (goal ≤ 10 s).
+* ``yardstick``: the 8-trial yardstick alone, with the fixed overhead's breakdown (start-up to the first trial's
+  training, last record to the closing table, table to exit) and the median over ``--repeat`` runs.
 * ``bayes``: a bayes search of 24 proposals in batches of 4 against a grid of the same 24 configs (read back from
   the bayes run's trials, so every trial of the grid is a trial of the search).
 
@@ -18,8 +20,8 @@ folders (``run-*``) under ``OUT/_ray``, and the time from the command's start to
 first Parquet part of ``trials.parquet``) minus that trial's own seconds: the command's start-up before the
 first trial trains.
 
-Usage: ``python -m bench.one_run --part staged|overhead|bayes [--repeat N] [--out FILE]``; each part prints one
-``SUMMARY`` line and writes ``bench/results/one_run-<part>-cpu-2core.json`` unless ``--out`` says otherwise.
+Usage: ``python -m bench.one_run --part staged|overhead|yardstick|bayes [--repeat N] [--out FILE]``; each part
+prints one ``SUMMARY`` line and writes ``bench/results/one_run-<part>-cpu-2core.json`` unless ``--out`` says otherwise.
 ``RAYCLF_BENCH_TREE=/path/to/checkout`` runs that checkout's rayclf instead of this one's (a "before" figure);
 ``RAYCLF_WARM_START=0`` turns the warm start off.
 """
@@ -51,14 +53,18 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))  # another checkout's rayclf (e.g. main, for "before")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "PYTHONUNBUFFERED": "1"}  # each line timestamped when it is printed (the closing table's time)
     cmd = [sys.executable, "-m", "rayclf.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", str(SLOTS)]
     start = time.time()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [(time.time(), line) for line in proc.stdout]  # type: ignore[union-attr]
+    proc.wait()
     wall = time.time() - start
+    output = "".join(line for _, line in lines)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     trials = pd.read_parquet(out / "trials.parquet")
     done = trials[trials["status"] == "completed"]
     seconds = float(done["seconds"].sum())
@@ -67,7 +73,12 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     began = [parts[t] - s for t, s in zip(done["trial_id"], done["seconds"], strict=True) if t in parts]
     first = min(began) - start if began else None
     runs = sorted(p.name for p in (out / "_ray").glob("run-*") if p.is_dir()) if (out / "_ray").is_dir() else []
-    return {"file": sweep_file.name, "trials": len(trials), "completed": len(done), "wall_s": wall,
+    # the tail: the last trial's record, the closing table's last line, the process's exit
+    last_row = max(parts.values()) - start if parts else None
+    table = lines[-1][0] - start if lines else None
+    tail = {"last_row_s": last_row, "table_s": table, "row_to_table_s": table - last_row if parts and lines else None,
+            "table_to_exit_s": wall - table if lines else None}
+    return {"file": sweep_file.name, "trials": len(trials), "completed": len(done), "wall_s": wall, **tail,
             "trial_seconds_sum": seconds, "slots": SLOTS, "fixed_overhead_s": wall - seconds / SLOTS,
             "slot_efficiency": seconds / (SLOTS * wall), "tune_runs": len(runs),
             "start_to_first_training_s": first, "trial_seconds": [float(s) for s in done["seconds"]]}
@@ -128,6 +139,27 @@ def overhead(tmp: Path, repeat: int) -> dict[str, Any]:
     return {"runs": runs, "summary": summary}
 
 
+def yardstick_only(tmp: Path, repeat: int) -> dict[str, Any]:
+    """The 8-trial yardstick alone, ``repeat`` times: its fixed overhead and where it goes (start-up to the first
+    trial's training, the last trial's record to the closing table, the table to the process's exit)."""
+    import statistics
+
+    runs = []
+    for r in range(repeat):
+        before = load()
+        runs.append({"load_before": before, **run_cli(yardstick(tmp), tmp / f"grid8-{r}")})
+    keys = ["wall_s", "trial_seconds_sum", "fixed_overhead_s", "start_to_first_training_s", "row_to_table_s",
+            "table_to_exit_s"]
+    median = {k: statistics.median(r[k] for r in runs) for k in keys}
+    summary = ("SUMMARY yardstick (goal <= 10 s): fixed overhead "
+               + ", ".join(f"{r['fixed_overhead_s']:.1f}" for r in runs)
+               + f" s (median {median['fixed_overhead_s']:.1f} s); median wall {median['wall_s']:.1f} s, "
+               f"Σ trial s {median['trial_seconds_sum']:.1f}, start → first training "
+               f"{median['start_to_first_training_s']:.1f} s, last row → table {median['row_to_table_s']:.1f} s, "
+               f"table → exit {median['table_to_exit_s']:.1f} s")
+    return {"runs": runs, "median": median, "summary": summary}
+
+
 # ----------------------------------------------------------------------------------- bayes
 def bayes(tmp: Path, repeat: int) -> dict[str, Any]:
     params = {"optim.lr": {"loguniform": [0.001, 0.3]}, "optim.momentum": {"uniform": [0.0, 0.95]}}
@@ -158,7 +190,7 @@ def bayes(tmp: Path, repeat: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["staged", "overhead", "bayes"], required=True)
+    p.add_argument("--part", choices=["staged", "overhead", "yardstick", "bayes"], required=True)
     p.add_argument("--repeat", type=int, default=1, help="run the part's pair of sweeps this many times")
     p.add_argument("--out", type=Path, help="default bench/results/one_run-<part>-cpu-2core.json")
     p.add_argument("--label", default="", help="kept in the record, e.g. before / after")
@@ -174,7 +206,8 @@ def main() -> None:
                               "cpus": os.cpu_count(), "load_at_start": load(),
                               "RAYCLF_WARM_START": os.environ.get("RAYCLF_WARM_START"),
                               "RAYCLF_BENCH_TREE": os.environ.get("RAYCLF_BENCH_TREE")}
-    record.update({"staged": staged, "overhead": overhead, "bayes": bayes}[args.part](tmp, args.repeat))
+    parts = {"staged": staged, "overhead": overhead, "yardstick": yardstick_only, "bayes": bayes}
+    record.update(parts[args.part](tmp, args.repeat))
     out = args.out or ROOT / "bench" / "results" / f"one_run-{args.part}-cpu-2core.json"
     emit(record, out)
     print(record["summary"])

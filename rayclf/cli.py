@@ -205,11 +205,19 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
     if redecide and not resume:
         raise UserError("--redecide re-opens decisions of an existing sweep directory: pass --resume with it.")
     out = out or default_out(spec)
+
+    def closing(outcome: Any) -> None:
+        """The closing table, then the sweep-level W&B run: while Ray is still up (its shutdown comes after)."""
+        from rayclf.report.publish import track_sweep
+
+        click.echo(outcome.summary_text())
+        track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
+
     try:
-        outcome = run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet,
-                            echo=click.echo, wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose,
-                            redecide=redecide, selection=selection, wandb_strict=wandb_strict, cache=cache,
-                            no_cache=no_cache, refresh=refresh)
+        run_sweep(spec, out=out, address=address, resume=resume, num_cpus=num_cpus, live=not quiet, echo=click.echo,
+                  wandb_mode=wandb_mode, rerun_stopped=rerun_stopped, verbose=verbose, redecide=redecide,
+                  selection=selection, wandb_strict=wandb_strict, cache=cache, no_cache=no_cache, refresh=refresh,
+                  on_done=closing)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         code = getattr(exc, "exit_code", 130)  # 130 (SIGINT), 143 (SIGTERM), a second signal too
         kept = {"--address": address, "--num-cpus": num_cpus, "--wandb": wandb_mode, "--from": from_dir,
@@ -224,10 +232,6 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
                    f"checkpoints and no decision was taken on the unfinished round.\nContinue with: {again}",
                    err=True)
         sys.exit(code)
-    from rayclf.report.publish import track_sweep
-
-    track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
-    click.echo(outcome.summary_text())
 
 
 @main.command()

@@ -2,7 +2,9 @@
 options class by ``model.name`` (ours first, then any timm model name).
 
 A leaf beside ``schema``: the trial config and the model families both import it, neither imports the other.
-Families register here through ``rayclf.models.registry.register_model``.
+Families register their options here by name (``rayclf.models.options``, torch-free), their builders in
+``rayclf.models.registry``: validating a config imports no torch and no model code (timm names excepted: only
+timm knows them).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def register_options(name: str, options: type[ModelOptions]) -> None:
 
 
 def _load_families() -> None:
-    import rayclf.models  # noqa: F401  (importing the package registers every family)
+    import rayclf.models.options  # noqa: F401  (registers every family's options, without torch)
 
 
 def model_options_class(name: Any, key: str = "model.name") -> type[ModelOptions]:

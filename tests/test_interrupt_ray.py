@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -31,7 +32,7 @@ def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path)
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("rayclf")), "sweep", str(f), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", "2"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "", "RAYCLF_LEAN_RAY": "1"}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # the event: some trial of the first round checkpointed mid-run
@@ -40,6 +41,10 @@ def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path)
             break
         assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
         time.sleep(0.05)
+    # with RAYCLF_LEAN_RAY=1 the driver's own instance runs without the processes a local sweep does not use
+    started = [" ".join(p.cmdline()) for p in psutil.Process(driver.pid).children(recursive=True)]
+    assert any("raylet" in c for c in started), started
+    assert not [c for c in started if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c]
     os.killpg(driver.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground process group
     output = driver.communicate(timeout=180)[0].decode()
     assert driver.returncode == 130, output[-3000:]

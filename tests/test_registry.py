@@ -317,12 +317,14 @@ def fake_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, An
 
     state: dict[str, Any] = {"interrupt": False, "published": []}
 
-    def run_sweep(sweep: Any, out: str, **_: Any) -> Any:
+    def run_sweep(sweep: Any, out: str, on_done: Any = None, **_: Any) -> Any:
         _, _, lock = runner.prepare_out(sweep, out, False)
         lock.release()
         # interrupted: two trials recorded, then the stop flag (as Ctrl-C) raises SweepInterrupted
         outcome = execute(fake_run(sweep, out, FakeTrials(interrupt_after=2) if state["interrupt"] else None))
         outcome.tracking = TrackingSettings("offline", "rayclf", None, str(tmp_path / "wb"))
+        if on_done is not None:  # as the real one: before Ray's shutdown
+            on_done(outcome)
         return outcome
 
     real = publish.publish
@@ -346,7 +348,8 @@ def test_the_cli_publishes_a_finished_sweeps_summary_to_wandb(fake_sweeps, tmp_p
     runs = [inspect_wandb_run(d) for d in (tmp_path / "wb" / "wandb").glob("offline-run-*")]
     (summary,) = [r for r in runs if r["job_type"] == "sweep-summary"]
     assert "report/learning_curves" in {k.split(".")[0] for h in summary["history"] for k in h}
-    assert "4 trials recorded" in res.output  # the table after the publishing, as before
+    # the closing table first (as soon as the last row is written), then W&B's rendering and upload
+    assert res.output.index("4 trials recorded") < res.output.index("W&B runs were written offline")
 
 
 def test_a_report_that_cannot_render_costs_the_finished_sweep_nothing(fake_sweeps, tmp_path, monkeypatch):

@@ -79,3 +79,34 @@ def test_fit_threads_sizes_a_preloaded_torch_to_the_trials_cpus(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("verbose", "lean", "monitor", "log_monitor"), [
+    (False, "1", False, False),  # RAYCLF_LEAN_RAY=1: no autoscaler, nobody reads the workers' output
+    (True, "1", False, True),  # --verbose prints the workers' output: the log monitor carries it
+    (False, "0", True, True),  # the default: every process Ray's default starts
+    (False, None, True, True),
+])
+def test_a_local_instance_starts_without_the_processes_a_local_sweep_does_not_use(
+        tune_env, monkeypatch, verbose, lean, monitor, log_monitor):
+    """``ray.init`` builds its node's parameters inside ``_start_ray``: the autoscaler's monitor and the log
+    monitor are left out there when asked (``RAYCLF_LEAN_RAY=1``), and Ray's own default is back once the
+    instance is up."""
+    import ray
+    from ray._private import parameter
+
+    from rayclf.sweep import runner
+
+    built: list[parameter.RayParams] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: built.append(parameter.RayParams(num_cpus=kwargs["num_cpus"])))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if lean is None:
+        monkeypatch.delenv("RAYCLF_LEAN_RAY", raising=False)
+    else:
+        monkeypatch.setenv("RAYCLF_LEAN_RAY", lean)
+    assert runner._start_ray(None, 2, verbose=verbose)
+    (params,) = built
+    assert (not params.no_monitor, params.include_log_monitor is not False) == (monitor, log_monitor)
+    after = parameter.RayParams()
+    assert after.no_monitor is False and after.include_log_monitor is None  # Ray's defaults outside

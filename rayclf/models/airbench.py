@@ -11,27 +11,13 @@ partial identities (Dirac). The whitening needs data: before training starts the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
+from rayclf.models.options import AirbenchOptions
 from rayclf.models.registry import register_model
-
-
-class AirbenchOptions(ModelOptions):
-    name: Literal["airbench"] = "airbench"
-    widths: tuple[int, int, int] = (64, 256, 256)
-    whiten_kernel: int = Field(2, ge=1, le=5, description="patch size of the whitening layer")
-    whiten_eps: float = Field(5e-4, gt=0, description="added to the patch-covariance eigenvalues")
-    whiten_samples: int = Field(5000, ge=100, description="training images used to estimate the whitening")
-    whiten_bias_epochs: int | None = Field(3, ge=0, description="freeze the whitening bias after this many epochs")
-    bn_momentum: float = Field(0.4, gt=0, le=1, description="PyTorch convention (airbench's 0.6 = 1 - 0.4)")
-    bn_eps: float = Field(1e-12, gt=0)
-    scale: float = Field(1 / 9, gt=0, description="logit scaling")
 
 
 def _norm(width: int, momentum: float, eps: float) -> nn.BatchNorm2d:

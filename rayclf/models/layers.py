@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
-Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "silu"]
-Pool = Literal["max", "avg", "none"]
-NormPlace = Literal["none", "before", "after"]
-HeadDropout = Literal["every", "output"]
-Padding = Literal["same", "valid"]
+from rayclf.models.options import (  # noqa: F401  (the families' option types, kept here by their old names)
+    Activation,
+    HeadDropout,
+    NormPlace,
+    Padding,
+    Pool,
+    check_dropout,
+)
 
 
 def make_act(name: str, slope: float = 0.01) -> nn.Module:
@@ -62,14 +63,6 @@ def dense_head(cin: int, hidden: list[int], num_classes: int, dropout: float, ac
         cin = width
     layers += [nn.Dropout(dropout), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
-
-
-def check_dropout(rates: float | list[float], count: int, what: str) -> None:
-    """One dropout rate, or a list of exactly ``count`` (one per ``what``), each in [0, 1)."""
-    if isinstance(rates, list) and len(rates) != count:
-        raise ValueError(f"dropout has {len(rates)} rates for {count} {what}")
-    if any(not 0.0 <= r < 1.0 for r in (rates if isinstance(rates, list) else [rates])):
-        raise ValueError("dropout rates must be in [0, 1)")
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import nn
 
-from rayclf.model_options import ModelOptions
-from rayclf.models.layers import Activation, make_act
+from rayclf.models.layers import make_act
+from rayclf.models.options import MLPOptions
 from rayclf.models.registry import register_model
-
-
-class MLPOptions(ModelOptions):
-    name: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [512, 256], max_length=16)
-    activation: Activation = "relu"
-    leaky_slope: float = Field(0.01, ge=0.0, le=1.0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    batch_norm: bool = False
 
 
 @register_model("mlp", MLPOptions)

@@ -37,7 +37,7 @@ def list_models() -> list[str]:
 
 
 def _load_families() -> None:
-    import rayclf.models  # noqa: F401  (registers every family)
+    import rayclf.models.families  # noqa: F401  (registers every family's builder)
 
 
 def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
@@ -48,6 +48,7 @@ def create_model(opts: ModelOptions, num_classes: int, in_chans: int = 3, image_
     from rayclf.models.hooks import hooks
     from rayclf.models.layers import init_weights
 
+    _load_families()
     entry = _REGISTRY.get(opts.name) or _REGISTRY[TIMM_FALLBACK]
     model = entry.build(opts, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
     targets = hooks(model).new_modules() if opts.loads_weights() else [model]

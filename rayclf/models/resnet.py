@@ -3,14 +3,11 @@ them) and ``resnet_cifar`` (He et al.'s CIFAR ResNet v1, depth 6n+2: 20/32/44/56
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, field_validator
 from torch import nn
 
-from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
-from rayclf.models.layers import Activation, Pool, check_dropout, make_act, make_pool
+from rayclf.models.layers import make_act, make_pool
+from rayclf.models.options import ResNetCifarOptions, ResNetCustomOptions
 from rayclf.models.registry import register_model
 
 
@@ -71,21 +68,6 @@ class Classifier(Hooked, nn.Module):
         return [g for g in groups if g] + [[f"head.{n}" for n, _ in self.head.named_parameters()]]
 
 
-class ResNetCustomOptions(ModelOptions):
-    name: Literal["resnet_custom"] = "resnet_custom"
-    blocks: int = Field(3, ge=1, le=12, description="number of residual blocks")
-    kernel_size: int = Field(3, ge=2, le=7)
-    width: int = Field(64, ge=4, le=1024, description="filters of the stem and first block")
-    widen: bool = Field(False, description="double the filters after every pooling")
-    pool: Pool = "max"
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="after each block")
-    activation: Activation = "relu"
-    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    residual_add: Literal["before_act", "after_act"] = Field(
-        "before_act", description="where a block adds its input: before its last activation (ResNet v1), or "
-                                  "after it (BN + activation after each conv, then the sum)")
-
-
 @register_model("resnet_custom", ResNetCustomOptions)
 def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: int = 3,
                         image_size: int = 32) -> nn.Module:
@@ -103,34 +85,6 @@ def build_resnet_custom(opts: ResNetCustomOptions, num_classes: int, in_chans: i
         width = cout
     stem = _stem(in_chans, opts.width, opts.kernel_size, opts.activation)
     return Classifier(stem, stages, width, num_classes, opts.head_dropout)
-
-
-class ResNetCifarOptions(ModelOptions):
-    name: Literal["resnet_cifar"] = "resnet_cifar"
-    depth: int = Field(20, description="6n+2: 20, 32, 44, 56, 110, …")
-    width: int = Field(16, ge=4, le=256, description="filters of the first stack (then ×2, ×4)")
-    dropout: float | list[float] = Field(0.0, description="one rate between the stacks, or one per stack "
-                                                          "(after stack 1, 2, 3), e.g. [0, 0.1, 0.2]")
-    conv_bias: bool = Field(False, description="biases on every conv (Keras's Conv2D default, as in its "
-                                               "cifar10_resnet example)")
-    shortcut_norm: bool = Field(True, description="BatchNorm after the 1×1 projection shortcut (Keras's "
-                                                  "cifar10_resnet v1 has none)")
-
-    @field_validator("dropout")
-    @classmethod
-    def _rates(cls, v: float | list[float]) -> float | list[float]:
-        check_dropout(v, 3, "stacks")
-        return v
-
-    def stack_dropout(self) -> list[float]:
-        return list(self.dropout) if isinstance(self.dropout, list) else [self.dropout, self.dropout, 0.0]
-
-    @field_validator("depth")
-    @classmethod
-    def _depth(cls, v: int) -> int:
-        if v < 8 or (v - 2) % 6:
-            raise ValueError("depth must be 6n+2 (20, 32, 44, 56, 110, …)")
-        return v
 
 
 @register_model("resnet_cifar", ResNetCifarOptions)

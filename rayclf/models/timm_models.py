@@ -9,43 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 from torch import nn
 
-from rayclf.model_options import ModelOptions
 from rayclf.models.hooks import Hooked
-from rayclf.models.layers import Activation, HeadDropout, dense_head
+from rayclf.models.layers import dense_head
+from rayclf.models.options import TimmOptions
 from rayclf.models.registry import TIMM_FALLBACK, register_model
 from rayclf.schema import UserError
-
-
-class TimmOptions(ModelOptions):
-    name: str = Field(..., description="any timm model name, e.g. resnet18, vgg19, vgg19_bn")
-    pretrained: bool = False
-    checkpoint: str | None = Field(None, description="local weights file (.pth / .safetensors) for offline use")
-    resize: int | None = Field(None, ge=8, le=1024, description="resize inputs to this size, e.g. 224")
-    head: list[int] = Field(default_factory=list, description="hidden widths of a replacement dense head")
-    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    head_dropout_at: HeadDropout = Field("every", description=(
-        "every: a dropout before each dense layer of the head; output: one, before the output layer only"))
-    head_activation: Activation = "relu"
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="timm's own classifier dropout")
-    cifar_stem: bool = Field(False, description="ResNets: 3×3 stride-1 stem without max-pool for 32×32 inputs")
-
-    def loads_weights(self) -> bool:
-        return self.pretrained or bool(self.checkpoint)
-
-    def without_weights(self) -> TimmOptions:
-        return self.model_copy(update={"pretrained": False, "checkpoint": None})
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        import timm
-
-        if not timm.is_model(v):
-            raise ValueError(f"{v!r} is not a timm model name")
-        return v
 
 
 class TimmClassifier(Hooked, nn.Module):

@@ -19,7 +19,7 @@ from rayclf.config import UserError
 from rayclf.identity import LEGACY_VERSION
 from rayclf.results import EPOCHS, TRIALS, ResultsStore, quarantine
 from rayclf.storage import check_bucket, exists, join, read_text, storage_errors, write_text
-from rayclf.sweep import warm
+from rayclf.sweep import localray, warm
 from rayclf.sweep.connect import connect
 from rayclf.sweep.decisions import DECISIONS, DecisionLog
 from rayclf.sweep.interrupt import StopFlag, SweepInterrupted, stop_on_signals
@@ -73,8 +73,10 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     if address:
         connect(address, verbose)
         return False
-    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=verbose,
-             logging_level=level, **warm.init_options())
+    # RAYCLF_LEAN_RAY=1: no autoscaler (a local instance never grows), the log monitor only for --verbose
+    with localray.lean(monitor=not localray.enabled(), log_monitor=verbose or not localray.enabled()):
+        ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
+                 log_to_driver=verbose, logging_level=level, **warm.init_options())
     return True
 
 
@@ -149,7 +151,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
               num_cpus: int | None = None, live: bool = True, echo: Callable[[str], None] = print,
               wandb_mode: str | None = None, rerun_stopped: bool = False, verbose: bool = False,
               redecide: tuple[str, ...] = (), selection: Any = None, wandb_strict: bool = False,
-              cache: str | None = None, no_cache: bool = False, refresh: tuple[str, ...] = ()) -> SweepOutcome:
+              cache: str | None = None, no_cache: bool = False, refresh: tuple[str, ...] = (),
+              on_done: Callable[[SweepOutcome], None] | None = None) -> SweepOutcome:
     """Run every trial of a sweep (or of the ``selection``'s arms, ``--arm``) that is not already finished in
     ``out``; return the recorded rows.
 
@@ -157,7 +160,9 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     decision is taken on the partial round); ``--resume`` continues them. The sweep layer never imports the
     report: the caller publishes a finished sweep's W&B summary (``rayclf.report.publish.track_sweep``) with
     ``outcome.tracking``, which an interrupted sweep never returns. ``cache`` / ``no_cache`` / ``refresh``: the
-    trial cache (``rayclf.cache.resolve_cache``) and the arms that train again anyway."""
+    trial cache (``rayclf.cache.resolve_cache``) and the arms that train again anyway. ``on_done`` gets a
+    finished sweep's outcome before Ray shuts down: the closing table is shown as soon as the last row is
+    written, not after the shutdown."""
     import ray
 
     from rayclf.cache import TrialCache, resolve_cache
@@ -190,13 +195,15 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
                 run.preflight = Preflight(sweep, storage_path(out), tracking=tracking,
                                           strict=wandb_strict or sweep.file.wandb.strict, echo=echo)
             outcome = session.execute(lambda: execute(run))
+        outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
+        if on_done is not None:
+            on_done(outcome)
     except KeyboardInterrupt as exc:  # a second signal (StopNow), or a Ctrl-C before the handlers were set
         raise SweepInterrupted(getattr(exc, "signum", signal.SIGINT), out) from None
     finally:
         lock.release()
         if started:
             ray.shutdown()
-    outcome.tracking = tracking  # the CLI publishes the sweep-level summary (rayclf.report.publish.track_sweep)
     return outcome
 
 

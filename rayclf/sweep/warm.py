@@ -14,8 +14,8 @@ rayclf's engine (≈ 4 s of a 2-core machine) only once the trial is due:
   starts Tune.
 
 Torch sizes its thread pool (all cores) when it is imported, and a trial process imports it before Ray sets the
-trial's ``OMP_NUM_THREADS`` (its CPUs): preloaded, or, without the warm start, while Ray unpickles the trainable
-(``rayclf.sweep.worker`` imports torch). ``fit_threads`` sizes the pool again when the trial starts; without it
+trial's ``OMP_NUM_THREADS`` (its CPUs): preloaded, or, without the warm start, when the trial first runs
+(its engine imports torch). ``fit_threads`` sizes the pool again when the trial starts; without it
 two 1-CPU trials on 2 cores ran 2 threads each (measured on main: 2 threads with ``OMP_NUM_THREADS=1``), and the
 yardstick's trials took about 4× their seconds.
 
@@ -31,7 +31,8 @@ from typing import Any
 
 # what a single-worker trial imports before its first step (not timm: only timm models need it, and they
 # import it themselves); a module that fails to import is skipped by Ray and imported again by the trial
-PRELOAD = ("torch", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine", "rayclf.data.sources", "rayclf.models")
+PRELOAD = ("torch", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine", "rayclf.data.sources",
+           "rayclf.models.families")
 
 _TUNE_ENV: tuple[dict[str, str], set[str]] | None = None  # class_cache's own values, before any change
 
