@@ -80,7 +80,8 @@ RULES: dict[str, tuple[Decision, str]] = {
     **_each("train.early_stopping", "patience metric min_delta restore_best", IN,
             "when training stops and which weights are kept"),
     "train.eval_batch_size": (OUT, "evaluation chunking: the same predictions in fewer or more passes"),
-    "train.device": (OUT, "placement: Tune gives the trial its device; the recipe is the same"),
+    "train.device": (OUT, "placement: Tune gives the trial its device; where a pinned device decides the "
+                          "recipe (precision auto on a pinned GPU is bf16) the resolved precision says so"),
     "train.channels_last": (OUT, "memory layout of the same tensors"),
     "train.compile": (OUT, "torch.compile runs the same model faster"),
     "train.compile_mode": (OUT, "how torch.compile optimises the same model"),
@@ -131,6 +132,8 @@ def _resolved(cfg: TrialConfig) -> dict[str, Any]:
         values.pop("optim.eps")
     values["train.phases"] = [{**p, "optim": p["optim"] or cfg.optim.name, "lr": p["lr"] or cfg.optim.lr}
                               for p in values["train.phases"]]
+    if cfg.train.precision == "auto" and cfg.train.device.startswith("cuda"):  # the engine's autocast_dtype:
+        values["train.precision"] = "bf16"  # a pinned GPU makes precision auto bf16 (auto and cpu stay as spelled)
     if cfg.data.name != "synthetic":
         values = {k: v for k, v in values.items() if not k.startswith("data.synthetic.")}
     return values

@@ -33,7 +33,16 @@ import pyarrow.parquet as pq
 
 from rayclf.config import SEMANTICS_VERSION, UserError
 from rayclf.identity import store_version
-from rayclf.storage import exists, filesystem, join, read_text, write_atomically, write_text
+from rayclf.storage import (
+    check_bucket,
+    exists,
+    filesystem,
+    join,
+    read_text,
+    storage_errors,
+    write_atomically,
+    write_text,
+)
 
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
@@ -279,8 +288,11 @@ def read_meta(root: str) -> dict[str, Any]:
 
 
 def stored_identity_version(root: str) -> int:
-    """The identity version of the sweep directory ``root`` (``rayclf.identity``); this rayclf's for a new one."""
-    return store_version(read_meta(root))
+    """The identity version of the sweep directory ``root`` (``rayclf.identity``); this rayclf's for a new one.
+    Storage that cannot be used is one message (exit 2), as when the sweep itself opens the directory."""
+    check_bucket(root)
+    with storage_errors(root):
+        return store_version(read_meta(root))
 
 
 def part_name(trial_id: str) -> str:

@@ -122,7 +122,12 @@ def test_unreachable_or_refusing_address_is_one_clear_message(tmp_path, monkeypa
     """A wrong --address answers at once with the fix (exit 2), never a ConnectionError traceback."""
     import socket
 
+    import ray
     import yaml
+
+    # the CLI runs in a fresh process: the suite's shared local instance (tests/conftest.py ray_local, started
+    # by whichever Ray test ran earlier in this process) must not stand in for the unreachable address
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
 
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump({"name": "a", "base": tiny()}))
@@ -136,8 +141,6 @@ def test_unreachable_or_refusing_address_is_one_clear_message(tmp_path, monkeypa
     assert res.exit_code == 2 and "not a port number" in res.output
 
     # something listens but Ray refuses us (token authentication): the message says how to authenticate
-    import ray
-
     from rayclf.sweep import connect as conn
 
     def refuse(**kwargs):

@@ -99,6 +99,15 @@ def test_golden_ids_of_this_identity_version():
     assert trial_id(cfg) == "6ef223a238e3a436"
 
 
+def test_a_pinned_gpu_enters_through_the_precision_it_resolves():
+    """precision auto is bf16 autocast on a GPU: a pinned GPU changes the recipe, so it changes the id; the same
+    recipe spelled out is the same trial."""
+    cuda = build_config(tiny(train={"device": "cuda"}))
+    assert trial_id(cuda) != trial_id(build_config(tiny()))
+    assert trial_id(cuda) == trial_id(build_config(tiny(train={"device": "cuda", "precision": "bf16"})))
+    assert trial_id(cuda) == trial_id(build_config(tiny(train={"precision": "bf16"})))
+
+
 def test_the_model_family_and_compat_are_identity_even_at_their_defaults():
     """Values are compared with the defaults of the config's own family under its own compat: the family and
     the compat must enter themselves, or two families (or frameworks) that keep their defaults hash alike."""
