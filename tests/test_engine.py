@@ -345,3 +345,36 @@ def test_data_parallel_resume_continues_each_ranks_own_augmentation(tmp_path):
             for key in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
                 assert b[key] == a[key], (rank, a["epoch"], key)
         assert out["resumed"]["test_loss"] == out["twin"]["test_loss"]
+
+
+class StopsAt(Collect):
+    """A sweep's reporter whose report at ``epoch`` raises what Tune raises there (a stop or pause, or a crash);
+    it keeps a copy of every checkpoint it is handed, as Tune copies it to the trial's storage."""
+
+    def __init__(self, epoch: int, exc: BaseException):
+        super().__init__()
+        self.at, self.exc, self.handed = epoch, exc, []
+
+    def epoch(self, metrics, checkpoint_dir, final=False):
+        super().epoch(metrics, checkpoint_dir, final)
+        if checkpoint_dir is not None:
+            self.handed.append(Path(checkpoint_dir))
+            assert (Path(checkpoint_dir) / "checkpoint.pt").is_file()  # still there while it is being reported
+        if metrics["epoch"] == self.at:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc", [SystemExit(0), RuntimeError("lost")], ids=["stopped", "failed"])
+@pytest.mark.parametrize("at", [2, 3])
+def test_a_trial_stopped_or_failed_at_a_report_leaves_no_temporary_checkpoint(tmp_path, monkeypatch, exc, at):
+    """A sweep pauses a seed at each rung (Tune stops it at that report) and continues it later from the copy
+    Tune took: the temporary folder the engine wrote must not outlive the trial, or a long sweep fills /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cfg = build_config(tiny(train={"epochs": 3, "checkpoint_every": 1}))
+    rep = StopsAt(at, exc)
+    with pytest.raises(type(exc)):
+        fit(cfg, rep, checkpoint_at=[2])
+    assert len(rep.handed) == at  # every epoch up to the stop handed a checkpoint over
+    assert not list(tmp_path.glob("rayclf-ckpt-*")), "a temporary checkpoint folder outlived its trial"

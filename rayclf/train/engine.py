@@ -503,6 +503,7 @@ class TrialState:
         self.scaler: torch.amp.GradScaler | None = None
         self._carried: dict[str, Any] | None = None  # the phase's optimizer/schedule state after a mid-phase resume
         self.checkpoint_at: set[int] = set()  # epochs that always get a checkpoint (a sweep's rungs: pauses)
+        self.temporary: list[Path] = []  # checkpoint folders written to the temp dir: gone when ``fit`` ends
 
     def phase_start(self, index: int) -> int:
         """Epochs finished before phase ``index`` begins."""
@@ -555,7 +556,10 @@ class TrialState:
         rng_ranks = _all_rng_states(self.tr)
         if world()[0] != 0:
             return None
-        return _write(self.state_dict(rng_ranks), folder)
+        written = _write(self.state_dict(rng_ranks), folder)
+        if folder is None:
+            self.temporary.append(written)
+        return written
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint: the run then goes on as if it had never stopped."""
@@ -573,12 +577,11 @@ class TrialState:
 
 @dataclass
 class Outcome:
-    """How the epoch loop ended: a status for the summary, and the final checkpoint to clean up."""
+    """How the epoch loop ended: a status for the summary."""
 
     status: str = "completed"
     reason: str = ""
     stop: bool = False
-    last_ckpt: Path | None = None
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -615,9 +618,9 @@ def run_phase(state: TrialState, reporter: Reporter, checkpoint_dir: Path | None
         ckpt = state.save(checkpoint_dir, final)
         reporter.epoch(metrics, ckpt, final=final)
         if final:
-            outcome.stop, outcome.last_ckpt = True, ckpt  # the reporter may still send it with the summary
+            outcome.stop = True  # the reporter may still send its checkpoint with the summary
             return
-        _cleanup(ckpt, checkpoint_dir)
+        _cleanup(state)
     state.phase_index += 1
 
 
@@ -650,11 +653,14 @@ def fit(cfg: TrialConfig, reporter: Reporter | None = None, *, data: Dataset | N
     if resume is not None:
         state.restore(load_checkpoint(resume, map_location=state.tr.device))
     outcome = Outcome()
-    while not outcome.stop and state.phase_index < len(state.plan):
-        run_phase(state, reporter, checkpoint_dir, outcome)
-    summary = summarize(cfg, state.tr, ds, state.history, outcome.status, outcome.reason, state.stopper, started)
-    reporter.end(summary)
-    _cleanup(outcome.last_ckpt, checkpoint_dir)
+    try:
+        while not outcome.stop and state.phase_index < len(state.plan):
+            run_phase(state, reporter, checkpoint_dir, outcome)
+        summary = summarize(cfg, state.tr, ds, state.history, outcome.status, outcome.reason, state.stopper,
+                            started)
+        reporter.end(summary)
+    finally:  # also when a sweep stops or pauses the trial at a report (SystemExit) or the trial fails
+        _cleanup(state)
     return TrialResult(summary, state.history)
 
 
@@ -669,12 +675,14 @@ def _write(state: dict[str, Any], folder: Path | None) -> Path:
     return target
 
 
-def _cleanup(ckpt: Path | None, folder: Path | None) -> None:
-    """Temporary checkpoint folders are gone once the reporter has taken a copy."""
-    if ckpt is not None and folder is None:
-        import shutil
+def _cleanup(state: TrialState) -> None:
+    """Temporary checkpoint folders are gone once the reporter has taken its copy (a sweep's reporter copies
+    each one to the trial's storage before it returns)."""
+    import shutil
 
-        shutil.rmtree(ckpt, ignore_errors=True)
+    for folder in state.temporary:
+        shutil.rmtree(folder, ignore_errors=True)
+    state.temporary.clear()
 
 
 def summarize(cfg: TrialConfig, tr: Trainer, ds: Dataset, history: list[dict[str, Any]], status: str, reason: str,
