@@ -208,9 +208,11 @@ def sweep(file: Path, out: str | None, address: str | None, resume: bool, rerun_
 
     def closing(outcome: Any) -> None:
         """The closing table, then the sweep-level W&B run: while Ray is still up (its shutdown comes after)."""
+        click.echo(outcome.summary_text())
+        if outcome.tracking is None or outcome.tracking.mode == "disabled":
+            return  # the report (and matplotlib, ≈ 1 s of a 2-core machine) is imported only to publish it
         from rayclf.report.publish import track_sweep
 
-        click.echo(outcome.summary_text())
         track_sweep(outcome.out, outcome.tracking, click.echo)  # only a finished sweep is published
 
     try:

@@ -78,16 +78,50 @@ def write_png_tree(folder: Path, classes: list[str], per_class: int, size: int =
             write_png(img, str(folder / c / f"{i}.png"))
 
 
+# Tests that start Ray clusters of their own (``ray start`` heads, ``cluster_utils.Cluster``): they shut the
+# shared instance down, and two ``ray start`` heads on one machine contend for the same default ports (the Ray
+# Client server's 10001, the dashboard agent's). Under pytest-xdist they form one group, run by one worker one
+# after the other, and they come first, before any test of that worker has started the shared instance.
+OWN_CLUSTER_FILES = ("test_autoscaling.py", "test_job_submit.py", "test_distributed.py")
+
+
+# Files whose module-scoped fixture is a whole sweep: one worker runs the file, so the fixture runs once.
+WHOLE_FILES = ("test_crash.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    own = [i for i in items if i.path.name in OWN_CLUSTER_FILES]
+    for item in own:
+        item.add_marker(pytest.mark.xdist_group("own_cluster"))
+    for item in items:
+        if item.path.name in WHOLE_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items[:] = own + [i for i in items if i.path.name not in OWN_CLUSTER_FILES]
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance (2 CPUs) shared by the sweep tests."""
+def _shared_ray():
+    """Stops the shared instance at the end of the session (of this xdist worker)."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_shared_ray):
+    """One local Ray instance (2 CPUs) shared by the sweep tests of a session (of an xdist worker): started by
+    the first test that asks, again only if a test with a cluster of its own shut it down. ``address="local"``:
+    never another worker's ``ray start`` cluster, which Ray's default would join."""
     import ray
 
     from rayclf.sweep.plan import DRIVER_RESOURCE
 
-    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
+                 log_to_driver=False)
+    return ray
 
 
 def inspect_wandb_run(run_dir: Path) -> dict[str, Any]:

@@ -172,3 +172,35 @@ def test_data_parallel_workers_split_the_data_and_stay_in_sync(ray_local, tmp_pa
     for when in ("first", "last"):
         assert all(torch.equal(a, b) for a, b in zip(r0[when], r1[when], strict=True)), when
     assert not all(torch.equal(a, b) for a, b in zip(r0["first"], r0["last"], strict=True))  # it did train
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_without_an_address_starts_its_own_instance_beside_a_cluster_on_this_machine(tmp_path):
+    """A machine where a Ray cluster runs (``ray start``, or here ``cluster_utils.Cluster``: both leave its address
+    where a plain ``ray.init()`` finds and joins it): ``rayclf sweep`` without ``--address`` or ``RAY_ADDRESS``
+    still starts a local instance of its own, as documented, rather than joining the cluster (which refused the
+    sweep's CPUs and resources with a traceback)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ray
+    import yaml
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        f = tmp_path / "beside.yaml"
+        f.write_text(yaml.safe_dump({"name": "beside", "base": tiny(train={"epochs": 1}), "resources": {"cpus": 1}}))
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        res = subprocess.run([str(Path(sys.executable).with_name("rayclf")), "sweep", str(f), "--out",
+                              str(tmp_path / "out"), "--quiet", "--wandb", "disabled", "--num-cpus", "1"],
+                             env=env, capture_output=True, text=True, timeout=100)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "1 trials recorded (completed 1)" in res.stdout, res.stdout[-2000:]
+        assert cluster.head_node.gcs_address not in res.stdout + res.stderr
+    finally:
+        cluster.shutdown()

@@ -32,7 +32,7 @@ def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path)
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("rayclf")), "sweep", str(f), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", "2"]
-    env = {**os.environ, "RAY_ADDRESS": "", "RAYCLF_LEAN_RAY": "1"}
+    env = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # the event: some trial of the first round checkpointed mid-run
@@ -41,10 +41,11 @@ def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path)
             break
         assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
         time.sleep(0.05)
-    # with RAYCLF_LEAN_RAY=1 the driver's own instance runs without the processes a local sweep does not use
+    # the driver's own instance runs without the processes a local sweep does not use (rayclf.sweep.localray)
     started = [" ".join(p.cmdline()) for p in psutil.Process(driver.pid).children(recursive=True)]
     assert any("raylet" in c for c in started), started
-    assert not [c for c in started if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c]
+    assert not [c for c in started if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c
+                or "dashboard/dashboard.py" in c], started
     os.killpg(driver.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground process group
     output = driver.communicate(timeout=180)[0].decode()
     assert driver.returncode == 130, output[-3000:]
@@ -56,8 +57,15 @@ def test_sigint_mid_round_stops_a_racing_sweep_and_resume_completes_it(tmp_path)
     interrupted = set(checkpoint_epochs(out / "_ray")) - set(rows.get("trial_id", []))
     assert interrupted
 
-    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    # the resume's driver, with Python's import log: a whole sweep (continued trials' checkpoints found, Tune's
+    # run, the closing table) imports neither torch nor, with W&B disabled, wandb or matplotlib (BENCHMARKS.md,
+    # issue 33: ≈ 5 s of a 2-core machine's CPU before the first trial, and ≈ 1 s before the table)
+    driver_cmd = [sys.executable, "-X", "importtime", "-m", "rayclf.cli", *cmd[1:], "--resume"]
+    res = subprocess.run(driver_cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert len(imported) > 100 and "ray.tune" in imported, res.stderr[-2000:]
+    assert not {"torch", "wandb", "matplotlib"} & imported, sorted({"torch", "wandb", "matplotlib"} & imported)
     trials = pd.read_parquet(out / TRIALS).set_index("trial_id")
     assert set(trials["status"]) <= {"completed", "eliminated"}
     resumed = trials.loc[sorted(interrupted & set(trials.index))]

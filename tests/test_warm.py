@@ -81,32 +81,48 @@ def test_fit_threads_sizes_a_preloaded_torch_to_the_trials_cpus(monkeypatch):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize(("verbose", "lean", "monitor", "log_monitor"), [
-    (False, "1", False, False),  # RAYCLF_LEAN_RAY=1: no autoscaler, nobody reads the workers' output
-    (True, "1", False, True),  # --verbose prints the workers' output: the log monitor carries it
-    (False, "0", True, True),  # the default: every process Ray's default starts
-    (False, None, True, True),
+@pytest.mark.parametrize(("verbose", "lean", "ddp", "monitor", "log_monitor", "api_server"), [
+    (False, None, False, False, False, False),  # the default: no autoscaler, nobody reads the workers' output,
+    (False, "1", False, False, False, False),   # no job server or state API anybody asks
+    (True, "1", False, False, True, False),  # --verbose prints the workers' output: the log monitor carries it
+    (False, None, True, False, False, True),  # Ray Train's controller looks actors up through the state API
+    (False, "0", False, True, True, True),  # RAYCLF_LEAN_RAY=0: every process Ray's default starts
 ])
 def test_a_local_instance_starts_without_the_processes_a_local_sweep_does_not_use(
-        tune_env, monkeypatch, verbose, lean, monitor, log_monitor):
-    """``ray.init`` builds its node's parameters inside ``_start_ray``: the autoscaler's monitor and the log
-    monitor are left out there when asked (``RAYCLF_LEAN_RAY=1``), and Ray's own default is back once the
-    instance is up."""
+        tune_env, monkeypatch, verbose, lean, ddp, monitor, log_monitor, api_server):
+    """``ray.init`` builds its node's parameters and starts the head's processes inside ``_start_ray``: the
+    autoscaler's monitor, the log monitor and the dashboard head are left out there unless the sweep needs them,
+    and Ray's own defaults are back once the instance is up. Checked on what ``ray.init`` would do: the node
+    parameters it builds, and whether the head node's ``start_api_server`` runs."""
     import ray
     from ray._private import parameter
+    from ray._private.node import Node
 
     from rayclf.sweep import runner
 
     built: list[parameter.RayParams] = []
+    heads: list[bool] = []
+    original = Node.start_api_server
+    monkeypatch.setattr(Node, "start_api_server", lambda self, **kw: heads.append(True))
+
+    def init(**kwargs):
+        assert kwargs["address"] == "local"  # never joins a `ray start` instance it happens to find
+        built.append(parameter.RayParams(num_cpus=kwargs["num_cpus"]))
+        Node.start_api_server(object.__new__(Node), include_dashboard=False, raise_on_failure=False)
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: built.append(parameter.RayParams(num_cpus=kwargs["num_cpus"])))
+    monkeypatch.setattr(ray, "init", init)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if lean is None:
         monkeypatch.delenv("RAYCLF_LEAN_RAY", raising=False)
     else:
         monkeypatch.setenv("RAYCLF_LEAN_RAY", lean)
-    assert runner._start_ray(None, 2, verbose=verbose)
+    assert runner._start_ray(None, 2, verbose=verbose, data_parallel=ddp)
     (params,) = built
     assert (not params.no_monitor, params.include_log_monitor is not False) == (monitor, log_monitor)
+    assert bool(heads) == api_server
     after = parameter.RayParams()
+    assert Node.start_api_server is not original  # (the test's own stand-in is back, not rayclf's skip)
+    Node.start_api_server(object.__new__(Node), include_dashboard=False, raise_on_failure=False)
+    assert heads  # outside the block the head starts again
     assert after.no_monitor is False and after.include_log_monitor is None  # Ray's defaults outside

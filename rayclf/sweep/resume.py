@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 from rayclf.storage import filesystem, to_uri
 from rayclf.sweep.keys import CHECKPOINT_META
 from rayclf.sweep.lock import DRIVER_FILE  # noqa: F401  (moved to rayclf.sweep.lock; still importable here)
+from rayclf.train import CHECKPOINT_FILE
 
 TRIAL_DIR_PREFIX = "trial-"  # Tune's trial folders and Ray Train's run folders: trial-{trial_id}
 
@@ -42,8 +43,6 @@ def find_checkpoints(storage: str, trial_ids: set[str]) -> dict[str, FoundCheckp
 
     One recursive listing; only checkpoints inside the wanted trials' ``trial-{id}`` folders are read (one
     small GET each on object storage), and a checkpoint's weights are checked in the listing itself."""
-    from rayclf.train.checkpoint import CHECKPOINT_FILE
-
     fs, root = filesystem(storage)
     if not trial_ids or fs.get_file_info(root).type == pafs.FileType.NotFound:
         return {}

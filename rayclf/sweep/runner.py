@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM stops at the trials' last checkpoints; ``--resume`` continues 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -48,10 +49,32 @@ def _keep_credentials_out_of_ray() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV_VARS)
 
 
-def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False) -> bool:
+def _count_callbacks_without_imports() -> None:
+    """Ray Tune's usage telemetry counts a run's callbacks by class, and imports every logger integration it
+    knows (W&B's, with ``wandb`` itself) to compare them with: ≈ 3 s of a 2-core machine's CPU on the driver,
+    between ``Tuner.fit`` and the first trial (py-spy, BENCHMARKS.md issue 33), whether or not W&B is used.
+    rayclf's callbacks are all its own, so the same tag is recorded without those imports."""
+    try:
+        from ray.air._internal import usage
+        from ray.tune import Callback
+    except ImportError:  # a later Ray moved it: Tune counts as it does
+        return
+
+    def tag_callbacks(callbacks: list[Any] | None) -> bool:
+        count = sum(isinstance(c, Callback) for c in callbacks or [])
+        if count:
+            usage.record_extra_usage_tag(usage.TagKey.AIR_CALLBACKS, json.dumps({"CustomCallback": count}))
+        return bool(count)
+
+    if hasattr(usage, "tag_callbacks"):
+        usage.tag_callbacks = tag_callbacks
+
+
+def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False, data_parallel: bool = False) -> bool:
     """Connect to ``address`` or start a local instance; True when we started it (and must stop it).
 
-    Ray's own start-up and scheduling chatter stays in Ray's log files unless ``verbose``."""
+    Ray's own start-up and scheduling chatter stays in Ray's log files unless ``verbose``. A local instance
+    starts only the processes the sweep uses (``localray``): ``data_parallel`` trials need the dashboard head."""
     import ray
 
     level = logging.INFO if verbose else logging.ERROR
@@ -68,14 +91,19 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool = False)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     warm.share_idle_workers(warm.starts_local_instance(address))  # before the credentials are taken out
     _keep_credentials_out_of_ray()
+    _count_callbacks_without_imports()
     if ray.is_initialized():
         return False
-    if address:
+    if address and address != "local":
         connect(address, verbose)
         return False
-    # RAYCLF_LEAN_RAY=1: no autoscaler (a local instance never grows), the log monitor only for --verbose
-    with localray.lean(monitor=not localray.enabled(), log_monitor=verbose or not localray.enabled()):
-        ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
+    # lean (RAYCLF_LEAN_RAY=0 turns it off): no autoscaler (a local instance never grows), the log monitor only
+    # for --verbose, the dashboard head only for Ray Train's worker groups.
+    # address="local": a new instance even where `ray start` runs on this machine (Ray's default would join it,
+    # and refuse this call's CPUs and resources); a cluster is joined with --address or RAY_ADDRESS only.
+    full = not localray.enabled()
+    with localray.lean(monitor=full, log_monitor=verbose or full, api_server=data_parallel or full):
+        ray.init(address="local", num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=False,
                  log_to_driver=verbose, logging_level=level, **warm.init_options())
     return True
 
@@ -170,6 +198,8 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
     from rayclf.sweep.reuse import open_reuse
 
     _refuse_ray_client(address)
+    address = address or os.environ.get("RAY_ADDRESS") or None  # as the CLI's --address reads it
+    address = None if address == "local" else address  # Ray's own word for "start a local instance"
     # a bad --refresh or an unusable cache stops here, before the sweep directory is touched
     reuse = open_reuse(resolve_cache(cache, no_cache, sweep.file.cache), refresh, sweep, echo)
     tracking = _tracking(sweep, out or default_out(sweep), wandb_mode, wandb_strict, echo)  # before any write
@@ -178,7 +208,7 @@ def run_sweep(sweep: Sweep, out: str | None = None, address: str | None = None, 
         reuse.cache = TrialCache(reuse.cache.uri, echo, sweep.identity_version)
     started = False
     try:
-        started = _start_ray(address, num_cpus, verbose)
+        started = _start_ray(address, num_cpus, verbose, data_parallel=sweep.file.resources.num_workers > 1)
         lock.set_session(_session_dir() if started else None)
         run = SweepRun(sweep, out, store, DecisionLog(out), _no_session, StopFlag(), echo, rerun_stopped,
                        redecide, live, tracking, driver=lock, selection=selection, cache=reuse)

@@ -46,7 +46,12 @@ def starts_local_instance(address: str | None) -> bool:
     instance this process already runs)."""
     import ray
 
-    return not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    return local_address(address) and not ray.is_initialized()
+
+
+def local_address(address: str | None) -> bool:
+    """Whether ``address`` (else ``RAY_ADDRESS``) asks for a local instance: none, or Ray's ``local``."""
+    return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
 def share_idle_workers(local: bool) -> None:
@@ -66,7 +71,7 @@ def share_idle_workers(local: bool) -> None:
 
 def init_options() -> dict[str, Any]:
     """Extra ``ray.init`` arguments for a local instance: every worker imports what a trial needs first."""
-    if not enabled() or os.environ.get("RAY_ADDRESS"):  # ray.init connects to that cluster
+    if not enabled() or not local_address(None):  # ray.init connects to that cluster
         return {}
     return {"_system_config": {"preload_python_modules": list(PRELOAD)}}
 

@@ -27,6 +27,7 @@ from typing import Any
 from rayclf.config import build_config
 from rayclf.sweep.keys import CHECKPOINT_META, DATA_KEY, PG_KEY, RESUMED_KEY, SUMMARY_KEY, TRACKING_KEY
 from rayclf.sweep.trialspec import TrialSpec
+from rayclf.train import CHECKPOINT_FILE
 
 Send = Callable[[dict[str, Any], "Path | None"], None]
 _DATA: dict[str, Any] = {}  # the decoded dataset of the last trial in this (reused) process
@@ -71,7 +72,6 @@ class SweepReporter:
 
 def _local_copy(checkpoint: Any) -> tuple[Path | None, list[dict[str, Any]]]:
     """Copy a Ray checkpoint (local or on object storage) to a local temporary folder; also its history."""
-    from rayclf.train.checkpoint import CHECKPOINT_FILE  # here: the driver imports this module, and no torch
 
     if checkpoint is None:
         return None, []

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from rayclf.storage import write_atomically
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from rayclf.train import CHECKPOINT_FILE
 
 
 def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
