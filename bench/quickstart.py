@@ -146,12 +146,12 @@ def run_sweep(path: Path, out: Path, extra: list[str]) -> dict[str, Any]:
             "table": table}
 
 
-def sweep(path: Path, repeat: int, extra: list[str]) -> dict[str, Any]:
+def sweep(path: Path, repeat: int, extra: list[str], keep: Path | None) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeat):
             before = load()
-            runs.append({"load_before": before, **run_sweep(path, Path(tmp) / f"quickstart-{r}", extra)})
+            runs.append({"load_before": before, **run_sweep(path, (keep or Path(tmp)) / f"quickstart-{r}", extra)})
     keys = ["wall_s", "trial_seconds_sum", "beyond_trial_seconds_s", "start_to_first_training_s",
             "last_row_to_exit_s"]
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
@@ -171,6 +171,7 @@ def main() -> None:
     p.add_argument("--file", type=Path, default=QUICKSTART, help="the sweep file (default sweeps/quickstart.yaml)")
     p.add_argument("--out", type=Path, help="default bench/results/quickstart-<part>-cpu-2core.json")
     p.add_argument("--label", default="", help="kept in the record, e.g. before / after")
+    p.add_argument("--keep", type=Path, help="keep each run's sweep directory under this folder (for `rayclf report`)")
     p.add_argument("--sweep-args", default="", help="more arguments for `rayclf sweep`, e.g. '--wandb disabled'")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for a 1-CPU trial
@@ -178,7 +179,7 @@ def main() -> None:
     import torch
 
     result = {"epoch": lambda: epoch(args.file), "trial": lambda: trial(args.file),
-              "sweep": lambda: sweep(args.file, args.repeat, args.sweep_args.split())}[args.part]()
+              "sweep": lambda: sweep(args.file, args.repeat, args.sweep_args.split(), args.keep)}[args.part]()
     record = {"bench": f"quickstart-{args.part}", "label": args.label, "file": str(args.file),
               "device": device_name("cpu"), "python": sys.version.split()[0], "torch": torch.__version__,
               "ray": ray.__version__, "load_at_end": load(), **result}
