@@ -11,15 +11,32 @@ import copy
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rayclf.model_options import ModelOptions, model_options_class
 from rayclf.schema import ConfigError, Strict, UserError, closest
 
 __all__ = ["ConfigError", "ModelOptions", "Strict", "TrialConfig", "UserError", "build_config", "closest"]
+
+
+
+def _yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``on`` / ``off`` as true / false: take them as the words the user wrote."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)]
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -173,7 +190,7 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(1000, ge=1, le=65536)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: Switch = "auto"
     compile: bool | Literal["auto"] = Field(False, description="torch.compile the model; auto = on CUDA only")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs")
@@ -202,7 +219,7 @@ class OptimConfig(Strict):
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to biases and norm parameters too")
     norm_bias_lr_scale: float = Field(1.0, gt=0.0, le=1000.0, description=(
         "norm-layer biases train at lr × this and decay at weight_decay / this (airbench's bias scaler)"))
-    fused: Literal["auto", "on", "off"] = Field("auto", description="fused CUDA kernel (sgd/adam/adamw); auto = on GPU")
+    fused: Switch = Field("auto", description="fused CUDA kernel (sgd/adam/adamw); auto = on GPU")
 
 
 # options of one optimizer only: set for another, they are refused (and compat: keras fills them only for it)

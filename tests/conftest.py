@@ -79,9 +79,8 @@ def write_png_tree(folder: Path, classes: list[str], per_class: int, size: int =
 
 
 # Tests that start Ray clusters of their own (``ray start`` heads, ``cluster_utils.Cluster``): they shut the
-# shared instance down, and two ``ray start`` heads on one machine contend for the same default ports (the Ray
-# Client server's 10001, the dashboard agent's). Under pytest-xdist they form one group, run by one worker one
-# after the other, and they come first, before any test of that worker has started the shared instance.
+# shared instance down, and heads on one machine contend for ports. Under pytest-xdist they form one unit of
+# work, run by one worker one after the other, and they come first, before that worker starts the shared instance.
 OWN_CLUSTER_FILES = ("test_autoscaling.py", "test_job_submit.py", "test_distributed.py")
 
 
@@ -90,13 +89,23 @@ WHOLE_FILES = ("test_crash.py",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    own = [i for i in items if i.path.name in OWN_CLUSTER_FILES]
-    for item in own:
-        item.add_marker(pytest.mark.xdist_group("own_cluster"))
-    for item in items:
-        if item.path.name in WHOLE_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-    items[:] = own + [i for i in items if i.path.name not in OWN_CLUSTER_FILES]
+    items[:] = sorted(items, key=lambda i: i.path.name not in OWN_CLUSTER_FILES)  # stable: the rest keep order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (the default in pyproject.toml) with the groups above, read from the test's file.
+    Not ``xdist_group`` marks: pytest-xdist 3.8 writes them into ``item._nodeid``, which pytest 9.2 no longer
+    reads, so the marks silently group nothing and two clusters start at once."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "own_cluster" if name in OWN_CLUSTER_FILES else name if name in WHOLE_FILES else nodeid
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def own_ports() -> list[str]:
+    """Free ports for a ``ray start`` node's side servers: the defaults (the Ray Client server's 10001, the
+    dashboard agent's 52365, …) may already belong to another Ray instance on this machine (another xdist
+    worker's, the session's shared one); the node then fails to start, or a job server finds no agent."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
 
 
 def cluster_config(port: int, head_resources: dict[str, float], worker_types: dict[str, dict[str, Any]],
@@ -65,6 +75,7 @@ class FakeAutoscalingCluster:
                     **(env or {})}
         self.env.pop("RAY_ADDRESS", None)
         self.session_dir: str | None = None
+        self.temp: Path | None = None
 
     @property
     def address(self) -> str:
@@ -74,13 +85,17 @@ class FakeAutoscalingCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "autoscaler.yaml"
         config.write_text(yaml.safe_dump(self.config))
-        temp = self.root / "t"  # short: Ray's socket paths must stay under ~107 characters
+        # Short and under /tmp: Ray's socket paths must stay under 107 characters, which pytest's own temp dirs
+        # (popen-gw0/… under xdist) do not leave room for.
+        self.temp = temp = Path(tempfile.mkdtemp(prefix="rayclf-fake-", dir="/tmp"))
         head = dict(self.head_resources)
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.port}",
                f"--num-cpus={head.pop('CPU', 0):g}", f"--num-gpus={head.pop('GPU', 0):g}",
                f"--resources={json.dumps(head)}", f"--autoscaling-config={config}", f"--temp-dir={temp}",
-               "--include-dashboard=false", "--disable-usage-stats"]
-        subprocess.run(cmd, env=self.env, cwd=self.root, check=True, capture_output=True, timeout=120)
+               "--include-dashboard=false", "--disable-usage-stats",
+               f"--ray-client-server-port={free_port()}", *own_ports()]
+        res = subprocess.run(cmd, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
         self.session_dir = str((temp / "session_latest").resolve())
         return self
 
@@ -89,6 +104,8 @@ class FakeAutoscalingCluster:
 
         if self.session_dir:
             stop_session(self.session_dir)
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
     # ------------------------------------------------------------------ views (need ray.init to it)
     @staticmethod

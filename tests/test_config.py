@@ -151,3 +151,14 @@ def test_resnet_custom_stem_uses_the_configured_activation():
     model = create_model(build_config({"model": {"name": "resnet_custom", "activation": "gelu"}}).model, 10)
     assert any(isinstance(m, nn.GELU) for m in model.stem.modules())
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+def test_a_bare_yaml_on_or_off_is_the_switch_the_user_wrote():
+    """YAML 1.1 reads ``channels_last: on`` as true: it is the ``on`` the user meant, not an error."""
+    import yaml
+
+    cfg = build_config(yaml.safe_load("{data: {name: synthetic}, train: {channels_last: on}, optim: {fused: off}}"))
+    assert (cfg.train.channels_last, cfg.optim.fused) == ("on", "off")
+    assert build_config(yaml.safe_load("{train: {channels_last: off}}")).train.channels_last == "off"
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        build_config({"train": {"channels_last": "yes"}})

@@ -17,17 +17,10 @@ import pytest
 import yaml
 
 from .conftest import tiny
-from .fake_cluster import free_port
+from .fake_cluster import free_port, own_ports
 from .test_s3 import bucket_objects
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def agent_ports() -> list[str]:
-    """Free ports for a node's dashboard agent: the defaults (52365, …) may already belong to another Ray
-    instance on this machine (the test session's own), and the job server then finds no agent to run the job."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}"]
 
 
 @pytest.mark.timeout(150)
@@ -47,13 +40,13 @@ def test_ray_job_submit_runs_a_sweep_to_s3_and_the_report_reads_it(s3_server, tm
                                  "search": {"grid": {"optim.lr": [0.05, 0.02]}}, "resources": {"cpus": 1}}))
     head = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=0",
-            '--resources={"rayclf_driver": 1000}', f"--temp-dir={temp}", "--disable-usage-stats", *agent_ports()]
+            '--resources={"rayclf_driver": 1000}', f"--temp-dir={temp}", "--disable-usage-stats", *own_ports()]
     session = None
     try:
         started = subprocess.run(head, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         session = str((temp / "session_latest").resolve())
-        subprocess.run([str(bin_dir / "ray"), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *agent_ports()],
+        subprocess.run([str(bin_dir / "ray"), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *own_ports()],
                        env=env, check=True, capture_output=True, timeout=120)
         out = "s3://bkt/sweeps/job"
         for _ in range(20):  # the job server answers "no available agent, try again later" until its agent is up
