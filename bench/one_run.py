@@ -58,7 +58,8 @@ def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "rayclf.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
            "--wandb", "disabled", "--num-cpus", str(SLOTS)]
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # run in the tree: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = [(time.time(), line) for line in proc.stdout]  # type: ignore[union-attr]
     proc.wait()
     wall = time.time() - start
@@ -199,7 +200,8 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="rayclf-one-run-"))
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
     record: dict[str, Any] = {"part": args.part, "label": args.label, "commit": git.strip(),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "device": device_name("cpu"), "ray": ray.__version__, "torch": torch.__version__,

@@ -42,6 +42,72 @@ def test_sgd_nesterov_and_rmsprop_momentum_map_to_torch():
     assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["momentum"] == 0.5
 
 
+def _described(opt: torch.optim.Optimizer) -> tuple:
+    groups = [({k: v for k, v in g.items() if k != "params"}, [id(p) for p in g["params"]]) for g in opt.param_groups]
+    return type(opt), opt.defaults, groups
+
+
+@pytest.mark.parametrize("options", [
+    {"name": "sgd"}, {"name": "sgd", "nesterov": True},
+    {"name": "sgd", "nesterov": False, "momentum": 0.8, "weight_decay": 5e-4},
+    {"name": "sgd", "weight_decay": 1e-3, "decay_norm_and_bias": True, "norm_bias_lr_scale": 4},
+    {"name": "adam"}, {"name": "adam", "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4},
+    {"name": "adamw", "weight_decay": 0.05}, {"name": "adamw", "fused": "on"}, {"name": "sgd", "fused": "on"}])
+def test_torch_native_optimizers_equal_timms_argument_for_argument(options):
+    """SGD, Adam and AdamW are built without timm (a trial process then never imports it): each must be the
+    optimizer timm's factory builds from the same arguments, so results do not change with the shortcut."""
+    from timm.optim import create_optimizer_v2
+
+    from rayclf.train import optim
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2))
+    seen: dict = {}
+
+    def spy(params, **kwargs):
+        seen.update(params=params, **kwargs)
+        return create_optimizer_v2(params, **kwargs)
+
+    cfg = OptimConfig(lr=0.03, **options)
+    ours = create_optimizer(model, cfg)
+    original = optim.TORCH_NATIVE
+    try:
+        optim.TORCH_NATIVE = {}  # every name through timm's factory
+        import timm.optim
+
+        real, timm.optim.create_optimizer_v2 = timm.optim.create_optimizer_v2, spy
+        try:
+            theirs = create_optimizer(model, cfg)
+        finally:
+            timm.optim.create_optimizer_v2 = real
+    finally:
+        optim.TORCH_NATIVE = original
+    assert seen, "the reference optimizer did not come from timm's factory"
+    assert _described(ours) == _described(theirs)
+
+
+def test_a_trial_with_sgd_adam_or_adamw_never_imports_timm_and_rmsprop_takes_timms_defaults(tmp_path):
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import torch
+from torch import nn
+from rayclf.config import OptimConfig
+from rayclf.train.optim import create_optimizer
+import rayclf.train.engine, rayclf.sweep.worker, rayclf.data.sources, rayclf.models.families
+model = nn.Linear(2, 2)
+for name in ("sgd", "adam", "adamw"):
+    create_optimizer(model, OptimConfig(name=name))
+print(sorted(m for m in ("timm", "torchvision") if m in sys.modules))
+rms = create_optimizer(model, OptimConfig(name="rmsprop"))
+print(rms.defaults["alpha"], "timm" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "0.9 True"]  # timm's RMSprop alpha (torch's own is 0.99)
+
+
 def test_schedules_move_the_lr_as_documented():
     total = 10.0
     f = lambda **kw: (lambda t: lr_factor(SchedConfig(**kw), t, total, 0.1))  # noqa: E731

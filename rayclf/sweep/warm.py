@@ -29,10 +29,11 @@ import os
 import sys
 from typing import Any
 
-# what a single-worker trial imports before its first step (not timm: only timm models need it, and they
-# import it themselves); a module that fails to import is skipped by Ray and imported again by the trial
-PRELOAD = ("torch", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine", "rayclf.data.sources",
-           "rayclf.models.families")
+# what a single-worker trial imports before its first step (not timm: only timm models and timm's own
+# optimizers need it, and they import it themselves; torch._dynamo: torch imports it when the first optimizer is
+# built); a module that fails to import is skipped by Ray and imported again by the trial
+PRELOAD = ("torch", "torch._dynamo", "ray.tune", "rayclf.sweep.worker", "rayclf.train.engine",
+           "rayclf.data.sources", "rayclf.models.families")
 
 _TUNE_ENV: tuple[dict[str, str], set[str]] | None = None  # class_cache's own values, before any change
 

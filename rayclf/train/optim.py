@@ -1,5 +1,10 @@
 """Optimizers (timm's factory), learning-rate schedules and weight penalties from config.
 
+SGD, Adam and AdamW are torch's own classes, which timm's factory (1.0) builds with our arguments unchanged:
+they are built here the same way, so a trial process with one of them never imports timm (≈ 2 CPU-seconds on
+the 2-core VM: timm imports torchvision and torch._dynamo), about a second of every sweep's start-up
+(BENCHMARKS.md, issue 33); tests/test_optim.py checks they equal timm's, argument for argument.
+
 Schedules are plain functions of fractional epochs so they step per iteration, compose with a
 linear warm-up, and are trivially checkpointed; reduce-on-plateau keeps a small state of its own.
 """
@@ -10,13 +15,16 @@ import math
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 
 from rayclf.config import OptimConfig, RegConfig, SchedConfig
 from rayclf.metrics import lower_is_better
 
 FUSABLE = ("sgd", "adam", "adamw")
+# timm's names for torch's own classes, with the defaults timm adds (its OptimInfo entries)
+TORCH_NATIVE: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "nesterov": (torch.optim.SGD, {"nesterov": True}), "momentum": (torch.optim.SGD, {"nesterov": False}),
+    "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}
 
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -65,8 +73,13 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, *, name: str | None = N
         if name in ("adam", "adamw", "adamax", "nadam", "radam"):
             kwargs["betas"] = tuple(cfg.betas)
     kwargs.update(_own_options(cfg, name))
-    return create_optimizer_v2(param_groups(model, cfg, lr), opt=opt, lr=lr, weight_decay=cfg.weight_decay,
-                               **kwargs)
+    groups = param_groups(model, cfg, lr)
+    if opt in TORCH_NATIVE:
+        cls, defaults = TORCH_NATIVE[opt]
+        return cls(groups, **{"weight_decay": cfg.weight_decay, **kwargs, "lr": lr, **defaults})
+    from timm.optim import create_optimizer_v2  # imports torchvision: only for timm's own optimizers
+
+    return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
 def _own_options(cfg: OptimConfig, name: str) -> dict[str, Any]:
