@@ -34,6 +34,9 @@ log = logging.getLogger("rayclf.tracking")
 
 CHECK_TIMEOUT_S = 3.0  # the driver's (and a worker node's) one request to the server before training
 START_TIMEOUT_S = 5.0  # a run's online start (wandb's init_timeout); slower means offline for that run
+# An offline run's start waits only on wandb's local service, which a loaded machine can take seconds to start
+# (with 5 s, a fallback run under load 3.4 on 2 cores timed out and its trial's W&B data was lost): wait longer.
+LOCAL_START_TIMEOUT_S = 60.0
 FINISH_TIMEOUT_S = 10.0  # a run's upload at its end (wandb's finish_timeout); slower means offline for that run
 
 
@@ -166,7 +169,8 @@ def _open_run(settings: TrackingSettings, rid: str, mode: str, **identity: Any):
             from wandb.analytics.opentelemetry import opentelemetry_proxy
 
             opentelemetry_proxy.disable()
-    bounds = wandb.Settings(init_timeout=START_TIMEOUT_S, finish_timeout=FINISH_TIMEOUT_S, finish_timeout_raises=True,
+    start = START_TIMEOUT_S if mode == "online" else LOCAL_START_TIMEOUT_S
+    bounds = wandb.Settings(init_timeout=start, finish_timeout=FINISH_TIMEOUT_S, finish_timeout_raises=True,
                             silent=True, console="off", x_disable_stats=True)
     return wandb.init(project=settings.project, entity=settings.entity, dir=settings.dir, mode=mode, id=rid,
                       resume="allow", reinit="create_new", settings=bounds, **identity)

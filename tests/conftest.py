@@ -88,6 +88,16 @@ OWN_CLUSTER_FILES = ("test_autoscaling.py", "test_job_submit.py", "test_distribu
 WHOLE_FILES = ("test_crash.py",)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist two workers share the 2 cores: torch gets one thread in each (for the tests that train
+    in the test process), not one per core in each, which oversubscribed the cores (a 6-s test took 40 s beside
+    a Ray test). Trial processes size their own pool from their CPUs (``rayclf.sweep.warm.fit_threads``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items[:] = sorted(items, key=lambda i: i.path.name not in OWN_CLUSTER_FILES)  # stable: the rest keep order
 

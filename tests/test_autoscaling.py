@@ -179,7 +179,7 @@ def _checkpointed(out: Path) -> set[str]:
     return {p.parts[-3] for p in (out / "_ray").rglob("checkpoint_*/checkpoint.pt") if p.parts[-3].startswith("trial-")}
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_node_lost_mid_trial_continues_from_checkpoint_on_another_node(cluster, tmp_path):
     from ray.util.placement_group import placement_group_table
 

@@ -113,7 +113,8 @@ CLASSES = {"cifar100": 100}
 
 def _stand_ins(path: Path) -> list:
     """Each study file's distinct trial configs (every stage's first arm, the final run), with the dataset
-    replaced by synthetic images of its shape, one short epoch per phase and no weight download."""
+    replaced by synthetic images of its shape, one short epoch per phase and no weight download (fewer images for
+    a model that upsizes them to 224 px: the costliest test of the suite on 2 cores)."""
     from rayclf.config import build_config
     from rayclf.sweep.spec import Arm
 
@@ -130,7 +131,8 @@ def _stand_ins(path: Path) -> list:
     for arm in arms:
         raw = sweep.config_for(arm, sweep.file.seeds[0]).to_dict()
         raw["data"] = {**raw["data"], "name": "synthetic", "root": None, "train_subset": None, "image_size": None,
-                       "validate_on": "holdout", "synthetic": {"num_train": 80, "num_test": 40, "image_size": 32,
+                       "validate_on": "holdout", "synthetic": {"num_train": 40 if raw["model"].get("resize") else 80,
+                                                               "num_test": 16, "image_size": 32,
                                                                "num_classes": CLASSES.get(raw["data"]["name"], 10)}}
         raw["train"] = {**raw["train"], "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
                         "phases": [{**p, "epochs": 1} for p in raw["train"]["phases"]]}

@@ -157,7 +157,11 @@ def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_i
     stops = DecisionLog(out).of_kind(STOP)
     assert stops and all(d.n_seeds == 3 and len(d.detail["values"]) == 3 for d in stops)  # always all 3 seeds
     bad = [r for r in rows if r["arm"] == "lr=1e-05"]
-    assert {r["status"] for r in bad} == {"stopped_early"} and {r["stopped_at_epoch"] for r in bad} == {1}
+    # which rung cuts it depends on the order arms reach rung 1 (ASHA's own rule: an arm judged before the others
+    # arrive passes), which a loaded machine changes; its seeds stop together, at a rung, where the log says
+    assert {r["status"] for r in bad} == {"stopped_early"} and len({r["stopped_at_epoch"] for r in bad}) == 1
+    rung = bad[0]["stopped_at_epoch"]
+    assert rung in (1, 2) and [d.detail["rung"] for d in stops if d.label == "lr=1e-05"] == [rung]
     assert all("asha over its seeds" in r["reason"] and "over 3 of 3 seed(s)" in r["reason"] for r in bad)
     assert all(r["epochs"] >= 1 for r in bad)  # every seed trained to the rung: none judged unseen
     assert {r["status"] for r in rows if r["arm"] == "lr=0.1"} == {"completed"}  # the first arm is never cut
@@ -166,11 +170,11 @@ def test_asha_by_arm_pauses_seeds_at_rungs_decides_on_all_of_them_and_keeps_it_i
     for tid in {e["trial_id"] for e in epochs}:  # a paused seed's epochs once each, none lost or repeated
         assert sorted(e["epoch"] for e in epochs if e["trial_id"] == tid) == [1, 2, 3]
     stats = {s.arm: s for s in arm_table(rows, "max")}
-    assert stats["lr=1e-05"].stopped_at == 1 and stats["lr=1e-05"].mean is not None
+    assert stats["lr=1e-05"].stopped_at == rung and stats["lr=1e-05"].mean is not None
     assert stats["lr=1e-05"].rank > stats["lr=0.1"].rank  # a stopped arm ranks below the one that finished
-    assert "stopped at epoch 1" in outcome.summary_text()
+    assert f"stopped at epoch {rung}" in outcome.summary_text()
     rep = build_report(out)
-    assert "stopped at epoch 1" in (rep.out / "results.md").read_text()
+    assert f"stopped at epoch {rung}" in (rep.out / "results.md").read_text()
     # resume: the stopped arm's seeds never run again
     again = run_sweep(parse_sweep(spec), out=out, resume=True, live=False, wandb_mode="disabled")
     assert again.skipped == 9

@@ -1,7 +1,7 @@
 """W&B faults on a real sweep, from the CLI as a user runs it: a server that cannot be reached before training, and
 one that fails every trial's start after the check passed. The sweep must finish with every trial's run on disk
-and the `wandb sync` command; its wall time is printed beside the same sweep with W&B disabled (measured, not
-asserted: speed figures live in BENCHMARKS.md)."""
+and the `wandb sync` command; its wall time is printed (measured, not asserted: speed figures live in
+BENCHMARKS.md and the README's W&B section, against the same sweep with W&B disabled)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,11 @@ def test_a_sweep_with_w_and_b_down_costs_seconds_and_keeps_every_run(fault, tmp_
     try:
         f, out = _sweep(tmp_path, "wb")
         wall, res = _run(f, out, "online", env)
-        base_wall, base = _run(*_sweep(tmp_path, "off"), "disabled", env)
     finally:
         server.close()
-    print(f"\n{fault}: sweep wall {wall:.1f} s with W&B online and down, {base_wall:.1f} s with W&B disabled "
-          f"(load {os.getloadavg()[0]:.2f})")
+    print(f"\n{fault}: sweep wall {wall:.1f} s with W&B online and down (load {os.getloadavg()[0]:.2f})")
     text = res.stdout + res.stderr
-    assert res.returncode == 0 and base.returncode == 0, text[-3000:]
+    assert res.returncode == 0, text[-3000:]
     if fault == "closed":  # the driver's check: one warning, the whole sweep offline
         assert text.count(f"warning: the W&B server {server.url} is not reachable") == 1, text[-3000:]
         assert "W&B was not reachable before training" in text
