@@ -30,7 +30,6 @@ from rayclf.schema import ConfigError, Strict, UserError, closest
 __all__ = ["ConfigError", "ModelOptions", "Strict", "TrialConfig", "UserError", "build_config", "closest"]
 
 
-
 def _yaml_switch(value: Any) -> Any:
     """YAML 1.1 reads a bare ``on`` / ``off`` as true / false: take them as the words the user wrote."""
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
