@@ -48,11 +48,16 @@ SLOTS = 2  # every file here asks for 1 CPU per trial; the local instance is sta
 LRS = [0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.15, 0.07, 0.03, 0.015]
 
 
+def bench_tree() -> str:
+    """The checkout whose rayclf is measured: ``RAYCLF_BENCH_TREE`` (e.g. main, for "before"), else this one."""
+    return os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))
+
+
 def run_cli(sweep_file: Path, out: Path) -> dict[str, Any]:
     """Time one whole ``rayclf sweep`` command of this tree; read its trials back."""
     import pandas as pd
 
-    tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))  # another checkout's rayclf (e.g. main, for "before")
+    tree = bench_tree()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])]),
            "PYTHONUNBUFFERED": "1"}  # each line timestamped when it is printed (the closing table's time)
     cmd = [sys.executable, "-m", "rayclf.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
@@ -200,8 +205,8 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="rayclf-one-run-"))
-    tree = os.environ.get("RAYCLF_BENCH_TREE", str(ROOT))
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bench_tree(), capture_output=True,
+                         text=True).stdout
     record: dict[str, Any] = {"part": args.part, "label": args.label, "commit": git.strip(),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "device": device_name("cpu"), "ray": ray.__version__, "torch": torch.__version__,
